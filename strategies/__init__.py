@@ -1,0 +1,1 @@
+"""Strategies: one module each, all behind the protocol in strategies/base.py."""

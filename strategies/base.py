@@ -1,0 +1,114 @@
+"""The strategy protocol: `prepare` does the expensive, cacheable work once;
+`answer` turns a batch of queries into predictions.
+
+A strategy sees the train and validation splits and the knowledge base, and of
+the test split only `Query` objects (id and input): never a gold answer, label
+or gold document.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from toolkit.config import Suite
+from toolkit.data import Example, Query
+from toolkit.kb import KnowledgeBase
+from toolkit.models import ModelRef
+
+
+@dataclass
+class Passage:
+    doc_id: str
+    text: str
+    score: float
+
+
+@dataclass
+class Prediction:
+    id: str
+    output: str
+    contexts: list[Passage] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    compute_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Prediction":
+        d = dict(d)
+        d["contexts"] = [Passage(**c) for c in d.get("contexts", [])]
+        return cls(**d)
+
+
+@dataclass
+class Context:
+    """What the harness hands every strategy."""
+
+    suite: Suite
+    labels: list[str] | None
+    kb: KnowledgeBase | None
+    generator_ref: ModelRef
+    cache_dir: Path
+    _shared: dict[str, Any] = field(default_factory=dict)
+
+    def base_generator(self):
+        """The base model, loaded once and shared by the arms that do not change it."""
+        if "generator" not in self._shared:
+            from toolkit.generation import Generator
+            self._shared["generator"] = Generator.load(self.suite.generator, self.generator_ref)
+        return self._shared["generator"]
+
+    def retriever(self, chunk_size: int, chunk_overlap: int):
+        key = (chunk_size, chunk_overlap)
+        if ("retriever", key) not in self._shared:
+            from toolkit.retrieval import Retriever
+            self._shared[("retriever", key)] = Retriever(
+                self.kb, self.suite.embedder, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
+                tokenizer_path=self.generator_ref.path, tokenizer_key=self.generator_ref.fingerprint)
+        return self._shared[("retriever", key)]
+
+
+class Strategy(ABC):
+    """Base class. Subclasses set `type` and implement prepare/answer/fingerprint."""
+
+    type: ClassVar[str]
+    trains: ClassVar[bool] = False      # prepare() trains weights
+    retrieves: ClassVar[bool] = False   # predictions carry retrieved passages
+
+    def __init__(self, name: str, config: Any, ctx: Context):
+        self.name, self.config, self.ctx = name, config, ctx
+        self.info: dict[str, Any] = {}  # what prepare() did, for results.json (cached?, sizes...)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that changes the answers (called after prepare)."""
+        s = self.ctx.suite
+        g = s.generator
+        return {"type": self.type, "config": self.config.model_dump(), "task": s.task,
+                "instruction": s.instruction, "labels": self.ctx.labels, "model": self.ctx.generator_ref.fingerprint,
+                "generation": {"max_new_tokens": g.max_new_tokens, "stop": g.stop, "temperature": g.temperature,
+                               "dtype": g.dtype}}
+
+    def prepare(self, train: list[Example], validation: list[Example]) -> None:
+        """Expensive, cacheable work. Default: nothing."""
+
+    @abstractmethod
+    def answer(self, queries: list[Query]) -> list[Prediction]:
+        """Answer a batch; one Prediction per query, in order."""
+
+    # helpers shared by strategies
+    def messages(self, question: str, passages: list[str] | None = None, shots=()) -> list[dict]:
+        from toolkit.prompts import build_messages
+        return build_messages(self.ctx.suite.instruction, self.ctx.labels, question, passages=passages, shots=shots)
+
+    def generate(self, generator, prompts, queries: list[Query], contexts=None) -> list[Prediction]:
+        gens = generator.generate(prompts, description=f"{self.name}: answering")
+        contexts = contexts or [[] for _ in queries]
+        return [Prediction(id=q.id, output=g.text, contexts=c, prompt_tokens=g.prompt_tokens,
+                           completion_tokens=g.completion_tokens, latency_s=g.latency_s, compute_s=g.compute_s)
+                for q, g, c in zip(queries, gens, contexts)]

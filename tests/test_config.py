@@ -1,0 +1,115 @@
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from toolkit.config import load_suite
+from toolkit.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path, text: str) -> Path:
+    p = tmp_path / "s.yaml"
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+BASE = """\
+    name: t
+    task: qa
+    instruction: Answer.
+    data:
+      train: train.jsonl
+      test: test.jsonl
+    strategies:
+      zero_shot: {}
+    """.rstrip(" ")
+
+
+def test_bundled_suites_validate():
+    ls = load_suite(REPO / "eval_suites" / "demo.yaml")
+    assert set(ls.arms) == {"zero_shot", "few_shot", "rag", "finetune", "rag_finetune"}
+    assert ls.arms["rag"][1].top_k == 3
+    assert ls.arms["finetune"][1].learning_rate == pytest.approx(2e-3)
+
+
+def test_defaults_and_arm_variants(tmp_path):
+    p = write(tmp_path, BASE.replace("  zero_shot: {}", "  zero_shot:\n      rag_k5: {type: rag, top_k: 5}")
+              .replace("    strategies:", "    knowledge_base: kb\n    strategies:"))
+    ls = load_suite(p)
+    assert ls.arms["rag_k5"][0] == "rag" and ls.arms["rag_k5"][1].top_k == 5
+    assert ls.arms["zero_shot"][0] == "zero_shot"
+    assert ls.suite.generator.model == "smollm2-135m-instruct"
+
+
+@pytest.mark.parametrize("text, line, field, words", [
+    (BASE.replace("task: qa", "task: summarise"), 2, "task", "qa"),
+    (BASE.replace("zero_shot: {}", "telepathy: {}"), 8, "strategies.telepathy", "unknown strategy"),
+    (BASE.replace("zero_shot: {}", "few_shot: {num_fewshot: many}"), 8, "strategies.few_shot.num_fewshot", "integer"),
+    (BASE.replace("instruction: Answer.", "instruction: Answer.\n    temprature: 0.2"), 4, "temprature", "unknown field"),
+    (BASE.replace("    name: t\n", ""), None, "name", "required"),
+    (BASE + "    metrics: [bleurt]\n", 9, "metrics.0", "unknown metric"),
+    (BASE.replace("zero_shot: {}", "rag: {}"), 8, "strategies.rag", "knowledge_base"),
+])
+def test_errors_name_line_and_field(tmp_path, text, line, field, words):
+    p = write(tmp_path, text)
+    with pytest.raises(UserError) as e:
+        load_suite(p)
+    err = e.value
+    assert err.file == str(p) and err.field == field and words in str(err)
+    if line is not None:
+        assert err.line == line
+
+
+def test_malformed_yaml_names_line(tmp_path):
+    p = write(tmp_path, "name: t\ntask: qa\n  bad: [indent\n")
+    with pytest.raises(UserError) as e:
+        load_suite(p)
+    assert "malformed YAML" in str(e.value) and e.value.line is not None
+
+
+def test_data_dir_placeholder_needs_a_directory(tmp_path, monkeypatch):
+    from toolkit.suite_data import load_task_data
+    monkeypatch.delenv("ADAPTBENCH_DATA_DIR", raising=False)
+    p = write(tmp_path, BASE.replace("train: train.jsonl", "train: '{data_dir}/x.jsonl'"))
+    ls = load_suite(p)
+    with pytest.raises(UserError, match="data directory"):
+        load_task_data(ls)
+
+
+def test_validate_and_help_do_not_import_torch():
+    code = ("import sys; from toolkit.cli import main; main(['validate', 'eval_suites/demo.yaml']); "
+            "main(['ls']); assert 'torch' not in sys.modules and 'chromadb' not in sys.modules, 'heavy import'")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("suite_text, data, expect", [
+    (BASE.replace("task: qa", "task: poetry"), None, "task"),
+    (BASE.replace("zero_shot: {}", "telepathy: {}"), None, "unknown strategy"),
+    (BASE, "bad", "train.jsonl:2: malformed JSON"),
+    (BASE, "missing", "data file not found"),
+    ("name: [unclosed\n", None, "malformed YAML"),
+    (BASE.replace("zero_shot: {}", "rag: {}") + "    knowledge_base: empty_kb\n", "emptykb", "knowledge base is empty"),
+])
+def test_cli_bad_input_exit_2_one_line_no_run_dir(tmp_path, suite_text, data, expect):
+    p = write(tmp_path, suite_text)
+    (tmp_path / "train.jsonl").write_text('{"question": "q1", "answer": "a"}\n')
+    (tmp_path / "test.jsonl").write_text('{"question": "q2", "answer": "a"}\n')
+    if data == "bad":
+        (tmp_path / "train.jsonl").write_text('{"question": "q1", "answer": "a"}\n{"question": "q3", \n')
+    if data == "missing":
+        (tmp_path / "test.jsonl").unlink()
+    if data == "emptykb":
+        (tmp_path / "empty_kb").mkdir()
+    out_dir = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "toolkit.cli", "run", str(p), "--out", str(out_dir)],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and expect in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out_dir.exists()

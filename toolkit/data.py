@@ -1,0 +1,230 @@
+"""Examples: JSONL/CSV reading, cleaning, dedup, and seeded splits.
+
+Accepted JSONL rows (one JSON object per line):
+  {"messages": [{"role": "system", ...}, {"role": "user", ...}, {"role": "assistant", ...}]}
+  {"prompt": "...", "completion": "..."}
+  {"question": "...", "answer": "...", "context_ids": ["doc-1"], "label": "..."}
+Classification rows may give the class as `label` (or as the answer/completion).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import UserError
+
+INPUT_KEYS = ("question", "input", "text", "query")
+TARGET_KEYS = ("answer", "target", "output", "response")
+
+
+@dataclass
+class Example:
+    """One labelled item. Strategies never see `target`, `label` or `context_ids` of test items."""
+
+    id: str
+    input: str
+    target: str
+    label: str | None = None
+    context_ids: list[str] = field(default_factory=list)
+    system: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    origin: str = ""  # "file:line" for error messages
+
+    def to_query(self) -> "Query":
+        return Query(id=self.id, input=self.input)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Query:
+    """What a strategy is given at answer time: no gold answer, no gold documents."""
+
+    id: str
+    input: str
+
+
+@dataclass
+class Splits:
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+    notes: list[str] = field(default_factory=list)  # what cleaning did, for the report
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
+
+
+def normalize_text(s: str) -> str:
+    s = unicodedata.normalize("NFKC", s).lower()
+    return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", s)).strip()
+
+
+def stable_id(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+
+
+def _clean(s: Any) -> str:
+    return re.sub(r"[ \t]+\n", "\n", str(s)).strip()
+
+
+def example_from_row(row: Any, *, origin: tuple[Path, int], task: str,
+                     fields: dict[str, str] | None = None) -> Example:
+    """Turn one parsed row into an Example or raise UserError naming file, line and field."""
+    path, line = origin
+    if not isinstance(row, dict):
+        raise UserError("each line must be a JSON object", file=path, line=line)
+    fields = fields or {}
+    if fields:
+        row = {**row, **{ours: row[theirs] for ours, theirs in fields.items() if theirs in row}}
+        for ours, theirs in fields.items():
+            if theirs not in row and ours not in row:
+                raise UserError(f"column '{theirs}' not found (mapped to '{ours}')", file=path, line=line, field=theirs)
+
+    system = None
+    if "messages" in row:
+        msgs = row["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise UserError("must be a non-empty list of {role, content}", file=path, line=line, field="messages")
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                raise UserError("each message needs 'role' and 'content'", file=path, line=line, field=f"messages[{i}]")
+        if msgs[-1]["role"] != "assistant":
+            raise UserError("the last message must be the assistant's answer", file=path, line=line, field="messages")
+        users = [m for m in msgs if m["role"] == "user"]
+        if not users:
+            raise UserError("needs a user message", file=path, line=line, field="messages")
+        systems = [m for m in msgs if m["role"] == "system"]
+        system = _clean(systems[0]["content"]) if systems else None
+        inp, tgt = users[-1]["content"], msgs[-1]["content"]
+        in_key, tgt_key = "messages", "messages"
+    elif "prompt" in row:
+        in_key, tgt_key = "prompt", ("completion" if "completion" in row else "label")
+        inp, tgt = row["prompt"], row.get(tgt_key)
+    else:
+        in_key = next((k for k in INPUT_KEYS if k in row), None)
+        if in_key is None:
+            raise UserError("no question: a row needs `messages`, `prompt`/`completion`, or `question`/`answer`",
+                            file=path, line=line, field="question")
+        inp = row[in_key]
+        tgt_key = next((k for k in TARGET_KEYS if k in row), "label")
+        tgt = row.get(tgt_key)
+
+    label = row.get("label")
+    if task == "classification":
+        if label is None:
+            label = tgt
+        if tgt is None:
+            tgt = label
+    if tgt is None:
+        raise UserError("missing answer", file=path, line=line, field=tgt_key if tgt_key != "label" else "answer")
+    if not isinstance(inp, str) or not inp.strip():
+        raise UserError("must be a non-empty string", file=path, line=line, field=in_key)
+    if not isinstance(tgt, (str, int, float)) or not str(tgt).strip():
+        raise UserError("must be a non-empty string", file=path, line=line, field=tgt_key)
+    ctx = row.get("context_ids", [])
+    if isinstance(ctx, str):
+        ctx = [ctx]
+    if not isinstance(ctx, list) or not all(isinstance(c, (str, int)) for c in ctx):
+        raise UserError("must be a list of document ids", file=path, line=line, field="context_ids")
+    meta = row.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise UserError("must be an object", file=path, line=line, field="metadata")
+    if "category" in row and "category" not in meta and fields.get("label") != "category":
+        meta = {**meta, "category": row["category"]}
+    inp_c = _clean(inp)
+    rid = row.get("id")
+    return Example(
+        id=str(rid) if rid is not None else stable_id(inp_c + "\x00" + str(tgt)),
+        input=inp_c, target=_clean(tgt), label=_clean(label) if label is not None else None,
+        context_ids=[str(c) for c in ctx], system=system, metadata=meta, origin=f"{path}:{line}",
+    )
+
+
+def read_examples(path: Path, *, task: str, fmt: str | None = None,
+                  fields: dict[str, str] | None = None) -> list[Example]:
+    if not path.exists():
+        raise UserError("data file not found", file=path)
+    fmt = fmt or {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}.get(path.suffix.lower())
+    if fmt is None:
+        raise UserError("unknown data format (use .jsonl, .csv or .tsv, or set `format:`)", file=path)
+    out: list[Example] = []
+    with path.open(encoding="utf-8") as f:
+        if fmt == "jsonl":
+            for n, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    row = json.loads(raw)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"malformed JSON: {e.msg} (column {e.colno})", file=path, line=n) from None
+                out.append(example_from_row(row, origin=(path, n), task=task, fields=fields))
+        else:
+            reader = csv.DictReader(f, delimiter="," if fmt == "csv" else "\t")
+            for n, row in enumerate(reader, 2):  # line 1 is the header
+                out.append(example_from_row(row, origin=(path, n), task=task, fields=fields))
+    if not out:
+        raise UserError("no examples in file", file=path)
+    return out
+
+
+def dedup(examples: list[Example]) -> tuple[list[Example], int]:
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for ex in examples:
+        key = (normalize_text(ex.input), normalize_text(ex.target))
+        if key not in seen:
+            seen.add(key)
+            kept.append(ex)
+    return kept, len(examples) - len(kept)
+
+
+def _stratify_ok(labels: list[str | None], n_small: int) -> bool:
+    counts = Counter(labels)
+    return None not in counts and min(counts.values()) >= 2 and n_small >= len(counts)
+
+
+def split_examples(examples: list[Example], *, fractions: tuple[float, float], seed: int,
+                   stratify: bool) -> tuple[list[Example], list[Example], list[Example]]:
+    """Seeded train/validation/test split; stratified by label when asked and possible."""
+    from sklearn.model_selection import train_test_split
+
+    val_frac, test_frac = fractions
+    labels = [e.label for e in examples]
+    n_test = max(1, round(len(examples) * test_frac))
+    strat = labels if stratify and _stratify_ok(labels, n_test) else None
+    rest, test = train_test_split(examples, test_size=n_test, random_state=seed, stratify=strat)
+    if val_frac <= 0:
+        return rest, [], test
+    n_val = max(1, round(len(examples) * val_frac))
+    labels = [e.label for e in rest]
+    strat = labels if stratify and _stratify_ok(labels, n_val) else None
+    train, val = train_test_split(rest, test_size=n_val, random_state=seed, stratify=strat)
+    return train, val, test
+
+
+def subsample(examples: list[Example], n: int | None, *, seed: int, stratify: bool) -> list[Example]:
+    if n is None or n >= len(examples):
+        return examples
+    from sklearn.model_selection import train_test_split
+
+    labels = [e.label for e in examples]
+    strat = labels if stratify and _stratify_ok(labels, n) else None
+    kept, _ = train_test_split(examples, train_size=n, random_state=seed, stratify=strat)
+    return kept
+
+
+def shuffled(items: list, seed: int) -> list:
+    items = list(items)
+    random.Random(seed).shuffle(items)
+    return items

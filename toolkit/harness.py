@@ -1,0 +1,185 @@
+"""The harness: the same split through every arm, scored the same way, written
+to one run directory."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit.cache import PredictionCache, content_hash
+from toolkit.config import LoadedSuite
+from toolkit.data import Example
+from toolkit.errors import UserError
+from toolkit.progress import log, task_bar
+from toolkit.runs import RunDir, environment, now_iso
+
+CHUNK_BATCHES = 4  # answers are cached and appended to samples.jsonl every 4 generation batches
+
+
+def select_arms(ls: LoadedSuite, only: list[str] | None) -> dict[str, tuple[str, Any]]:
+    if not only:
+        return dict(ls.arms)
+    unknown = [a for a in only if a not in ls.arms]
+    if unknown:
+        raise UserError(f"'{unknown[0]}' is not an arm of this suite (arms: {', '.join(ls.arms)})",
+                        file=ls.path, field="--strategies")
+    return {a: ls.arms[a] for a in only}
+
+
+def resolved_config(ls: LoadedSuite, arms: dict, limit: int | None) -> dict:
+    cfg = ls.suite.model_dump(mode="json")
+    cfg["strategies"] = {name: {"type": stype, **c.model_dump(mode="json")} for name, (stype, c) in arms.items()}
+    cfg["metrics"] = ls.suite.metric_names
+    cfg["_suite_file"] = str(ls.path)
+    cfg["_data_dir"] = str(ls.data_dir) if ls.data_dir else None
+    cfg["_limit"] = limit
+    return cfg
+
+
+def run_suite(ls: LoadedSuite, *, only: list[str] | None = None, limit: int | None = None,
+              out: Path | None = None, reports_root: Path = Path("reports")) -> tuple[RunDir, dict]:
+    from strategies.base import Context
+    from toolkit.models import pick_device, pick_dtype, resolve_generator
+    from toolkit.suite_data import load_task_data
+
+    suite = ls.suite
+    arms = select_arms(ls, only)
+    # Everything that can be wrong with the input is checked before the run directory exists.
+    data = load_task_data(ls)
+    test = data.splits.test[:limit] if limit else data.splits.test
+    if any(ls.arms[a][0] in ("few_shot", "finetune", "rag_finetune") for a in arms) and not data.splits.train:
+        raise UserError("the train split is empty", file=ls.path, field="data.train")
+    ref = resolve_generator(suite.generator.model)
+    device = pick_device(suite.generator.device)
+    dtype = str(pick_dtype(device, suite.generator.dtype)).replace("torch.", "")
+
+    run = RunDir.create(out, suite.name, reports_root)
+    run.write_config(resolved_config(ls, arms, limit))
+    run.write_env(environment(data.files, device, dtype))
+    results: dict[str, Any] = {
+        "suite": suite.name, "status": "started", "started": now_iso(), "task": suite.task,
+        "description": suite.description, "generator": suite.generator.model, "embedder": suite.embedder.model,
+        "device": device, "dtype": dtype,
+        "data": {**data.splits.sizes(), "test_scored": len(test), "notes": data.splits.notes,
+                 "knowledge_base_documents": len(data.kb.documents) if data.kb else 0},
+        "metrics_order": suite.metric_names, "strategies": {},
+    }
+    if data.labels:
+        results["labels"] = data.labels
+    run.write_results(results)
+    log(f"[bold]{suite.name}[/]: {len(test)} test examples, {len(data.splits.train)} train, "
+        f"{len(data.splits.validation)} validation · {len(arms)} arms · {device}/{dtype} · run dir {run.path}")
+
+    ctx = Context(suite=suite, labels=data.labels, kb=data.kb, generator_ref=ref, cache_dir=run.path)
+    cache = PredictionCache()
+    try:
+        for name, (stype, cfg) in arms.items():
+            try:
+                results["strategies"][name] = run_arm(name, stype, cfg, ctx, data, test, run, cache)
+            except (UserError, KeyboardInterrupt):
+                raise
+            except Exception as e:  # one arm failing must not lose the others
+                (run.path / "errors.log").open("a").write(f"--- {name}\n{traceback.format_exc()}\n")
+                results["strategies"][name] = {"type": stype, "status": "error", "error": f"{type(e).__name__}: {e}"}
+                log(f"[red]✗ {name} failed:[/] {type(e).__name__}: {e} (traceback in {run.path / 'errors.log'})")
+            run.write_results(results)
+        failed = [n for n, r in results["strategies"].items() if r.get("status") == "error"]
+        results["status"] = "error" if failed else "success"
+    except KeyboardInterrupt:
+        results["status"] = "cancelled"
+        raise
+    except UserError as e:
+        results["status"] = "error"
+        results["error"] = str(e)
+        raise
+    finally:
+        results["finished"] = now_iso()
+        run.write_results(results)
+        cache.close()
+    return run, results
+
+
+def run_arm(name: str, stype: str, cfg, ctx, data, test: list[Example], run: RunDir, cache: PredictionCache) -> dict:
+    from strategies.registry import strategy_class
+    from toolkit import metrics as M
+
+    suite = ctx.suite
+    strategy = strategy_class(stype)(name, cfg, ctx)
+    log(f"[bold cyan]▶ {name}[/]")
+    t0 = time.perf_counter()
+    strategy.prepare(data.splits.train, data.splits.validation)
+    prepare_s = time.perf_counter() - t0
+    fp = content_hash(strategy.fingerprint())
+    sampled = suite.generator.temperature > 0  # never cache sampled generations
+    cached = {} if sampled else cache.get_many(fp, [e.id for e in test])
+
+    from strategies.base import Prediction
+    preds: dict[str, Prediction] = {eid: Prediction.from_dict(r) for eid, r in cached.items()}
+    rows: list[dict] = []
+    doc_text = {d.id: d.text for d in ctx.kb.documents} if ctx.kb else None
+    step = suite.generator.batch_size * CHUNK_BATCHES
+    t1 = time.perf_counter()
+    with task_bar(f"{name}: answering" + (f" ({len(cached)} cached)" if cached else ""), len(test)) as advance:
+        for i in range(0, len(test), step):
+            chunk = test[i:i + step]
+            todo = [e for e in chunk if e.id not in preds]
+            if todo:
+                new = strategy.answer([e.to_query() for e in todo])
+                if len(new) != len(todo):
+                    raise RuntimeError(f"strategy returned {len(new)} predictions for {len(todo)} queries")
+                for p in new:
+                    preds[p.id] = p
+                if not sampled:
+                    cache.put_many(fp, {p.id: p.to_dict() for p in new})
+            chunk_preds = [preds[e.id] for e in chunk]
+            if suite.task == "qa":
+                scores = M.score_qa(chunk, chunk_preds, metrics=suite.metric_names, doc_text=doc_text,
+                                    embedder=suite.embedder.model, retrieves=strategy.retrieves)
+            else:
+                scores = M.score_classification(chunk, chunk_preds, labels=ctx.labels)
+            rows += scores
+            run.append_samples([sample_row(name, e, p, s, e.id in cached) for e, p, s in zip(chunk, chunk_preds, scores)])
+            advance(len(chunk))
+    answer_s = time.perf_counter() - t1
+
+    result: dict[str, Any] = {"type": stype, "status": "success", "fingerprint": fp}
+    if suite.task == "qa":
+        agg = M.aggregate_qa(rows, metrics=suite.metric_names, seed=suite.seed)
+    else:
+        agg, confusion = M.aggregate_classification(rows, [e.label for e in test], labels=ctx.labels,
+                                                    metrics=suite.metric_names, seed=suite.seed)
+        result["confusion_matrix"] = confusion
+    result["metrics"] = {k: v.to_dict() for k, v in agg.items()}
+    result["not_applicable"] = [m for m in suite.metric_names if m not in agg]
+    ordered = [preds[e.id] for e in test]
+    lat = np.array([p.latency_s for p in ordered])
+    build = strategy.info.get("build_s") or {}
+    result["cost"] = {
+        "setup_s": round(sum(build.values()), 3) if build else round(prepare_s, 3),
+        "setup_breakdown_s": {k: round(v, 3) for k, v in build.items()},
+        "setup_s_this_run": round(prepare_s, 3),
+        "answer_s_this_run": round(answer_s, 3),
+        "latency_p50_s": float(np.percentile(lat, 50)), "latency_p95_s": float(np.percentile(lat, 95)),
+        "compute_s_per_answer": float(np.mean([p.compute_s for p in ordered])),
+        "prompt_tokens_mean": float(np.mean([p.prompt_tokens for p in ordered])),
+        "completion_tokens_mean": float(np.mean([p.completion_tokens for p in ordered])),
+        "cached_answers": len(cached),
+    }
+    result["info"] = {k: v for k, v in strategy.info.items() if k != "build_s"}
+    head = ", ".join(f"{k} {v['mean']:.3f}" for k, v in list(result["metrics"].items())[:3])
+    log(f"[green]✓ {name}[/]: {head} · setup {result['cost']['setup_s']:.1f}s · p50 {result['cost']['latency_p50_s']:.2f}s")
+    return result
+
+
+def sample_row(arm: str, e: Example, p, scores: dict, cached: bool) -> dict:
+    return {"strategy": arm, "id": e.id, "input": e.input, "target": e.target, "label": e.label,
+            "context_ids": e.context_ids, "metadata": e.metadata, "output": p.output,
+            "contexts": [{"doc_id": c.doc_id, "score": round(c.score, 4), "text": c.text} for c in p.contexts],
+            "prompt_tokens": p.prompt_tokens, "completion_tokens": p.completion_tokens,
+            "latency_s": round(p.latency_s, 4), "compute_s": round(p.compute_s, 4),
+            "scores": {k: (None if isinstance(v, float) and v != v else v) for k, v in scores.items()},
+            "cached": cached}

@@ -1,0 +1,50 @@
+"""Knowledge bases: folders of documents. A document's id is its path inside the
+folder without the extension (`products/vantor-x40`), the id that `context_ids`
+in the data refer to."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit.errors import UserError
+
+DOC_SUFFIXES = {".md", ".markdown", ".txt", ".rst"}
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    text: str
+
+
+@dataclass
+class KnowledgeBase:
+    name: str
+    documents: list[Document]
+
+    @property
+    def content_hash(self) -> str:
+        h = hashlib.sha256()
+        for d in sorted(self.documents, key=lambda d: d.id):
+            h.update(d.id.encode() + b"\x00" + d.text.encode() + b"\x01")
+        return h.hexdigest()[:16]
+
+    def by_id(self) -> dict[str, Document]:
+        return {d.id: d for d in self.documents}
+
+
+def read_knowledge_base(folder: Path, *, field: str = "knowledge_base", suite_path: Path | None = None) -> KnowledgeBase:
+    if not folder.is_dir():
+        raise UserError(f"knowledge base folder not found: {folder}", file=suite_path, field=field)
+    docs = []
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.suffix.lower() in DOC_SUFFIXES:
+            text = p.read_text(encoding="utf-8", errors="replace").strip()
+            if text:
+                docs.append(Document(id=p.relative_to(folder).with_suffix("").as_posix(), text=text))
+    if not docs:
+        raise UserError(f"knowledge base is empty: no non-empty {'/'.join(sorted(DOC_SUFFIXES))} files in {folder}",
+                        file=suite_path, field=field)
+    return KnowledgeBase(name=folder.name, documents=docs)

