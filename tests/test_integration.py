@@ -68,3 +68,52 @@ def test_changed_setting_recomputes_only_what_it_affects(tiny_suite, tmp_path):
     assert res["strategies"]["zero_shot"]["cost"]["cached_answers"] == 6
     assert res["strategies"]["rag"]["cost"]["cached_answers"] == 0
     assert res["strategies"]["rag"]["info"]["index_cached"] is True  # top_k does not change the index
+
+
+def test_cli_run_then_report_rerenders_without_models(tiny_suite, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "cli-run"
+    r = subprocess.run([sys.executable, "-m", "toolkit.cli", "run", str(tiny_suite.path), "-s", "zero_shot,rag",
+                        "--limit", "3", "--out", str(out)], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(out)  # stdout carries the run directory, for scripts
+    assert "zero_shot" in r.stderr and "rag" in r.stderr  # the terminal table
+    html = out / "report.html"
+    assert html.exists() and (out / "report.md").exists()
+    html.unlink()
+    code = ("import sys; from toolkit.cli import main; rc = main(['report', sys.argv[1]]); "
+            "assert rc == 0 and 'torch' not in sys.modules and 'chromadb' not in sys.modules")
+    r = subprocess.run([sys.executable, "-c", code, str(out)], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    page = html.read_text()
+    import re
+    assert "<svg" in page and not re.search(r"(src|href)=[\"']?(https?:)?//", page)  # nothing fetched
+
+
+def test_classification_suite_end_to_end(tmp_path, tiny_llama):
+    from tests.conftest import write_jsonl
+    from toolkit.report import render_run
+
+    rows = [{"text": f"{w} my card please {i}", "label": lab} for i in range(8)
+            for w, lab in (("activate", "activate_card"), ("block", "lost_card"), ("where is", "card_arrival"))]
+    write_jsonl(tmp_path / "all.jsonl", rows)
+    suite = {"name": "clf", "task": "classification", "instruction": "Classify the message.",
+             "data": {"file": "all.jsonl", "split": {"validation": 0.125, "test": 0.25, "seed": 1}},
+             "generator": {"model": str(tiny_llama), "max_new_tokens": 4, "batch_size": 8},
+             "strategies": {"zero_shot": {}, "few_shot": {"num_fewshot": 3},
+                            "finetune": {"num_train_epochs": 1, "per_device_train_batch_size": 8, "r": 4}}}
+    (tmp_path / "clf.yaml").write_text(yaml.safe_dump(suite))
+    ls = load_suite(tmp_path / "clf.yaml")
+    run, res = run_suite(ls, out=tmp_path / "run")
+    assert res["status"] == "success" and res["labels"] == ["activate_card", "card_arrival", "lost_card"]
+    assert res["data"]["test"] == 6 and res["data"]["validation"] == 3
+    for name, r in res["strategies"].items():
+        assert set(r["metrics"]) == {"accuracy", "macro_precision", "macro_recall", "macro_f1", "unmapped_rate"}
+        cm = r["confusion_matrix"]
+        assert len(cm["matrix"]) == 3 and sum(map(sum, cm["matrix"])) == 6
+    md, html = render_run(run.path)
+    assert "Accuracy" in md.read_text()

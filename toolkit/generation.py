@@ -47,7 +47,15 @@ class Generator:
         ref = ref or resolve_generator(cfg.model)
         device = pick_device(cfg.device)
         model = load_causal_lm(ref, device, pick_dtype(device, cfg.dtype))
-        return cls(cfg, model, load_tokenizer(ref.path), ref, device)
+        return cls(cfg, model, load_tokenizer(ref.path), ref, device).warm_up()
+
+    def warm_up(self) -> "Generator":
+        """One tiny generation, so one-off kernel set-up is not billed to the first answers' latency."""
+        import torch
+        enc = self.tokenizer(["Hello"], return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            self.model.generate(**enc, max_new_tokens=2, do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
+        return self
 
     def render(self, messages: Messages) -> str:
         return render_chat(self.tokenizer, messages)

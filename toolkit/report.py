@@ -189,6 +189,7 @@ def render_html(results: dict, samples: list[dict], env: dict, config_text: str)
     heads = headline_metrics(results, 9)
     return jenv.get_template("report.html").render(
         r=results, heads=heads, labels=LABELS, fmt_ci=fmt_ci, colors=colors, recommendation=recommendation(results),
+        summaries={n: info_summary(a) for n, a in results["strategies"].items()},
         figures=figures(results), examples=_examples(samples, arms), env=env, config_text=config_text,
         env_json=json.dumps(env, indent=2))
 

@@ -148,4 +148,4 @@ def load_finetuned(ref: ModelRef, gen_cfg: GeneratorConfig, adapter: Path) -> Ge
     device = pick_device(gen_cfg.device)
     base = load_causal_lm(ref, device, pick_dtype(device, gen_cfg.dtype))
     model = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().eval()
-    return Generator(gen_cfg, model, load_tokenizer(ref.path), ref, device)
+    return Generator(gen_cfg, model, load_tokenizer(ref.path), ref, device).warm_up()

