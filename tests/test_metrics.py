@@ -86,3 +86,15 @@ def test_classification_aggregate_matches_sklearn():
     assert agg["macro_f1"].mean == pytest.approx(f1_score(gold, y_pred, labels=labels, average="macro", zero_division=0))
     assert agg["unmapped_rate"].mean == pytest.approx(1 / 6) and not agg["unmapped_rate"].higher_is_better
     assert cm["matrix"][2] == [0, 0, 1, 1]  # gold c: one right, one unmapped
+
+
+def test_macro_prf_matches_sklearn_and_ci_contains_point():
+    from sklearn.metrics import precision_recall_fscore_support
+    rng = np.random.default_rng(3)
+    y_true = rng.integers(0, 7, 300)
+    y_pred = np.where(rng.random(300) < 0.6, y_true, rng.integers(-1, 7, 300))
+    ours = M.macro_prf(y_true, y_pred, 7)
+    ref = precision_recall_fscore_support(y_true, y_pred, labels=list(range(7)), average="macro", zero_division=0)[:3]
+    assert ours == pytest.approx(ref)
+    v = M.bootstrap_statistic(300, lambda idx: M.macro_prf(y_true[idx], y_pred[idx], 7)[2], seed=0)
+    assert v.ci_low <= v.mean <= v.ci_high and v.ci_high - v.ci_low < 0.2

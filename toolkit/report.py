@@ -28,6 +28,14 @@ def headline_metrics(results: dict, n: int = 4) -> list[str]:
     return present[:n]
 
 
+def fmt_mean(m: dict | None, digits: int = 2) -> str:
+    return f"{m['mean']:.{digits}f}" if m else "n/a"
+
+
+def fmt_interval(m: dict | None, digits: int = 2) -> str:
+    return f"[{m['ci_low']:.{digits}f}, {m['ci_high']:.{digits}f}]" if m else ""
+
+
 def fmt_ci(m: dict | None, digits: int = 3) -> str:
     if not m:
         return "n/a"
@@ -114,16 +122,17 @@ def figures(results: dict) -> dict[str, str]:
                 continue
             v = r["metrics"][m]
             x = r["cost"]["latency_p50_s"]
-            ax.errorbar([x], [v["mean"]], yerr=[[v["mean"] - v["ci_low"]], [v["ci_high"] - v["mean"]]],
+            ax.errorbar([x], [v["mean"]], yerr=[[max(0.0, v["mean"] - v["ci_low"])], [max(0.0, v["ci_high"] - v["mean"])]],
                         fmt="o", color=colors[n], capsize=4, markersize=8, label=n)
             ax.annotate(n, (x, v["mean"]), textcoords="offset points", xytext=(7, 5), fontsize=9)
+        ax.margins(x=0.2, y=0.15)
         ax.set_xlabel("p50 latency per answer (s)")
         ax.set_ylabel(f"{LABELS.get(m, m)} (95% CI)")
         ax.set_title("Quality vs latency")
         ax.grid(alpha=0.3)
         out["quality_vs_latency"] = _svg(fig)
 
-        fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(heads) * max(1, len(arms)) / 2), 3.8))
+        fig, ax = plt.subplots(figsize=(7.5, 4.2))
         width = 0.8 / max(1, len(arms))
         for i, (n, r) in enumerate(arms.items()):
             xs, ys, lo, hi = [], [], [], []
@@ -132,11 +141,11 @@ def figures(results: dict) -> dict[str, str]:
                     v = r["metrics"][mm]
                     xs.append(j + i * width)
                     ys.append(v["mean"])
-                    lo.append(v["mean"] - v["ci_low"])
-                    hi.append(v["ci_high"] - v["mean"])
+                    lo.append(max(0.0, v["mean"] - v["ci_low"]))
+                    hi.append(max(0.0, v["ci_high"] - v["mean"]))
             ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, color=colors[n], label=n)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(heads))])
-        ax.set_xticklabels([LABELS.get(h, h) for h in heads], fontsize=9)
+        ax.set_xticklabels([LABELS.get(h, h).replace(" ", "\n", 1) for h in heads], fontsize=9)
         ax.set_ylabel("score (95% CI whiskers)")
         ax.set_ylim(0, 1.05)
         ax.legend(fontsize=8, ncol=min(5, len(arms)), loc="upper center", bbox_to_anchor=(0.5, -0.12))
@@ -188,7 +197,7 @@ def render_html(results: dict, samples: list[dict], env: dict, config_text: str)
     colors = {n: ARM_COLORS[i % len(ARM_COLORS)] for i, n in enumerate(arms)}
     heads = headline_metrics(results, 9)
     return jenv.get_template("report.html").render(
-        r=results, heads=heads, labels=LABELS, fmt_ci=fmt_ci, colors=colors, recommendation=recommendation(results),
+        r=results, heads=heads, labels=LABELS, fmt_ci=fmt_ci, fmt_mean=fmt_mean, fmt_interval=fmt_interval, colors=colors, recommendation=recommendation(results),
         summaries={n: info_summary(a) for n, a in results["strategies"].items()},
         figures=figures(results), examples=_examples(samples, arms), env=env, config_text=config_text,
         env_json=json.dumps(env, indent=2))
