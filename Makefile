@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM := false
 # Public datasets live beside the checkout; suites read them from here, never copied in.
 export ADAPTBENCH_DATA_DIR ?= $(abspath ../shared/datasets)
 
-.PHONY: setup demo test test-fast clean help
+.PHONY: setup browser demo test test-fast clean help
 
 help:
 	@echo "make demo   set up .venv, then run the five-arm comparison on eval_suites/demo.yaml"
@@ -35,8 +35,17 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(BIN)/adaptbench run eval_suites/demo.yaml
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q
+
+# The report's browser test needs Debian's chromium; install it when missing (root or
+# passwordless sudo). Without it that one test is reported as skipped, with the reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the report browser test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+	  ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium ) >/dev/null 2>&1 \
+	  || echo "could not install chromium: the browser test will be skipped"; }
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

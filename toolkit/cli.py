@@ -15,10 +15,15 @@ examples:
   adaptbench run eval_suites/demo.yaml --strategies rag,zero_shot --limit 20
   adaptbench run eval_suites/banking77.yaml --data-dir ../shared/datasets
   adaptbench validate eval_suites/demo.yaml                 check a suite and its data, load no model
-  adaptbench report reports/demo-20261121-101500            re-render a run's report
+  adaptbench report reports/demo-20261121-101500 --weights quality=0.8
+                                                            re-render a run's report (other decision weights)
+  adaptbench compare reports/demo-A reports/demo-B --fail-on-regression token_f1
+                                                            B against baseline A; exit 3 on a significant drop
+  adaptbench runs                                           past runs with their headline numbers
   adaptbench ls                                             strategies, loaders, bundled models, suites
 
-exit codes: 0 success, 1 internal failure, 2 bad input (one line naming file, line and field)
+exit codes: 0 success, 1 internal failure, 2 bad input (one line naming file, line and field),
+            3 compare --fail-on-regression found a regression
 """
 
 
@@ -40,14 +45,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", "-n", type=int, help="score only the first N test examples (quick checks)")
     r.add_argument("--out", "-o", type=Path, help="run directory (default: reports/<suite>-<timestamp>)")
     r.add_argument("--data-dir", type=Path, help="where {data_dir} in the suite points (default: $ADAPTBENCH_DATA_DIR)")
+    r.add_argument("--weights", help="decision weights, e.g. quality=0.7,latency=0.1 (criteria: quality, latency, "
+                                      "cost_per_query, setup, knowledge_update, data_needed)")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
     v = sub.add_parser("validate", help="check a suite file and its data without loading any model")
     v.add_argument("suite", type=Path)
     v.add_argument("--data-dir", type=Path, help="where {data_dir} in the suite points (default: $ADAPTBENCH_DATA_DIR)")
 
-    rep = sub.add_parser("report", help="re-render report.md and report.html from a run directory")
+    rep = sub.add_parser("report", help="re-render report.md and report.html from a run directory (loads no model)")
     rep.add_argument("run_dir", type=Path)
+    rep.add_argument("--weights", help="decision weights, e.g. quality=0.7,latency=0.1 (default: the suite's)")
+
+    c = sub.add_parser("compare", help="compare runs against the first (baseline): per arm and metric, difference with CI",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Compare runs, e.g. before/after a knowledge-base change or two base models. "
+                                   "Differences are paired per example when the runs share test examples.")
+    c.add_argument("runs", type=Path, nargs="+", help="run directories; the first is the baseline")
+    c.add_argument("--out", "-o", type=Path, help="where compare.md/html/json go (default: reports/compare-<timestamp>)")
+    c.add_argument("--fail-on-regression", metavar="METRIC", action="append", default=[],
+                   help="exit 3 when METRIC got significantly worse for any arm (repeatable; 'any' for every metric)")
+
+    rs = sub.add_parser("runs", help="list past runs with their headline numbers")
+    rs.add_argument("--root", type=Path, default=Path("reports"), help="where run directories live (default: reports)")
 
     sub.add_parser("ls", help="list strategies, data loaders, bundled models and bundled suites")
     return p
@@ -77,17 +97,20 @@ def cmd_run(args) -> int:
     from toolkit.config import load_suite
     from toolkit.harness import run_suite
     from toolkit.progress import console, log
+    from toolkit.decision import parse_weights
     from toolkit.report import recommendation, render_run, terminal_table
+    from toolkit.runs import load_run
 
     if args.limit is not None and args.limit < 1:
         raise UserError("must be at least 1", field="--limit")
     ls = load_suite(args.suite, args.data_dir)
     only = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
+    weights = parse_weights(args.weights) or None
     run, results = run_suite(ls, only=only, limit=args.limit, out=args.out)
-    md, html = render_run(run.path)
+    md, html = render_run(run.path, weights)
     console.print()
     console.print(terminal_table(results))
-    for s in recommendation(results):
+    for s in recommendation(results, load_run(run.path)[1], weights):
         log(s)
     log(f"\nRun directory: {run.path}\nReport: {html}")
     print(run.path)  # stdout: the run directory, for scripts
@@ -111,11 +134,55 @@ def cmd_validate(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from toolkit.decision import parse_weights
     from toolkit.report import render_run
     if not (args.run_dir / "results.json").exists():
         raise UserError("not a run directory (no results.json)", file=args.run_dir)
-    md, html = render_run(args.run_dir)
+    md, html = render_run(args.run_dir, parse_weights(args.weights) or None)
     print(html)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from rich.table import Table
+
+    from toolkit.compare import EXIT_REGRESSION, compare_runs, default_out, render_compare, verdict
+    from toolkit.progress import console
+
+    if len(args.runs) < 2:
+        raise UserError("give at least two run directories (the first is the baseline)", field="runs")
+    cmp = compare_runs(args.runs)
+    known = {r["metric"] for r in cmp["rows"]}
+    for m in args.fail_on_regression:
+        if m != "any" and m not in known:
+            raise UserError(f"metric '{m}' is not in both runs (have: {', '.join(sorted(known))})",
+                            field="--fail-on-regression")
+    md, html = render_compare(cmp, args.out or default_out())
+    t = Table(title=f"against baseline {args.runs[0]}")
+    for col in ("run", "arm", "metric", "baseline", "now", "Δ [95% CI]", "verdict"):
+        t.add_column(col, justify="left" if col in ("run", "arm", "metric", "verdict") else "right")
+    for r in cmp["rows"]:
+        style = "red" if r["regression"] else ("green" if r["improvement"] else "")
+        t.add_row(Path(r["run"]).name, r["arm"], r["metric"], f"{r['baseline']:.3f}", f"{r['value']:.3f}",
+                  f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]", f"[{style}]{verdict(r)}[/]" if style else verdict(r))
+    console.print(t)
+    print(html)
+    gated = [r for r in cmp["rows"] if r["regression"] and ("any" in args.fail_on_regression or r["metric"] in args.fail_on_regression)]
+    if gated:
+        print(f"regression: {', '.join(sorted({r['arm'] + ' ' + r['metric'] for r in gated}))}", file=sys.stderr)
+        return EXIT_REGRESSION
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from toolkit.compare import list_runs
+    runs = list_runs(args.root)
+    if not runs:
+        print(f"no runs under {args.root}")
+        return 0
+    for r in runs:
+        arms = "  ".join(f"{n} {v:.3f}" for n, v in r["arms"].items())
+        print(f"{r['run']}  {r['status']:9s} {r['suite']}  n={r['n']}  {r['metric']}: {arms}")
     return 0
 
 
@@ -155,7 +222,8 @@ def _quiet_libraries() -> None:
         pass
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "ls": cmd_ls}
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "compare": cmd_compare,
+            "runs": cmd_runs, "ls": cmd_ls}
 
 if __name__ == "__main__":
     sys.exit(main())

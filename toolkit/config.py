@@ -98,6 +98,23 @@ class DataConfig(StrictModel):
         return self
 
 
+class DecisionConfig(StrictModel):
+    weights: dict[str, float] = Field(default_factory=dict, description=(
+        "Weights of the recommendation's criteria: quality, latency, cost_per_query, setup, knowledge_update, "
+        "data_needed (defaults 0.5, 0.1, 0.1, 0.1, 0.1, 0.1; normalised to sum to 1)."))
+
+    @field_validator("weights")
+    @classmethod
+    def _known(cls, v: dict[str, float]) -> dict[str, float]:
+        from toolkit.decision import DEFAULT_WEIGHTS
+        for k, w in v.items():
+            if k not in DEFAULT_WEIGHTS:
+                raise ValueError(f"unknown criterion '{k}' (choose from: {', '.join(DEFAULT_WEIGHTS)})")
+            if w < 0:
+                raise ValueError("weights must be >= 0")
+        return v
+
+
 class Suite(StrictModel):
     """A task: data, knowledge base, scoring, and the strategies to compare on it."""
 
@@ -118,6 +135,9 @@ class Suite(StrictModel):
         "(so `rag_k5: {type: rag, top_k: 5}` adds a second RAG arm)."))
     metrics: list[str] | None = Field(None, description="Metrics to report; defaults depend on the task type.")
     seed: int = Field(0, description="Seed for subsampling, few-shot choice and training.")
+    decision: DecisionConfig = Field(default_factory=DecisionConfig, description="How the report picks its recommendation.")
+    breakdown_by: list[str] = Field(default_factory=lambda: ["category"], description=(
+        "Metadata fields to break results down by in the report (rows without the field are left out)."))
 
     @field_validator("strategies", mode="before")
     @classmethod

@@ -1,16 +1,19 @@
-"""Rendering, from a run directory alone (never from live objects): the terminal
-table, report.md and a self-contained report.html (inline CSS and SVG, no network)."""
+"""Rendering, from a run directory alone (never from live objects, never a model):
+the terminal table, report.md and a self-contained report.html (inline CSS and SVG)."""
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
 
-from toolkit.runs import atomic_write, load_run
+import yaml
 
-ARM_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
+from toolkit import figures as F
+from toolkit.decision import CRITERIA_HELP, decide, primary_metric, sensitivity
+from toolkit.runs import atomic_write, load_run
+from toolkit.stats import compare_arms
+
 LABELS = {"exact_match": "Exact match", "token_f1": "Token F1", "rouge_l": "ROUGE-L", "contains": "Contains answer",
           "embedding_similarity": "Embedding sim.", "context_recall": "Context recall",
           "context_precision": "Context precision", "hit_at_k": "Hit@k", "mrr": "MRR", "accuracy": "Accuracy",
@@ -28,6 +31,12 @@ def headline_metrics(results: dict, n: int = 4) -> list[str]:
     return present[:n]
 
 
+def fmt_ci(m: dict | None, digits: int = 3) -> str:
+    if not m:
+        return "n/a"
+    return f"{m['mean']:.{digits}f} [{m['ci_low']:.{digits}f}, {m['ci_high']:.{digits}f}]"
+
+
 def fmt_mean(m: dict | None, digits: int = 2) -> str:
     return f"{m['mean']:.{digits}f}" if m else "n/a"
 
@@ -36,36 +45,150 @@ def fmt_interval(m: dict | None, digits: int = 2) -> str:
     return f"[{m['ci_low']:.{digits}f}, {m['ci_high']:.{digits}f}]" if m else ""
 
 
-def fmt_ci(m: dict | None, digits: int = 3) -> str:
-    if not m:
-        return "n/a"
-    return f"{m['mean']:.{digits}f} [{m['ci_low']:.{digits}f}, {m['ci_high']:.{digits}f}]"
+def fmt_p(p: float) -> str:
+    from toolkit.stats import N_BOOTSTRAP
+    return f"<{1 / N_BOOTSTRAP:.1g}" if p == 0 else f"{p:.2g}"
 
 
-def recommendation(results: dict) -> list[str]:
-    """Plain sentences generated from the numbers."""
-    arms = ok_arms(results)
-    heads = headline_metrics(results, 1)
-    if not arms or not heads:
+def fmt_s(x: float | None) -> str:
+    if x is None:
+        return "—"
+    return f"{x:.2f} s" if x < 10 else (f"{x:.0f} s" if x < 120 else f"{x / 60:.1f} min")
+
+
+# --- the recommendation ----------------------------------------------------------
+
+def recommendation(results: dict, samples: list[dict], weights: dict[str, float] | None = None) -> list[str]:
+    d = decide(results, weights)
+    metric = primary_metric(results)
+    if d is None or metric is None:
         return ["No arm finished, so there is nothing to recommend."]
-    m = heads[0]
-    hib = next(iter(arms.values()))["metrics"].get(m, {}).get("higher_is_better", True)
-    scored = {n: r for n, r in arms.items() if m in r["metrics"]}
-    best = (max if hib else min)(scored, key=lambda n: scored[n]["metrics"][m]["mean"])
-    b = scored[best]
-    lo, hi = b["metrics"][m]["ci_low"], b["metrics"][m]["ci_high"]
-    close = [n for n in scored if n != best and lo <= scored[n]["metrics"][m]["mean"] <= hi]
-    name = LABELS.get(m, m)
-    out = [f"Best on {name}: {best} ({fmt_ci(b['metrics'][m])}, 95% CI), set up in {b['cost']['setup_s']:.0f} s, "
-           f"p50 latency {b['cost']['latency_p50_s']:.2f} s per answer."]
-    if close:
-        cheaper = min(close, key=lambda n: (scored[n]["cost"]["setup_s"], scored[n]["cost"]["compute_s_per_answer"]))
-        c = scored[cheaper]
-        out.append(f"{', '.join(close)} {'falls' if len(close) == 1 else 'fall'} inside that interval, so the data "
-                   f"does not separate them from {best}; of those, {cheaper} is the cheapest "
-                   f"(setup {c['cost']['setup_s']:.0f} s, p50 {c['cost']['latency_p50_s']:.2f} s).")
+    arms = ok_arms(results)
+    name = LABELS.get(metric, metric)
+    win = arms[d.winner]
+    wm, wc = win["metrics"][metric], win["cost"]
+    hib = wm.get("higher_is_better", True)
+    best = (max if hib else min)((a for a in d.raw), key=lambda a: arms[a]["metrics"][metric]["mean"])
+    top = sorted(d.weights.items(), key=lambda kv: -kv[1])[:3]
+    out = [f"Recommended: {d.winner}. It has the best weighted score ({', '.join(f'{k} {v:.0%}' for k, v in top)}, …): "
+           f"{name} {wm['mean']:.3f} (95% CI {wm['ci_low']:.3f}–{wm['ci_high']:.3f}), one-off setup {fmt_s(wc['setup_s'])}, "
+           f"p50 latency {fmt_s(wc['latency_p50_s'])}, about {fmt_s(wc['compute_s_per_answer'] * 1000)} of compute per 1,000 queries."]
+    pairs = {(p.a, p.b): p for p in compare_arms(samples, metric, list(d.raw), seed=0)}
+
+    def pair(a, b):
+        p = pairs.get((a, b))
+        if p:
+            return p.diff, p.ci_low, p.ci_high, p.tied, p.p_bootstrap
+        p = pairs.get((b, a))
+        return (-p.diff, -p.ci_high, -p.ci_low, p.tied, p.p_bootstrap) if p else None
+
+    if best != d.winner:
+        pb = pair(best, d.winner)
+        bc = arms[best]["cost"]
+        if pb and pb[3]:
+            out.append(f"{best} has the highest {name} ({arms[best]['metrics'][metric]['mean']:.3f}), but it is statistically "
+                       f"tied with {d.winner} (difference {pb[0]:+.3f}, 95% CI {pb[1]:+.3f} to {pb[2]:+.3f}) and costs more "
+                       f"(setup {fmt_s(bc['setup_s'])}, p50 {fmt_s(bc['latency_p50_s'])}).")
+        elif pb:
+            out.append(f"{best} differs on {name} by {pb[0]:+.3f} (95% CI {pb[1]:+.3f} to {pb[2]:+.3f}, p {fmt_p(pb[4])}), "
+                       f"a real difference, but costs setup {fmt_s(bc['setup_s'])} and p50 {fmt_s(bc['latency_p50_s'])}; "
+                       f"give quality more weight to choose it.")
     else:
-        out.append(f"No other arm's mean falls inside {best}'s interval.")
+        tied = [a for a in d.raw if a != d.winner and (pair(d.winner, a) or (0, 0, 0, False))[3]]
+        if tied:
+            out.append(f"On {name} it is statistically tied with {', '.join(tied)} (the paired difference's 95% CI "
+                       f"contains 0); the weights decide between them.")
+        elif len(d.raw) > 1:
+            out.append(f"It beats every other arm on {name}, each paired difference excluding 0 at 95% confidence.")
+    return out
+
+
+# --- what the report shows -------------------------------------------------------
+
+def breakdown(samples: list[dict], metric: str, fields: list[str], arms: list[str]) -> dict[str, list[dict]]:
+    """field -> rows of {value, n, arm: mean}."""
+    out = {}
+    for f in fields:
+        groups: dict[str, dict[str, list[float]]] = {}
+        for s in samples:
+            v = (s.get("metadata") or {}).get(f)
+            sc = (s.get("scores") or {}).get(metric)
+            if v is None or sc is None:
+                continue
+            groups.setdefault(str(v), {}).setdefault(s["strategy"], []).append(float(sc))
+        if len(groups) > 1:
+            out[f] = [{"value": v, "n": max(len(x) for x in g.values()),
+                       **{a: (sum(g[a]) / len(g[a]) if g.get(a) else None) for a in arms}}
+                      for v, g in sorted(groups.items())]
+    return out
+
+
+def disagreements(samples: list[dict], metric: str, arms: list[str], n: int = 15) -> list[dict]:
+    """Examples where the arms' scores differ most: question, gold, every arm's answer and passages."""
+    by_id: dict[str, dict] = {}
+    for s in samples:
+        row = by_id.setdefault(s["id"], {"id": s["id"], "input": s["input"], "target": s["target"],
+                                          "context_ids": s.get("context_ids", []), "answers": {}})
+        row["answers"][s["strategy"]] = {"output": s["output"], "score": (s.get("scores") or {}).get(metric),
+                                         "contexts": s.get("contexts", [])}
+    rows = []
+    for row in by_id.values():
+        sc = [a["score"] for a in row["answers"].values() if isinstance(a["score"], (int, float))]
+        if len(sc) > 1 and max(sc) - min(sc) >= 0.5:
+            row["spread"] = max(sc) - min(sc)
+            rows.append(row)
+    rows.sort(key=lambda r: (-r["spread"], r["id"]))
+    return rows[:n]
+
+
+def build(run_dir: Path, weights: dict[str, float] | None = None) -> dict[str, Any]:
+    results, samples = load_run(run_dir)
+    env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").exists() else {}
+    config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
+    config = yaml.safe_load(config_text) or {}
+    if weights is None:
+        weights = (config.get("decision") or {}).get("weights") or {}
+    arms = ok_arms(results)
+    names = list(results["strategies"])
+    colors = F.arm_colors(names)
+    metric = primary_metric(results)
+    binary = [m for m in ("exact_match", "contains", "accuracy", "hit_at_k") if m in headline_metrics(results, 9)]
+    paired = {m: [p.to_dict() for p in compare_arms(samples, m, list(arms), seed=0)]
+              for m in ([metric] if metric else []) + [b for b in binary if b != metric]}
+    d = decide(results, weights)
+    return {
+        "r": results, "samples": samples, "env": env, "config_text": config_text, "config": config,
+        "metric": metric, "heads": headline_metrics(results, 9), "colors": colors,
+        "decision": d, "weights": d.weights if d else {}, "criteria_help": CRITERIA_HELP,
+        "recommendation": recommendation(results, samples, weights),
+        "sensitivity": sensitivity(results, weights) if d and len(d.raw) > 1 else [],
+        "paired": paired,
+        "breakdown": breakdown(samples, metric, config.get("breakdown_by") or ["category"], list(arms)) if metric else {},
+        "disagreements": disagreements(samples, metric, list(arms)) if metric else [],
+    }
+
+
+def figures(ctx: dict) -> dict[str, str]:
+    r, arms, colors, metric = ctx["r"], ok_arms(ctx["r"]), ctx["colors"], ctx["metric"]
+    if not arms or not metric:
+        return {}
+    label = LABELS.get(metric, metric)
+    out = {
+        "quality_vs_cost": F.quality_scatter(arms, metric, label, colors, x_key="compute_s_per_answer", scale=1000,
+                                             x_label="compute seconds per 1,000 queries",
+                                             title="Quality vs cost per query", mark_pareto=True),
+        "metric_bars": F.metric_bars(arms, headline_metrics(r, 6), LABELS, colors),
+        "quality_vs_latency": F.quality_scatter(arms, metric, label, colors, x_key="latency_p50_s",
+                                                x_label="p50 latency per answer (s)", title="Quality vs latency"),
+    }
+    for key, fig in (("hit_at_k", F.hit_at_k_curve(ctx["samples"], colors)),
+                     ("latency", F.latency_distribution(ctx["samples"], list(arms), colors)),
+                     ("loss", F.loss_curves(arms, colors))):
+        if fig:
+            out[key] = fig
+    for n, a in arms.items():
+        if a.get("confusion_matrix"):
+            out[f"confusion:{n}"] = F.confusion(a["confusion_matrix"], f"Confusion matrix: {n}")
     return out
 
 
@@ -75,7 +198,7 @@ def terminal_table(results: dict):
     from rich.table import Table
     heads = headline_metrics(results)
     t = Table(title=f"{results['suite']} · {results['data']['test_scored']} test examples · "
-                    f"{results.get('device', '?')}/{results.get('dtype', '?')}", show_lines=False)
+                    f"{results.get('device', '?')}/{results.get('dtype', '?')}")
     t.add_column("arm", style="bold")
     for m in heads:
         t.add_column(f"{LABELS.get(m, m)}\n(95% CI)", justify="right")
@@ -91,125 +214,54 @@ def terminal_table(results: dict):
     return t
 
 
-# --- figures (inline SVG) -------------------------------------------------------
-
-def _svg(fig) -> str:
-    import matplotlib.pyplot as plt
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
-    plt.close(fig)
-    svg = buf.getvalue()
-    return svg[svg.index("<svg"):]
-
-
-def figures(results: dict) -> dict[str, str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    matplotlib.rcParams["svg.fonttype"] = "none"
-
-    arms = ok_arms(results)
-    if not arms:
-        return {}
-    colors = {n: ARM_COLORS[i % len(ARM_COLORS)] for i, n in enumerate(results["strategies"])}
-    heads = headline_metrics(results, 6)
-    out = {}
-    if heads:
-        m = heads[0]
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        for n, r in arms.items():
-            if m not in r["metrics"]:
-                continue
-            v = r["metrics"][m]
-            x = r["cost"]["latency_p50_s"]
-            ax.errorbar([x], [v["mean"]], yerr=[[max(0.0, v["mean"] - v["ci_low"])], [max(0.0, v["ci_high"] - v["mean"])]],
-                        fmt="o", color=colors[n], capsize=4, markersize=8, label=n)
-            ax.annotate(n, (x, v["mean"]), textcoords="offset points", xytext=(7, 5), fontsize=9)
-        ax.margins(x=0.2, y=0.15)
-        ax.set_xlabel("p50 latency per answer (s)")
-        ax.set_ylabel(f"{LABELS.get(m, m)} (95% CI)")
-        ax.set_title("Quality vs latency")
-        ax.grid(alpha=0.3)
-        out["quality_vs_latency"] = _svg(fig)
-
-        fig, ax = plt.subplots(figsize=(7.5, 4.2))
-        width = 0.8 / max(1, len(arms))
-        for i, (n, r) in enumerate(arms.items()):
-            xs, ys, lo, hi = [], [], [], []
-            for j, mm in enumerate(heads):
-                if mm in r["metrics"]:
-                    v = r["metrics"][mm]
-                    xs.append(j + i * width)
-                    ys.append(v["mean"])
-                    lo.append(max(0.0, v["mean"] - v["ci_low"]))
-                    hi.append(max(0.0, v["ci_high"] - v["mean"]))
-            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, color=colors[n], label=n)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(heads))])
-        ax.set_xticklabels([LABELS.get(h, h).replace(" ", "\n", 1) for h in heads], fontsize=9)
-        ax.set_ylabel("score (95% CI whiskers)")
-        ax.set_ylim(0, 1.05)
-        ax.legend(fontsize=8, ncol=min(5, len(arms)), loc="upper center", bbox_to_anchor=(0.5, -0.12))
-        ax.set_title("Metrics per arm")
-        ax.grid(axis="y", alpha=0.3)
-        out["metric_bars"] = _svg(fig)
-    return out
-
-
 # --- documents ------------------------------------------------------------------
 
-def _examples(samples: list[dict], arms: list[str], n: int = 12) -> list[dict]:
-    by_id: dict[str, dict] = {}
-    for s in samples:
-        row = by_id.setdefault(s["id"], {"input": s["input"], "target": s["target"], "answers": {}})
-        row["answers"][s["strategy"]] = s["output"]
-    return list(by_id.values())[:n]
-
-
-def render_markdown(results: dict, samples: list[dict]) -> str:
-    heads = headline_metrics(results, 9)
-    lines = [f"# adaptbench: {results['suite']}", ""]
-    if results.get("description"):
-        lines += [results["description"], ""]
-    lines += ["**Recommendation.** " + " ".join(recommendation(results)), ""]
-    lines += [f"Status: {results['status']} · {results['data']['test_scored']} test examples · generator "
-              f"`{results.get('generator')}` on {results.get('device')}/{results.get('dtype')}", ""]
+def render_markdown(ctx: dict) -> str:
+    r, heads = ctx["r"], ctx["heads"]
+    lines = [f"# adaptbench: {r['suite']}", ""]
+    if r.get("description"):
+        lines += [r["description"].strip(), ""]
+    lines += ["**Recommendation.** " + " ".join(ctx["recommendation"]), ""]
+    lines += [f"Status: {r['status']} · {r['data']['test_scored']} test examples · generator "
+              f"`{r.get('generator')}` on {r.get('device')}/{r.get('dtype')}", ""]
     lines.append("| arm | " + " | ".join(LABELS.get(m, m) for m in heads) + " | setup s | p50 s | p95 s | tokens in/out |")
     lines.append("|---" * (len(heads) + 5) + "|")
-    for name, r in results["strategies"].items():
-        if r.get("status") != "success":
-            lines.append(f"| {name} | {r.get('status')}: {r.get('error', '')} |")
+    for name, a in r["strategies"].items():
+        if a.get("status") != "success":
+            lines.append(f"| {name} | {a.get('status')}: {a.get('error', '')} |")
             continue
-        c = r["cost"]
-        lines.append(f"| {name} | " + " | ".join(fmt_ci(r["metrics"].get(m)) for m in heads) +
+        c = a["cost"]
+        lines.append(f"| {name} | " + " | ".join(fmt_ci(a["metrics"].get(m)) for m in heads) +
                      f" | {c['setup_s']:.1f} | {c['latency_p50_s']:.2f} | {c['latency_p95_s']:.2f} | "
                      f"{c['prompt_tokens_mean']:.0f}/{c['completion_tokens_mean']:.0f} |")
-    lines += ["", "Metrics are means over the test examples with 95% bootstrap confidence intervals. "
-              "Setup is the one-off cost (index build, training); latency is the wall time of the batch an answer came in.", ""]
-    if results["data"].get("notes"):
-        lines += ["Data: " + "; ".join(results["data"]["notes"]) + ".", ""]
+    lines += ["", "Means over the test examples with 95% bootstrap confidence intervals. Setup is the one-off cost "
+              "(index build, training); latency is the wall time of the batch an answer came in.", ""]
+    if ctx["paired"].get(ctx["metric"]):
+        lines += [f"Paired differences on {LABELS.get(ctx['metric'], ctx['metric'])} (same examples):", "",
+                  "| arm A | arm B | A − B | 95% CI | p | verdict |", "|---|---|---|---|---|---|"]
+        for p in ctx["paired"][ctx["metric"]]:
+            lines.append(f"| {p['a']} | {p['b']} | {p['diff']:+.3f} | [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}] | "
+                         f"{fmt_p(p['p_bootstrap'])} | {'tied' if p['tied'] else ('A better' if p['diff'] > 0 else 'B better')} |")
+        lines.append("")
+    if r["data"].get("notes"):
+        lines += ["Data: " + "; ".join(r["data"]["notes"]) + ".", ""]
     return "\n".join(lines) + "\n"
 
 
-def render_html(results: dict, samples: list[dict], env: dict, config_text: str) -> str:
+def render_html(ctx: dict) -> str:
     from jinja2 import Environment, PackageLoader, select_autoescape
     jenv = Environment(loader=PackageLoader("toolkit", "templates"), autoescape=select_autoescape(["html"]))
-    arms = list(results["strategies"])
-    colors = {n: ARM_COLORS[i % len(ARM_COLORS)] for i, n in enumerate(arms)}
-    heads = headline_metrics(results, 9)
     return jenv.get_template("report.html").render(
-        r=results, heads=heads, labels=LABELS, fmt_ci=fmt_ci, fmt_mean=fmt_mean, fmt_interval=fmt_interval, colors=colors, recommendation=recommendation(results),
-        summaries={n: info_summary(a) for n, a in results["strategies"].items()},
-        figures=figures(results), examples=_examples(samples, arms), env=env, config_text=config_text,
-        env_json=json.dumps(env, indent=2))
+        **ctx, labels=LABELS, fmt_p=fmt_p, fmt_ci=fmt_ci, fmt_mean=fmt_mean, fmt_interval=fmt_interval, fmt_s=fmt_s,
+        figures=figures(ctx), summaries={n: info_summary(a) for n, a in ctx["r"]["strategies"].items()},
+        env_json=json.dumps(ctx["env"], indent=2))
 
 
-def render_run(run_dir: Path) -> tuple[Path, Path]:
-    results, samples = load_run(run_dir)
-    env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").exists() else {}
-    config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
+def render_run(run_dir: Path, weights: dict[str, float] | None = None) -> tuple[Path, Path]:
+    ctx = build(run_dir, weights)
     md, html = run_dir / "report.md", run_dir / "report.html"
-    atomic_write(md, render_markdown(results, samples))
-    atomic_write(html, render_html(results, samples, env, config_text))
+    atomic_write(md, render_markdown(ctx))
+    atomic_write(html, render_html(ctx))
     return md, html
 
 

@@ -1,0 +1,65 @@
+"""report.html in a real browser: headless Chromium, network off, no console output,
+the recommendation, table and figures present, no live markup from hostile text."""
+
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import pytest
+
+from tests.test_harness import SCRIPT, make_suite, scripted  # noqa: F401
+from toolkit.harness import run_suite
+from toolkit.report import render_run
+
+CHROMIUM = next((shutil.which(c) for c in ("chromium", "chromium-browser", "google-chrome") if shutil.which(c)), None)
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--host-resolver-rules=MAP * ~NOTFOUND", "--enable-logging=stderr", "--v=0", "--log-level=0"]
+
+
+class Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make test installs Debian's chromium when it can)")
+def test_report_renders_in_headless_chromium(tmp_path, tiny_llama, scripted):  # noqa: F811
+    hostile = {**SCRIPT, "Colour of the sky?": '"><svg onload=alert(3)>'}
+    ls = make_suite(tmp_path, tiny_llama, {"echo": {"type": "scripted", "answers": hostile},
+                                           'x" onmouseover="alert(4)': {"type": "scripted", "answers": {}}})
+    run, _ = run_suite(ls, out=tmp_path / "run")
+    _, html = render_run(run.path)
+    url = html.resolve().as_uri()
+    profile = tmp_path / "profile"
+
+    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    console = [l for l in dom.stderr.splitlines() if "CONSOLE" in l]
+    assert console == [], console
+    parser = Tags()
+    parser.feed(dom.stdout)
+    tags = parser.tags
+    assert not [t for t, _ in tags if t in ("script", "img", "iframe", "object", "embed")]
+    assert not [(t, a) for t, a in tags if any(k.startswith("on") for k in a)]  # no event-handler attributes
+    ids = {a.get("id") for _, a in tags}
+    assert {"recommendation", "results", "paired"} <= ids
+    assert sum(1 for t, _ in tags if t == "svg") >= 3
+    assert "Recommended:" in dom.stdout and "&lt;script&gt;" in dom.stdout
+
+    shot = tmp_path / "report.png"
+    r = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--window-size=1200,2200",
+                        f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and shot.stat().st_size > 20_000
+    if os.environ.get("ADAPTBENCH_TEST_ARTIFACTS"):
+        dest = os.path.join(os.environ["ADAPTBENCH_TEST_ARTIFACTS"], "report.png")
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.copy(shot, dest)
+    print(f"screenshot: {shot}")
+    assert re.search(r"<table[^>]*id=\"results\"", dom.stdout)

@@ -1,0 +1,103 @@
+"""Recommendation, paired statistics, run-to-run comparison: from run directories only."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+from tests.test_harness import SCRIPT, make_suite, scripted  # noqa: F401  (fixture)
+from toolkit import decision, stats
+from toolkit.harness import run_suite
+
+
+def fake_results(arms: dict[str, tuple[float, float, float, float]]) -> dict:
+    """arms: name -> (token_f1 mean, setup_s, p50 latency, compute_s per answer)."""
+    return {"metrics_order": ["token_f1"], "strategies": {
+        n: {"type": "rag" if "rag" in n else "zero_shot", "status": "success",
+            "metrics": {"token_f1": {"mean": q, "ci_low": q - 0.05, "ci_high": q + 0.05, "n": 100, "higher_is_better": True}},
+            "cost": {"setup_s": s, "latency_p50_s": lat, "compute_s_per_answer": c, "setup_breakdown_s": {"index": s}},
+            "info": {}}
+        for n, (q, s, lat, c) in arms.items()}}
+
+
+def test_weights_decide_and_sensitivity_finds_the_switch():
+    res = fake_results({"cheap": (0.60, 0.0, 0.5, 0.05), "rag": (0.80, 60.0, 2.0, 0.2)})
+    assert decision.decide(res, {"quality": 1.0, "latency": 0, "cost_per_query": 0, "setup": 0,
+                                 "knowledge_update": 0, "data_needed": 0}).winner == "rag"
+    assert decision.decide(res, {"quality": 0.0}).winner == "cheap"
+    rows = {r["criterion"]: r["winners"] for r in decision.sensitivity(res)}
+    q = rows["quality"]
+    assert q[0][1] == "cheap" and q[-1][1] == "rag" and 0 < q[-1][0] < 1  # the switch point is reported
+
+
+def test_parse_weights_errors():
+    from toolkit.errors import UserError
+    assert decision.parse_weights("quality=0.7, latency=0.1") == {"quality": 0.7, "latency": 0.1}
+    with pytest.raises(UserError, match="unknown criterion"):
+        decision.parse_weights("vibes=1")
+    with pytest.raises(UserError, match="not a number"):
+        decision.parse_weights("quality=high")
+
+
+def test_paired_bootstrap_and_mcnemar():
+    rng = np.random.default_rng(0)
+    a = (rng.random(300) < 0.7).astype(float)
+    b = a.copy()
+    flip = rng.choice(300, 60, replace=False)
+    b[flip] = 0.0  # b is worse on up to 60 examples
+    d, lo, hi, p = stats.paired_bootstrap(a, b)
+    assert d > 0 and lo > 0 and p < 0.01
+    assert stats.mcnemar(a, b) < 0.01
+    d, lo, hi, p = stats.paired_bootstrap(a, a)
+    assert d == 0 and p == 1.0 and lo <= 0 <= hi
+    assert stats.mcnemar(a, a) == 1.0
+
+
+def thirty_question_suite(tmp_path, tiny_llama, answers: dict):
+    import yaml
+
+    from tests.conftest import write_jsonl
+    from toolkit.config import load_suite
+    write_jsonl(tmp_path / "train.jsonl", [{"question": "train q", "answer": "x"}])
+    write_jsonl(tmp_path / "test.jsonl", [{"question": f"Q{i}?", "answer": f"A{i}"} for i in range(30)])
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({
+        "name": "thirty", "task": "qa", "instruction": "Answer.", "data": {"train": "train.jsonl", "test": "test.jsonl"},
+        "generator": {"model": str(tiny_llama)}, "strategies": {"echo": {"type": "scripted", "answers": answers}}}))
+    return load_suite(tmp_path / "s.yaml")
+
+
+def test_compare_flags_regressions_and_gates_ci(tmp_path, tiny_llama, scripted):  # noqa: F811
+    right = {f"Q{i}?": f"A{i}" for i in range(30)}
+    run_a, _ = run_suite(thirty_question_suite(tmp_path, tiny_llama, right), out=tmp_path / "a")
+    half = {f"Q{i}?": f"A{i}" for i in range(15)}
+    run_b, _ = run_suite(thirty_question_suite(tmp_path, tiny_llama, half), out=tmp_path / "b")
+    from toolkit.compare import compare_runs, list_runs
+    cmp = compare_runs([run_a.path, run_b.path])
+    f1 = next(r for r in cmp["rows"] if r["metric"] == "token_f1")
+    assert f1["regression"] and f1["diff"] < 0 and f1["how"].startswith("paired")
+    assert {r["run"] for r in list_runs(tmp_path)} == {str(run_a.path), str(run_b.path)}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "toolkit.cli", "compare", *map(str, args)],
+                              cwd=REPO, capture_output=True, text=True)
+
+    r = cli(run_a.path, run_b.path, "--fail-on-regression", "token_f1", "-o", tmp_path / "cmp")
+    assert r.returncode == 3 and "regression: echo token_f1" in r.stderr
+    assert (tmp_path / "cmp" / "compare.html").exists() and json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"]
+    assert cli(run_a.path, run_a.path, "--fail-on-regression", "token_f1", "-o", tmp_path / "cmp2").returncode == 0
+    r = cli(run_a.path, run_b.path, "--fail-on-regression", "bleu", "-o", tmp_path / "cmp3")
+    assert r.returncode == 2 and "bleu" in r.stderr
+
+
+def test_report_weights_override_changes_recommendation(tmp_path, tiny_llama, scripted):  # noqa: F811
+    from toolkit.report import build
+    ls = make_suite(tmp_path, tiny_llama, {"good": {"type": "scripted", "answers": SCRIPT},
+                                           "none": {"type": "scripted", "answers": {}}})
+    run, _ = run_suite(ls, out=tmp_path / "run")
+    ctx = build(run.path)
+    assert ctx["decision"].winner == "good" and ctx["recommendation"][0].startswith("Recommended: good")
+    assert ctx["paired"]["exact_match"][0]["n"] == 4
+    assert build(run.path, {"quality": 0.0, "data_needed": 1.0})["decision"] is not None

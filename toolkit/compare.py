@@ -1,0 +1,113 @@
+"""Run-to-run comparison: `adaptbench compare RUN_A RUN_B ...` (the first run is the
+baseline) and `adaptbench runs`. Reads run directories only."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.errors import UserError
+from toolkit.runs import atomic_write, load_run
+from toolkit.stats import N_BOOTSTRAP, paired_bootstrap, per_example
+
+EXIT_REGRESSION = 3
+
+
+def _load(path: Path) -> tuple[dict, list[dict]]:
+    if not (path / "results.json").exists():
+        raise UserError("not a run directory (no results.json)", file=path)
+    return load_run(path)
+
+
+def unpaired_bootstrap(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[float, float, float, float]:
+    rng = np.random.default_rng(seed)
+    bx = x[rng.integers(0, len(x), (N_BOOTSTRAP, len(x)))].mean(axis=1)
+    by = y[rng.integers(0, len(y), (N_BOOTSTRAP, len(y)))].mean(axis=1)
+    boot = by - bx
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    p = min(1.0, 2 * min(float((boot <= 0).mean()), float((boot >= 0).mean())))
+    return float(y.mean() - x.mean()), float(lo), float(hi), p
+
+
+def compare_runs(paths: list[Path]) -> dict:
+    """Per later run, arm and metric: the difference to the baseline with a 95% CI
+    (paired on the examples both runs scored, else unpaired), and a regression flag."""
+    runs = [(p, *_load(p)) for p in paths]
+    base_path, base, base_samples = runs[0]
+    rows = []
+    for path, res, samples in runs[1:]:
+        for arm, b_arm in base["strategies"].items():
+            o_arm = res["strategies"].get(arm)
+            if b_arm.get("status") != "success" or not o_arm or o_arm.get("status") != "success":
+                continue
+            for metric, bm in b_arm["metrics"].items():
+                if metric not in o_arm["metrics"]:
+                    continue
+                xs = per_example(base_samples, metric).get(arm, {})
+                ys = per_example(samples, metric).get(arm, {})
+                common = sorted(set(xs) & set(ys))
+                if len(common) >= 2:  # the examples both runs scored: paired, means over those
+                    x, y = np.array([xs[i] for i in common]), np.array([ys[i] for i in common])
+                    d, lo, hi, p = paired_bootstrap(y, x)
+                    how = f"paired on {len(common)} shared examples"
+                elif xs and ys:
+                    x, y = np.array(list(xs.values())), np.array(list(ys.values()))
+                    d, lo, hi, p = unpaired_bootstrap(x, y)
+                    how = "unpaired: no shared examples"
+                else:
+                    continue
+                hib = bm.get("higher_is_better", True)
+                regression = (hi < 0) if hib else (lo > 0)
+                improvement = (lo > 0) if hib else (hi < 0)
+                rows.append({"run": str(path), "arm": arm, "metric": metric, "baseline": float(x.mean()), "value": float(y.mean()),
+                             "diff": d, "ci_low": lo, "ci_high": hi, "p": p, "n": len(common) if len(common) >= 2 else None,
+                             "how": how, "higher_is_better": hib, "regression": regression, "improvement": improvement})
+    return {"baseline": str(base_path), "runs": [str(p) for p in paths],
+            "suites": [r[1]["suite"] for r in runs], "rows": rows}
+
+
+def render_compare(cmp: dict, out: Path) -> tuple[Path, Path]:
+    from jinja2 import Environment, PackageLoader, select_autoescape
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "compare.json", json.dumps(cmp, indent=2))
+    lines = [f"# adaptbench compare", "", f"Baseline: `{cmp['baseline']}`", "",
+             "| run | arm | metric | baseline | now | Δ | 95% CI | p | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in cmp["rows"]:
+        lines.append(f"| {Path(r['run']).name} | {r['arm']} | {r['metric']} | {r['baseline']:.3f} | {r['value']:.3f} | "
+                     f"{r['diff']:+.3f} | [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['p']:.3g} | {verdict(r)} |")
+    md = out / "compare.md"
+    atomic_write(md, "\n".join(lines) + "\n")
+    jenv = Environment(loader=PackageLoader("toolkit", "templates"), autoescape=select_autoescape(["html"]))
+    html = out / "compare.html"
+    atomic_write(html, jenv.get_template("compare.html").render(c=cmp, verdict=verdict, name=lambda p: Path(p).name))
+    return md, html
+
+
+def verdict(r: dict) -> str:
+    return "REGRESSION" if r["regression"] else ("improved" if r["improvement"] else "no significant change")
+
+
+def default_out(root: Path = Path("reports")) -> Path:
+    return root / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def list_runs(root: Path) -> list[dict]:
+    out = []
+    for d in sorted(root.glob("*/results.json")):
+        try:
+            r = json.loads(d.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if "strategies" not in r:
+            continue
+        metric = next((m for m in r.get("metrics_order", [])
+                       if any(m in (a.get("metrics") or {}) for a in r["strategies"].values())), None)
+        arms = {n: (a.get("metrics") or {}).get(metric, {}).get("mean") for n, a in r["strategies"].items()}
+        out.append({"run": str(d.parent), "suite": r.get("suite"), "status": r.get("status"), "started": r.get("started"),
+                    "metric": metric, "arms": {n: v for n, v in arms.items() if v is not None and not math.isnan(v)},
+                    "n": (r.get("data") or {}).get("test_scored")})
+    return out

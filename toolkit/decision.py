@@ -1,0 +1,126 @@
+"""The recommendation: a weighted score over criteria, computed from results.json,
+plus a sensitivity sweep showing at which weights the choice would change."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_WEIGHTS = {"quality": 0.5, "latency": 0.1, "cost_per_query": 0.1, "setup": 0.1,
+                   "knowledge_update": 0.1, "data_needed": 0.1}
+CRITERIA_HELP = {
+    "quality": "the suite's first metric (higher is better)",
+    "latency": "p50 seconds per answer",
+    "cost_per_query": "amortised compute seconds per answer",
+    "setup": "one-off seconds to build the arm (index, training)",
+    "knowledge_update": "seconds to absorb new documents (re-index or re-train); zero_shot cannot",
+    "data_needed": "labelled examples the arm needs",
+}
+
+
+def parse_weights(text: str | None) -> dict[str, float]:
+    """'quality=0.7,latency=0.1' -> dict; unknown names are a UserError."""
+    from toolkit.errors import UserError
+    if not text:
+        return {}
+    out = {}
+    for part in text.split(","):
+        name, _, val = part.partition("=")
+        name = name.strip()
+        if name not in DEFAULT_WEIGHTS:
+            raise UserError(f"unknown criterion '{name}' (choose from: {', '.join(DEFAULT_WEIGHTS)})", field="--weights")
+        try:
+            out[name] = float(val)
+        except ValueError:
+            raise UserError(f"'{val}' is not a number", field=f"--weights {name}") from None
+        if out[name] < 0:
+            raise UserError("weights must be ≥ 0", field=f"--weights {name}")
+    return out
+
+
+def criteria(results: dict) -> dict[str, dict[str, float | None]]:
+    """arm -> criterion -> raw value (None: the arm cannot do it)."""
+    metric = primary_metric(results)
+    out = {}
+    for name, r in results["strategies"].items():
+        if r.get("status") != "success" or metric not in r["metrics"]:
+            continue
+        c, info, t = r["cost"], r.get("info", {}), r["type"]
+        br = c.get("setup_breakdown_s", {})
+        m = r["metrics"][metric]
+        quality = m["mean"] if m.get("higher_is_better", True) else -m["mean"]
+        if t in ("rag", "rag_finetune"):
+            update = br.get("index", c["setup_s"])  # new documents: re-index
+        elif t == "finetune":
+            update = br.get("training", c["setup_s"])  # new facts: re-train
+        elif t == "few_shot":
+            update = br.get("embed_pool", 0.0)  # new solved examples join the pool
+        else:
+            update = None  # zero_shot cannot absorb anything new
+        data = {"zero_shot": 0, "rag": 0}.get(t, info.get("train_examples", info.get("pool_size", 0)))
+        out[name] = {"quality": quality, "latency": c["latency_p50_s"], "cost_per_query": c["compute_s_per_answer"],
+                     "setup": c["setup_s"], "knowledge_update": update, "data_needed": float(data)}
+    return out
+
+
+def primary_metric(results: dict) -> str | None:
+    arms = [r for r in results["strategies"].values() if r.get("status") == "success"]
+    return next((m for m in results.get("metrics_order", []) if any(m in r["metrics"] for r in arms)), None)
+
+
+def normalise(values: dict[str, float | None], higher_is_better: bool, log: bool) -> dict[str, float]:
+    """Map to [0, 1], 1 best. Times use log1p: 1 s vs 2 s matters more than 101 s vs 102 s."""
+    known = {k: (math.log1p(max(v, 0.0)) if log else v) for k, v in values.items() if v is not None}
+    out = {k: 0.0 for k, v in values.items() if v is None}
+    if not known:
+        return out
+    lo, hi = min(known.values()), max(known.values())
+    for k, v in known.items():
+        s = 1.0 if hi == lo else (v - lo) / (hi - lo)
+        out[k] = s if higher_is_better else 1.0 - s
+    return out
+
+
+@dataclass
+class Decision:
+    winner: str
+    scores: dict[str, float]            # arm -> weighted score
+    normalised: dict[str, dict[str, float]]
+    raw: dict[str, dict[str, float | None]]
+    weights: dict[str, float]
+
+
+def decide(results: dict, weights: dict[str, float] | None = None) -> Decision | None:
+    raw = criteria(results)
+    if not raw:
+        return None
+    w = {**DEFAULT_WEIGHTS, **(weights or {})}
+    total = sum(w.values()) or 1.0
+    w = {k: v / total for k, v in w.items()}
+    norm_by_c = {c: normalise({a: raw[a][c] for a in raw}, higher_is_better=(c == "quality"),
+                              log=c not in ("quality", "data_needed")) for c in DEFAULT_WEIGHTS}
+    norm = {a: {c: norm_by_c[c][a] for c in DEFAULT_WEIGHTS} for a in raw}
+    scores = {a: sum(w[c] * norm[a][c] for c in w) for a in raw}
+    winner = max(scores, key=lambda a: (scores[a], raw[a]["quality"]))
+    return Decision(winner, scores, norm, raw, w)
+
+
+def sensitivity(results: dict, weights: dict[str, float] | None = None, steps: int = 21) -> list[dict]:
+    """For each criterion: sweep its weight from 0 to 1 (the others keep their proportions)
+    and report where the recommended arm changes."""
+    base = {**DEFAULT_WEIGHTS, **(weights or {})}
+    rows = []
+    for c in DEFAULT_WEIGHTS:
+        others = {k: v for k, v in base.items() if k != c}
+        tot = sum(others.values()) or 1.0
+        path = []
+        for x in np.linspace(0, 1, steps):
+            w = {k: (1 - x) * v / tot for k, v in others.items()}
+            w[c] = float(x)
+            d = decide(results, w)
+            path.append((float(x), d.winner if d else None))
+        changes = [(x, win) for i, (x, win) in enumerate(path) if i == 0 or win != path[i - 1][1]]
+        rows.append({"criterion": c, "weight": base[c] / (sum(base.values()) or 1.0), "winners": changes})
+    return rows
