@@ -51,7 +51,7 @@ def test_report_renders_in_headless_chromium(tmp_path, tiny_llama, scripted):  #
     ids = {a.get("id") for _, a in tags}
     assert {"recommendation", "results", "paired"} <= ids
     assert sum(1 for t, _ in tags if t == "svg") >= 3
-    assert "Recommended:" in dom.stdout and "&lt;script&gt;" in dom.stdout
+    assert "Use echo:" in dom.stdout and "&lt;script&gt;" in dom.stdout
 
     shot = tmp_path / "report.png"
     r = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--window-size=1200,2200",

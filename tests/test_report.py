@@ -98,6 +98,6 @@ def test_report_weights_override_changes_recommendation(tmp_path, tiny_llama, sc
                                            "none": {"type": "scripted", "answers": {}}})
     run, _ = run_suite(ls, out=tmp_path / "run")
     ctx = build(run.path)
-    assert ctx["decision"].winner == "good" and ctx["recommendation"][0].startswith("Recommended: good")
+    assert ctx["decision"].winner == "good" and ctx["recommendation"][0].startswith("Use good:")
     assert ctx["paired"]["exact_match"][0]["n"] == 4
     assert build(run.path, {"quality": 0.0, "data_needed": 1.0})["decision"] is not None

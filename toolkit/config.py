@@ -101,7 +101,7 @@ class DataConfig(StrictModel):
 class DecisionConfig(StrictModel):
     weights: dict[str, float] = Field(default_factory=dict, description=(
         "Weights of the recommendation's criteria: quality, latency, cost_per_query, setup, knowledge_update, "
-        "data_needed (defaults 0.5, 0.1, 0.1, 0.1, 0.1, 0.1; normalised to sum to 1)."))
+        "data_needed (defaults 0.7, then 0.06 each; normalised to sum to 1)."))
 
     @field_validator("weights")
     @classmethod

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_WEIGHTS = {"quality": 0.5, "latency": 0.1, "cost_per_query": 0.1, "setup": 0.1,
-                   "knowledge_update": 0.1, "data_needed": 0.1}
+# Quality dominates unless arms are close: costs separate arms whose quality is similar.
+DEFAULT_WEIGHTS = {"quality": 0.7, "latency": 0.06, "cost_per_query": 0.06, "setup": 0.06,
+                   "knowledge_update": 0.06, "data_needed": 0.06}
 CRITERIA_HELP = {
     "quality": "the suite's first metric (higher is better)",
     "latency": "p50 seconds per answer",

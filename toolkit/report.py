@@ -59,47 +59,59 @@ def fmt_s(x: float | None) -> str:
 # --- the recommendation ----------------------------------------------------------
 
 def recommendation(results: dict, samples: list[dict], weights: dict[str, float] | None = None) -> list[str]:
+    """Two to four plain sentences generated from the numbers."""
     d = decide(results, weights)
     metric = primary_metric(results)
     if d is None or metric is None:
         return ["No arm finished, so there is nothing to recommend."]
     arms = ok_arms(results)
     name = LABELS.get(metric, metric)
-    win = arms[d.winner]
-    wm, wc = win["metrics"][metric], win["cost"]
-    hib = wm.get("higher_is_better", True)
-    best = (max if hib else min)((a for a in d.raw), key=lambda a: arms[a]["metrics"][metric]["mean"])
-    top = sorted(d.weights.items(), key=lambda kv: -kv[1])[:3]
-    out = [f"Recommended: {d.winner}. It has the best weighted score ({', '.join(f'{k} {v:.0%}' for k, v in top)}, …): "
-           f"{name} {wm['mean']:.3f} (95% CI {wm['ci_low']:.3f}–{wm['ci_high']:.3f}), one-off setup {fmt_s(wc['setup_s'])}, "
-           f"p50 latency {fmt_s(wc['latency_p50_s'])}, about {fmt_s(wc['compute_s_per_answer'] * 1000)} of compute per 1,000 queries."]
+    hib = arms[d.winner]["metrics"][metric].get("higher_is_better", True)
     pairs = {(p.a, p.b): p for p in compare_arms(samples, metric, list(d.raw), seed=0)}
 
-    def pair(a, b):
-        p = pairs.get((a, b))
-        if p:
+    def diff(a, b):  # a − b on the shared examples: (diff, lo, hi, tied, p)
+        if (a, b) in pairs:
+            p = pairs[(a, b)]
             return p.diff, p.ci_low, p.ci_high, p.tied, p.p_bootstrap
-        p = pairs.get((b, a))
-        return (-p.diff, -p.ci_high, -p.ci_low, p.tied, p.p_bootstrap) if p else None
+        if (b, a) in pairs:
+            p = pairs[(b, a)]
+            return -p.diff, -p.ci_high, -p.ci_low, p.tied, p.p_bootstrap
+        return None
 
-    if best != d.winner:
-        pb = pair(best, d.winner)
-        bc = arms[best]["cost"]
-        if pb and pb[3]:
-            out.append(f"{best} has the highest {name} ({arms[best]['metrics'][metric]['mean']:.3f}), but it is statistically "
-                       f"tied with {d.winner} (difference {pb[0]:+.3f}, 95% CI {pb[1]:+.3f} to {pb[2]:+.3f}) and costs more "
-                       f"(setup {fmt_s(bc['setup_s'])}, p50 {fmt_s(bc['latency_p50_s'])}).")
-        elif pb:
-            out.append(f"{best} differs on {name} by {pb[0]:+.3f} (95% CI {pb[1]:+.3f} to {pb[2]:+.3f}, p {fmt_p(pb[4])}), "
-                       f"a real difference, but costs setup {fmt_s(bc['setup_s'])} and p50 {fmt_s(bc['latency_p50_s'])}; "
-                       f"give quality more weight to choose it.")
+    def q(a):
+        m = arms[a]["metrics"][metric]
+        return f"{name} {m['mean']:.2f}, 95% CI {m['ci_low']:.2f}–{m['ci_high']:.2f}"
+
+    win, c = d.winner, arms[d.winner]["cost"]
+    best = (max if hib else min)(d.raw, key=lambda a: arms[a]["metrics"][metric]["mean"])
+    tied_with_best = [a for a in d.raw if a != best and (diff(best, a) or (0, 0, 0, False, 1))[3]]
+    others = [a for a in d.raw if a != win]
+    if win == best:
+        tied = [a for a in others if (diff(win, a) or (0, 0, 0, False, 1))[3]]
+        why = (f"it gives the best answers ({q(win)})" +
+               (f", though it is statistically tied with {', '.join(tied)}" if tied else
+                (" and beats every other arm with 95% confidence" if others else "")))
+    elif (diff(best, win) or (0, 0, 0, False, 1))[3]:
+        why = f"it answers as well as the best arm within the margin of error ({q(win)}) and costs less"
     else:
-        tied = [a for a in d.raw if a != d.winner and (pair(d.winner, a) or (0, 0, 0, False))[3]]
-        if tied:
-            out.append(f"On {name} it is statistically tied with {', '.join(tied)} (the paired difference's 95% CI "
-                       f"contains 0); the weights decide between them.")
-        elif len(d.raw) > 1:
-            out.append(f"It beats every other arm on {name}, each paired difference excluding 0 at 95% confidence.")
+        why = f"under these weights its lower cost outweighs its lower quality ({q(win)})"
+    out = [f"Use {win}: {why}.",
+           f"It takes {fmt_s(c['setup_s'])} to set up once, then about {fmt_s(c['compute_s_per_answer'] * 1000)} of "
+           f"compute per 1,000 queries (p50 latency {fmt_s(c['latency_p50_s'])} per answer)."]
+    if win != best:
+        dd = diff(best, win)
+        bc = arms[best]["cost"]
+        verdict = ("statistically tied with it" if dd and dd[3] else
+                   f"better by {abs(dd[0]):.2f} (95% CI {min(abs(dd[1]), abs(dd[2])):.2f}–{max(abs(dd[1]), abs(dd[2])):.2f})" if dd else "")
+        out.append(f"{best} scores highest ({q(best)}), {verdict}, but takes {fmt_s(bc['setup_s'])} to set up and "
+                   f"{fmt_s(bc['compute_s_per_answer'] * 1000)} per 1,000 queries.")
+    elif tied_with_best:
+        cheap = min(tied_with_best, key=lambda a: (arms[a]["cost"]["setup_s"], arms[a]["cost"]["compute_s_per_answer"]))
+        ac = arms[cheap]["cost"]
+        out.append(f"A cheaper choice within the margin of error: {cheap} ({q(cheap)}; setup {fmt_s(ac['setup_s'])}, "
+                   f"{fmt_s(ac['compute_s_per_answer'] * 1000)} per 1,000 queries).")
+    top = ", ".join(f"{k.replace('_', ' ')} {v:.0%}" for k, v in sorted(d.weights.items(), key=lambda kv: -kv[1]) if v > 0)
+    out.append(f"(Weights: {top}. The sensitivity table shows when the choice would change.)")
     return out
 
 
