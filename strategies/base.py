@@ -54,7 +54,7 @@ class Context:
     labels: list[str] | None
     kb: KnowledgeBase | None
     generator_ref: ModelRef
-    cache_dir: Path
+    run_dir: Path  # the run directory (strategies may keep small artifacts there)
     _shared: dict[str, Any] = field(default_factory=dict)
 
     def base_generator(self):
@@ -98,8 +98,23 @@ class Strategy(ABC):
         """Expensive, cacheable work. Default: nothing."""
 
     @abstractmethod
+    def prompts(self, queries: list[Query]) -> tuple[list[list[dict]], list[list[Passage]]]:
+        """The chat prompt for each query, and the passages it carries (empty lists if none)."""
+
+    def model(self):
+        """The Generator that answers (the shared base model unless the strategy trains)."""
+        return self.ctx.base_generator()
+
     def answer(self, queries: list[Query]) -> list[Prediction]:
         """Answer a batch; one Prediction per query, in order."""
+        prompts, contexts = self.prompts(queries)
+        return self.generate(self.model(), prompts, queries, contexts)
+
+    def loglikelihood(self, queries: list[Query], targets: list[str], *, base: bool = False) -> list[tuple[float, int]]:
+        """(summed NLL, answer tokens) of given answers under this arm's prompts and model
+        (or the base model). Called by the scorer, which owns the targets."""
+        prompts, _ = self.prompts(queries)
+        return (self.ctx.base_generator() if base else self.model()).answer_nll(prompts, targets)
 
     # helpers shared by strategies
     def messages(self, question: str, passages: list[str] | None = None, shots=()) -> list[dict]:

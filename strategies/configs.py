@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class StrategyConfig(BaseModel):
@@ -46,21 +46,42 @@ class RagConfig(RetrievalConfig):
 
 
 class FinetuneConfig(StrategyConfig):
-    """LoRA fine-tuning on the train split with the Hugging Face Trainer."""
+    """LoRA (or full) fine-tuning on the train split with the Hugging Face Trainer."""
 
-    method: Literal["lora"] = Field("lora", description="Fine-tuning method.")
+    method: Literal["lora", "full", "qlora"] = Field("lora", description=(
+        "'lora': low-rank adapters (peft); 'full': every weight; 'qlora': LoRA on a 4-bit base "
+        "(needs CUDA and bitsandbytes)."))
     r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = lora_alpha / r).")
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     target_modules: list[str] | str = Field("all-linear", description=(
         "Modules that get adapters: 'all-linear' or a list such as [q_proj, v_proj]."))
-    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate (linear decay after warmup).")
+    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate.")
     num_train_epochs: float = Field(3, gt=0, description="Passes over the train split.")
-    per_device_train_batch_size: int = Field(8, ge=1, description="Examples per optimisation step and device.")
+    per_device_train_batch_size: int = Field(8, ge=1, description="Examples per device and forward pass.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Forward passes per optimiser step.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up the learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule after warmup.")
     max_seq_length: int = Field(384, ge=16, description="Training examples are truncated to this many tokens.")
+    eval_strategy: Literal["epoch", "steps", "no"] = Field("epoch", description=(
+        "When to compute validation loss: every epoch, every `eval_steps` steps, or never."))
+    eval_steps: int | None = Field(None, ge=1, description="With eval_strategy: steps, evaluate every this many steps.")
+    early_stopping_patience: int | None = Field(None, ge=1, description=(
+        "Stop after this many evaluations without improvement of the validation loss (needs a validation split)."))
+    load_best_model_at_end: bool = Field(False, description=(
+        "Keep the checkpoint with the lowest validation loss instead of the last one."))
     max_train_examples: int | None = Field(None, ge=1, description="Train on at most this many examples (seeded subsample).")
     seed: int | None = Field(None, description="Training seed (defaults to the suite seed).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "FinetuneConfig":
+        if self.eval_strategy == "steps" and not self.eval_steps:
+            raise ValueError("eval_strategy: steps needs eval_steps")
+        if (self.early_stopping_patience or self.load_best_model_at_end) and self.eval_strategy == "no":
+            raise ValueError("early stopping and load_best_model_at_end need eval_strategy epoch or steps")
+        return self
 
 
 class RagFinetuneConfig(FinetuneConfig, RetrievalConfig):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import time
 
-from strategies.base import Prediction, Strategy
+from strategies.base import Strategy
 from toolkit.data import Example, Query
 from toolkit.models import embed, resolve_embedder
 
@@ -39,7 +39,7 @@ class FewShot(Strategy):
         # most similar last: nearest to the question in the prompt
         return [[self.pool[j] for j in reversed(row.argsort()[::-1][:k].tolist())] for row in sims]
 
-    def answer(self, queries: list[Query]) -> list[Prediction]:
+    def prompts(self, queries: list[Query]):
         gen = self.ctx.base_generator()
         prompts = []
         for q, shots in zip(queries, self.choose(queries)):
@@ -49,4 +49,4 @@ class FewShot(Strategy):
                 pairs = pairs[1:]  # drop the least similar (first) example
                 msgs = self.messages(q.input, shots=pairs)
             prompts.append(msgs)
-        return self.generate(gen, prompts, queries)
+        return prompts, [[] for _ in queries]

@@ -3,12 +3,16 @@ peft), answering with the same prompt as zero_shot."""
 
 from __future__ import annotations
 
-from strategies.base import Prediction, Strategy
-from toolkit.data import Example, Query, subsample
-from toolkit.training import TrainItem, load_finetuned, train_lora
+import shutil
 
-TRAIN_SETTINGS = ("r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate", "num_train_epochs",
-                  "per_device_train_batch_size", "warmup_ratio", "max_seq_length")
+from strategies.base import Strategy
+from toolkit.data import Example, Query, subsample
+from toolkit.training import TrainItem, load_finetuned, train_model
+
+TRAIN_SETTINGS = ("method", "r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate", "num_train_epochs",
+                  "per_device_train_batch_size", "gradient_accumulation_steps", "warmup_ratio", "weight_decay",
+                  "lr_scheduler_type", "max_seq_length", "eval_strategy", "eval_steps", "early_stopping_patience",
+                  "load_best_model_at_end")
 
 
 class Finetune(Strategy):
@@ -23,20 +27,24 @@ class Finetune(Strategy):
         train = subsample(train, self.config.max_train_examples, seed=seed,
                           stratify=self.ctx.suite.task == "classification")
         settings = {k: getattr(self.config, k) for k in TRAIN_SETTINGS}
-        self.adapter, self.info = train_lora(
+        self.adapter, self.info = train_model(
             self.ctx.generator_ref, self.ctx.suite.generator, self.train_items(train), self.train_items(validation),
             settings, label=f"{self.name}: training", seed=seed)
         self.info["build_s"] = {"training": self.info["train_s"]}
+        if (self.adapter / "adapter_config.json").exists():  # LoRA adapters are small: keep one with the run
+            dest = self.ctx.run_dir / "adapters" / self.name
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(self.adapter, dest)
+            self.info["adapter_dir"] = str(dest.relative_to(self.ctx.run_dir))
         self.generator = None
 
     def fingerprint(self) -> dict:
         return {**super().fingerprint(), "adapter": self.info["adapter_key"]}
 
-    def finetuned_generator(self):
+    def model(self):
         if self.generator is None:
             self.generator = load_finetuned(self.ctx.generator_ref, self.ctx.suite.generator, self.adapter)
         return self.generator
 
-    def answer(self, queries: list[Query]) -> list[Prediction]:
-        prompts = [self.messages(q.input) for q in queries]
-        return self.generate(self.finetuned_generator(), prompts, queries)
+    def prompts(self, queries: list[Query]):
+        return [self.messages(q.input) for q in queries], [[] for _ in queries]

@@ -3,7 +3,7 @@ the prompt; their document ids are recorded with every answer."""
 
 from __future__ import annotations
 
-from strategies.base import Prediction, Strategy
+from strategies.base import Strategy
 from toolkit.data import Example, Query
 
 
@@ -20,6 +20,5 @@ class Rag(Strategy):
     def fingerprint(self) -> dict:
         return {**super().fingerprint(), "index": self.retriever.key}
 
-    def answer(self, queries: list[Query]) -> list[Prediction]:
-        prompts, contexts = self.retriever.prompts(self, [q.input for q in queries], self.config.top_k)
-        return self.generate(self.ctx.base_generator(), prompts, queries, contexts)
+    def prompts(self, queries: list[Query]):
+        return self.retriever.prompts(self, [q.input for q in queries], self.config.top_k)

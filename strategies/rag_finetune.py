@@ -4,7 +4,6 @@ question (RAFT-style), so it learns to read them, distractors included."""
 
 from __future__ import annotations
 
-from strategies.base import Prediction
 from strategies.finetune import Finetune
 from toolkit.data import Example, Query
 from toolkit.training import TrainItem
@@ -28,6 +27,5 @@ class RagFinetune(Finetune):
     def fingerprint(self) -> dict:
         return {**super().fingerprint(), "index": self.retriever.key}
 
-    def answer(self, queries: list[Query]) -> list[Prediction]:
-        prompts, contexts = self.retriever.prompts(self, [q.input for q in queries], self.config.top_k)
-        return self.generate(self.finetuned_generator(), prompts, queries, contexts)
+    def prompts(self, queries: list[Query]):
+        return self.retriever.prompts(self, [q.input for q in queries], self.config.top_k)

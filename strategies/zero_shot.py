@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from strategies.base import Prediction, Strategy
+from strategies.base import Strategy
 from toolkit.data import Query
 
 
 class ZeroShot(Strategy):
     type = "zero_shot"
 
-    def answer(self, queries: list[Query]) -> list[Prediction]:
-        prompts = [self.messages(q.input) for q in queries]
-        return self.generate(self.ctx.base_generator(), prompts, queries)
+    def prompts(self, queries: list[Query]):
+        return [self.messages(q.input) for q in queries], [[] for _ in queries]

@@ -29,7 +29,7 @@ def _fingerprint(suite_text_changes: dict, tiny_llama, tmp_path):
     p = tmp_path / "s.yaml"
     p.write_text(yaml.safe_dump(suite))
     ls = load_suite(p)
-    ctx = Context(suite=ls.suite, labels=None, kb=None, generator_ref=resolve_generator(str(tiny_llama)), cache_dir=tmp_path)
+    ctx = Context(suite=ls.suite, labels=None, kb=None, generator_ref=resolve_generator(str(tiny_llama)), run_dir=tmp_path)
     stype, cfg = ls.arms["zero_shot"]
     return content_hash(strategy_class(stype)("zero_shot", cfg, ctx).fingerprint())
 

@@ -28,6 +28,9 @@ class Scripted(Strategy):
 
     type: ClassVar[str] = "scripted"
 
+    def prompts(self, queries):
+        return [[] for _ in queries], [[] for _ in queries]
+
     def answer(self, queries):
         if self.config.fail:
             raise RuntimeError("scripted failure")

@@ -117,3 +117,57 @@ def test_classification_suite_end_to_end(tmp_path, tiny_llama):
         assert len(cm["matrix"]) == 3 and sum(map(sum, cm["matrix"])) == 6
     md, html = render_run(run.path)
     assert "Accuracy" in md.read_text()
+
+
+def test_trainer_controls_full_finetuning_perplexity_and_export(tiny_suite, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from toolkit.export import export
+
+    cfg = yaml.safe_load(tiny_suite.path.read_text())
+    cfg["strategies"] = {
+        "finetune": {"num_train_epochs": 6, "per_device_train_batch_size": 4, "learning_rate": 5.0e-3, "r": 4,
+                     "eval_strategy": "steps", "eval_steps": 3, "early_stopping_patience": 1,
+                     "load_best_model_at_end": True, "lr_scheduler_type": "cosine", "gradient_accumulation_steps": 1,
+                     "weight_decay": 0.01},
+        "full": {"type": "finetune", "method": "full", "num_train_epochs": 1, "per_device_train_batch_size": 4,
+                 "learning_rate": 1.0e-3},
+    }
+    tiny_suite.path.write_text(yaml.safe_dump(cfg))
+    run, res = run_suite(load_suite(tiny_suite.path), out=tmp_path / "run")
+    assert res["status"] == "success", {n: r.get("error") for n, r in res["strategies"].items()}
+    ft, full = res["strategies"]["finetune"], res["strategies"]["full"]
+    evals = [h for h in ft["info"]["history"] if "eval_loss" in h]
+    assert len(evals) >= 2 and all(h["step"] % 3 == 0 for h in evals)  # every 3 steps
+    assert ft["info"]["best_eval_loss"] == min(h["eval_loss"] for h in evals)
+    assert full["info"]["method"] == "full" and full["info"]["trainable_params"] > 1_000_000
+    # perplexity of the gold answers, base vs trained, per arm
+    for r in (ft, full):
+        assert r["metrics"]["perplexity"]["mean"] > 1 and r["perplexity_base"]["mean"] > 1
+    assert ft["metrics"]["perplexity"]["mean"] < ft["perplexity_base"]["mean"]
+
+    merged = export(run.path, "finetune", tmp_path / "merged", merge=True)
+    adapter = export(run.path, "finetune", tmp_path / "adapter", merge=False)
+    assert (adapter / "adapter_model.safetensors").exists() and (adapter / "adapter_config.json").exists()
+    plain = AutoModelForCausalLM.from_pretrained(merged)  # plain transformers, no peft
+    assert not hasattr(plain, "peft_config") and (merged / "tokenizer_config.json").exists()
+    from peft import PeftModel
+    base = AutoModelForCausalLM.from_pretrained(load_suite(tiny_suite.path).suite.generator.model)
+    with_adapter = PeftModel.from_pretrained(base, adapter)
+    ids = torch.tensor([[1, 42, 99, 7]])
+    assert torch.allclose(plain(ids).logits, with_adapter(ids).logits, atol=1e-4)
+
+
+def test_qlora_without_cuda_is_a_clear_error(tiny_suite, tmp_path):
+    import torch
+
+    from toolkit.errors import UserError
+
+    if torch.cuda.is_available():
+        pytest.skip("has CUDA")
+    cfg = yaml.safe_load(tiny_suite.path.read_text())
+    cfg["strategies"] = {"finetune": {"method": "qlora", "num_train_epochs": 1}}
+    tiny_suite.path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(UserError, match="qlora needs a CUDA GPU"):
+        run_suite(load_suite(tiny_suite.path), out=tmp_path / "run")

@@ -20,6 +20,8 @@ examples:
   adaptbench compare reports/demo-A reports/demo-B --fail-on-regression token_f1
                                                             B against baseline A; exit 3 on a significant drop
   adaptbench runs                                           past runs with their headline numbers
+  adaptbench export reports/demo-... --strategy finetune --merge out/model
+                                                            the fine-tuned model as a plain transformers folder
   adaptbench ls                                             strategies, loaders, bundled models, suites
 
 exit codes: 0 success, 1 internal failure, 2 bad input (one line naming file, line and field),
@@ -65,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", "-o", type=Path, help="where compare.md/html/json go (default: reports/compare-<timestamp>)")
     c.add_argument("--fail-on-regression", metavar="METRIC", action="append", default=[],
                    help="exit 3 when METRIC got significantly worse for any arm (repeatable; 'any' for every metric)")
+
+    e = sub.add_parser("export", help="write a fine-tuned arm's adapter, or the merged model, to a folder")
+    e.add_argument("run_dir", type=Path)
+    e.add_argument("out", type=Path, help="output folder (must not exist or be empty)")
+    e.add_argument("--strategy", "-s", required=True, help="the arm to export, e.g. finetune")
+    e.add_argument("--merge", action="store_true", help="merge the adapter into the base model: a plain "
+                   "transformers model folder (safetensors + tokenizer); without it, the peft adapter alone")
 
     rs = sub.add_parser("runs", help="list past runs with their headline numbers")
     rs.add_argument("--root", type=Path, default=Path("reports"), help="where run directories live (default: reports)")
@@ -174,6 +183,13 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    _quiet_libraries()
+    from toolkit.export import export
+    print(export(args.run_dir, args.strategy, args.out, merge=args.merge))
+    return 0
+
+
 def cmd_runs(args) -> int:
     from toolkit.compare import list_runs
     runs = list_runs(args.root)
@@ -223,7 +239,7 @@ def _quiet_libraries() -> None:
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "compare": cmd_compare,
-            "runs": cmd_runs, "ls": cmd_ls}
+            "export": cmd_export, "runs": cmd_runs, "ls": cmd_ls}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,7 +19,7 @@ TaskType = Literal["qa", "classification"]
 
 DEFAULT_METRICS: dict[str, list[str]] = {
     "qa": ["exact_match", "token_f1", "rouge_l", "contains", "embedding_similarity",
-           "context_recall", "context_precision", "hit_at_k", "mrr"],
+           "context_recall", "context_precision", "hit_at_k", "mrr", "perplexity"],
     "classification": ["accuracy", "macro_precision", "macro_recall", "macro_f1", "unmapped_rate"],
 }
 

@@ -63,6 +63,33 @@ class Generator:
     def count_tokens(self, messages: Messages) -> int:
         return len(self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"])
 
+    def answer_nll(self, prompts: list[Messages], targets: list[str]) -> list[tuple[float, int]]:
+        """Summed negative log-likelihood (nats) of each target answer (plus end-of-turn) given
+        its prompt, and the number of answer tokens: the loglikelihood request of
+        lm-evaluation-harness, used for perplexity."""
+        import torch
+
+        from toolkit.training import TrainItem, tokenize_item
+
+        tok = self.tokenizer
+        items = [tokenize_item(tok, TrainItem(p, t), 4096) for p, t in zip(prompts, targets)]
+        out: list[tuple[float, int]] = []
+        pad = tok.pad_token_id
+        for b in range(0, len(items), self.cfg.batch_size):
+            batch = items[b:b + self.cfg.batch_size]
+            width = max(len(x["input_ids"]) for x in batch)
+            ids = torch.tensor([x["input_ids"] + [pad] * (width - len(x["input_ids"])) for x in batch], device=self.device)
+            mask = torch.tensor([[1] * len(x["input_ids"]) + [0] * (width - len(x["input_ids"])) for x in batch], device=self.device)
+            labels = torch.tensor([x["labels"] + [-100] * (width - len(x["labels"])) for x in batch], device=self.device)
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+            lp = torch.log_softmax(logits[:, :-1], dim=-1)
+            tgt = labels[:, 1:]
+            keep = tgt != -100
+            picked = lp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep
+            out += [(float(-picked[i].sum()), int(keep[i].sum())) for i in range(len(batch))]
+        return out
+
     def generate(self, prompts: list[Messages], *, description: str = "Generating") -> list[Generation]:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList

@@ -74,7 +74,7 @@ def run_suite(ls: LoadedSuite, *, only: list[str] | None = None, limit: int | No
     log(f"[bold]{suite.name}[/]: {len(test)} test examples, {len(data.splits.train)} train, "
         f"{len(data.splits.validation)} validation · {len(arms)} arms · {device}/{dtype} · run dir {run.path}")
 
-    ctx = Context(suite=suite, labels=data.labels, kb=data.kb, generator_ref=ref, cache_dir=run.path)
+    ctx = Context(suite=suite, labels=data.labels, kb=data.kb, generator_ref=ref, run_dir=run.path)
     cache = PredictionCache()
     try:
         for name, (stype, cfg) in arms.items():
@@ -139,6 +139,8 @@ def run_arm(name: str, stype: str, cfg, ctx, data, test: list[Example], run: Run
             if suite.task == "qa":
                 scores = M.score_qa(chunk, chunk_preds, metrics=suite.metric_names, doc_text=doc_text,
                                     embedder=suite.embedder.model, retrieves=strategy.retrieves)
+                if "perplexity" in suite.metric_names:
+                    add_answer_nll(strategy, chunk, scores, cache, fp)
             else:
                 scores = M.score_classification(chunk, chunk_preds, labels=ctx.labels)
             rows += scores
@@ -154,6 +156,9 @@ def run_arm(name: str, stype: str, cfg, ctx, data, test: list[Example], run: Run
                                                     metrics=suite.metric_names, seed=suite.seed)
         result["confusion_matrix"] = confusion
     result["metrics"] = {k: v.to_dict() for k, v in agg.items()}
+    if rows and "base_answer_nll" in rows[0]:  # the same gold answers under the untrained base model
+        result["perplexity_base"] = M.perplexity([r["base_answer_nll"] for r in rows],
+                                                 [r["answer_tokens"] for r in rows], seed=suite.seed).to_dict()
     result["not_applicable"] = [m for m in suite.metric_names if m not in agg]
     ordered = [preds[e.id] for e in test]
     lat = np.array([p.latency_s for p in ordered])
@@ -173,6 +178,25 @@ def run_arm(name: str, stype: str, cfg, ctx, data, test: list[Example], run: Run
     head = ", ".join(f"{k} {v['mean']:.3f}" for k, v in list(result["metrics"].items())[:3])
     log(f"[green]✓ {name}[/]: {head} · setup {result['cost']['setup_s']:.1f}s · p50 {result['cost']['latency_p50_s']:.2f}s")
     return result
+
+
+def add_answer_nll(strategy, chunk: list[Example], scores: list[dict], cache: PredictionCache, fp: str) -> None:
+    """Gold-answer NLL under the arm's prompts and model (and, for trained arms, the base
+    model) into each example's scores; cached like answers. The scorer owns the targets."""
+    kinds = ["answer_nll"] + (["base_answer_nll"] if strategy.trains else [])
+    for kind in kinds:
+        key = f"{fp}:{kind}"
+        have = cache.get_many(key, [e.id for e in chunk])
+        todo = [e for e in chunk if e.id not in have]
+        if todo:
+            got = strategy.loglikelihood([e.to_query() for e in todo], [e.target for e in todo],
+                                         base=kind == "base_answer_nll")
+            new = {e.id: {"nll": n, "tokens": t} for e, (n, t) in zip(todo, got)}
+            cache.put_many(key, new)
+            have.update(new)
+        for e, s in zip(chunk, scores):
+            s[kind] = have[e.id]["nll"]
+            s["answer_tokens"] = have[e.id]["tokens"]
 
 
 def sample_row(arm: str, e: Example, p, scores: dict, cached: bool) -> dict:

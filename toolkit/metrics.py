@@ -23,11 +23,18 @@ import numpy as np
 KNOWN_METRICS: dict[str, dict[str, bool]] = {
     "qa": {"exact_match": True, "token_f1": True, "rouge_l": True, "contains": True,
            "embedding_similarity": True, "context_recall": True, "context_precision": True,
-           "hit_at_k": True, "mrr": True},
+           "hit_at_k": True, "mrr": True, "perplexity": False},
     "classification": {"accuracy": True, "macro_precision": True, "macro_recall": True,
                        "macro_f1": True, "unmapped_rate": False},
 }
 RETRIEVAL_METRICS = {"context_recall", "context_precision", "hit_at_k", "mrr"}
+
+
+def perplexity(nll: list[float], tokens: list[int], *, seed: int = 0) -> "MetricValue":
+    """exp(total NLL / total answer tokens) of the gold answers, with a bootstrap CI over examples."""
+    a, b = np.asarray(nll, dtype=float), np.asarray(tokens, dtype=float)
+    return bootstrap_statistic(len(a), lambda idx: float(np.exp(a[idx].sum() / max(b[idx].sum(), 1.0))),
+                               seed=seed, higher_is_better=False)
 N_BOOTSTRAP = 1000
 
 
@@ -226,6 +233,10 @@ def aggregate_qa(rows: list[dict[str, float]], *, metrics: list[str], seed: int)
     hib = KNOWN_METRICS["qa"]
     out = {}
     for m in metrics:
+        if m == "perplexity":
+            if rows and "answer_nll" in rows[0]:
+                out[m] = perplexity([r["answer_nll"] for r in rows], [r["answer_tokens"] for r in rows], seed=seed)
+            continue
         vals = [r[m] for r in rows if m in r]
         if vals and not all(np.isnan(vals)):
             out[m] = bootstrap_mean(vals, seed=seed, higher_is_better=hib[m])

@@ -18,7 +18,8 @@ LABELS = {"exact_match": "Exact match", "token_f1": "Token F1", "rouge_l": "ROUG
           "embedding_similarity": "Embedding sim.", "context_recall": "Context recall",
           "context_precision": "Context precision", "hit_at_k": "Hit@k", "mrr": "MRR", "accuracy": "Accuracy",
           "macro_precision": "Macro precision", "macro_recall": "Macro recall", "macro_f1": "Macro F1",
-          "unmapped_rate": "Unmapped outputs"}
+          "unmapped_rate": "Unmapped outputs", "perplexity": "Perplexity (gold)"}
+UNBOUNDED = {"perplexity"}  # not on a 0-1 scale: kept out of the bar chart
 
 
 def ok_arms(results: dict) -> dict[str, dict]:
@@ -189,7 +190,7 @@ def figures(ctx: dict) -> dict[str, str]:
         "quality_vs_cost": F.quality_scatter(arms, metric, label, colors, x_key="compute_s_per_answer", scale=1000,
                                              x_label="compute seconds per 1,000 queries",
                                              title="Quality vs cost per query", mark_pareto=True),
-        "metric_bars": F.metric_bars(arms, headline_metrics(r, 6), LABELS, colors),
+        "metric_bars": F.metric_bars(arms, [m for m in headline_metrics(r, 7) if m not in UNBOUNDED][:6], LABELS, colors),
         "quality_vs_latency": F.quality_scatter(arms, metric, label, colors, x_key="latency_p50_s",
                                                 x_label="p50 latency per answer (s)", title="Quality vs latency"),
     }
@@ -282,10 +283,15 @@ def info_summary(r: dict[str, Any]) -> str:
     parts = []
     if "train_examples" in i:
         evals = [h["eval_loss"] for h in i.get("history", []) if "eval_loss" in h]
-        parts.append(f"LoRA on {i['train_examples']} examples, {i['train_tokens']} tokens in {i['train_s']:.0f} s "
+        parts.append(f"{'full fine-tuning' if i.get('method') == 'full' else i.get('method', 'lora').upper()} on {i['train_examples']} examples, {i['train_tokens']} tokens in {i['train_s']:.0f} s "
                      f"({i['tokens_per_s']:.0f} tok/s, {i['device']}/{i['dtype']})"
                      + (f", validation loss per epoch: {', '.join(f'{x:.3f}' for x in evals)}" if evals else "")
                      + (" — adapter reused from cache" if i.get("cached") else ""))
+    if r.get("perplexity_base") and "perplexity" in r.get("metrics", {}):
+        parts.append(f"perplexity of the gold answers: {r['perplexity_base']['mean']:.2f} under the base model, "
+                     f"{r['metrics']['perplexity']['mean']:.2f} after training")
+    if i.get("stopped_early"):
+        parts.append(f"stopped early after {i['epochs_run']:.1f} epochs")
     if "chunks" in i:
         parts.append(f"index of {i['chunks']} chunks")
     if "pool_size" in i:

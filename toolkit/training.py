@@ -19,6 +19,7 @@ from toolkit.cache import cache_root, content_hash
 from toolkit.config import GeneratorConfig
 from toolkit.generation import Generator, Messages, render_chat
 from toolkit.models import ModelRef, load_causal_lm, load_tokenizer, pick_device, pick_dtype
+from toolkit.errors import UserError
 from toolkit.progress import console, quiet
 
 ADAPTER_FORMAT = 1  # bump when the training recipe changes in a way settings do not capture
@@ -74,9 +75,43 @@ def _rich_callback(total_steps: int, label: str):
     return RichProgress()
 
 
-def train_lora(ref: ModelRef, gen_cfg: GeneratorConfig, train: list[TrainItem], validation: list[TrainItem],
+def _prepare_model(ref: ModelRef, device: str, dtype, settings: dict[str, Any]):
+    """The model to train: LoRA adapters on the base, the base itself ('full'), or
+    LoRA on a 4-bit base ('qlora', CUDA + bitsandbytes only)."""
+    import importlib.util
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    method = settings["method"]
+    if method == "qlora":
+        if not device.startswith("cuda"):
+            raise UserError("method: qlora needs a CUDA GPU (4-bit bitsandbytes kernels); use method: lora on CPU",
+                            field="strategies.finetune.method")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise UserError("method: qlora needs bitsandbytes: pip install bitsandbytes", field="strategies.finetune.method")
+        from peft import prepare_model_for_kbit_training
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+                                   bnb_4bit_use_double_quant=True)
+        model = AutoModelForCausalLM.from_pretrained(ref.path, quantization_config=quant, dtype=dtype,
+                                                     device_map={"": device}, attn_implementation="sdpa")
+        model = prepare_model_for_kbit_training(model)
+    else:
+        # full fine-tuning keeps fp32 master weights (bf16 autocast does the maths)
+        model = load_causal_lm(ref, device, torch.float32 if method == "full" else dtype)
+    model.config.use_cache = False
+    if method in ("lora", "qlora"):
+        lora = LoraConfig(r=settings["r"], lora_alpha=settings["lora_alpha"], lora_dropout=settings["lora_dropout"],
+                          target_modules=settings["target_modules"], task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    model.train()
+    return model
+
+
+def train_model(ref: ModelRef, gen_cfg: GeneratorConfig, train: list[TrainItem], validation: list[TrainItem],
                settings: dict[str, Any], *, label: str, seed: int) -> tuple[Path, dict]:
-    """Train (or reuse) a LoRA adapter; returns (adapter folder, train info)."""
+    """Train (or reuse) an adapter (or, for method 'full', a whole model); returns (folder, train info)."""
     key = adapter_key(ref, train, validation, settings, gen_cfg)
     folder = cache_root() / "adapters" / key
     info_file = folder / "train_info.json"
@@ -85,52 +120,65 @@ def train_lora(ref: ModelRef, gen_cfg: GeneratorConfig, train: list[TrainItem], 
         return folder, {**info, "cached": True}
 
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, TrainingArguments, set_seed
+    from transformers import (DataCollatorForSeq2Seq, EarlyStoppingCallback, PrinterCallback, Trainer,
+                              TrainingArguments, set_seed)
 
     set_seed(seed)
     device = pick_device(gen_cfg.device)
     dtype = pick_dtype(device, gen_cfg.dtype)
     tok = load_tokenizer(ref.path)
     tok.padding_side = "right"
-    model = load_causal_lm(ref, device, dtype)
-    model.config.use_cache = False
-    lora = LoraConfig(r=settings["r"], lora_alpha=settings["lora_alpha"], lora_dropout=settings["lora_dropout"],
-                      target_modules=settings["target_modules"], task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora)
+    model = _prepare_model(ref, device, dtype, settings)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     max_len = settings["max_seq_length"]
     train_ds = [tokenize_item(tok, t, max_len) for t in train]
     val_ds = [tokenize_item(tok, t, max_len) for t in validation]
-    bs = settings["per_device_train_batch_size"]
-    steps = math.ceil(len(train_ds) / bs) * settings["num_train_epochs"]
+    bs, accum = settings["per_device_train_batch_size"], settings["gradient_accumulation_steps"]
+    steps = math.ceil(math.ceil(len(train_ds) / bs) / accum * settings["num_train_epochs"])
+    evaluate = settings["eval_strategy"] if val_ds else "no"
+    keep_best = bool(val_ds) and (settings["load_best_model_at_end"] or settings["early_stopping_patience"])
     work = folder.with_name(key + ".work")
     shutil.rmtree(work, ignore_errors=True)
     args = TrainingArguments(
         output_dir=str(work), per_device_train_batch_size=bs, per_device_eval_batch_size=bs,
-        num_train_epochs=settings["num_train_epochs"], learning_rate=settings["learning_rate"],
-        lr_scheduler_type="linear", warmup_steps=settings["warmup_ratio"], weight_decay=0.0,
-        eval_strategy="epoch" if val_ds else "no", save_strategy="no", logging_steps=max(1, int(steps // 20)),
-        report_to="none", disable_tqdm=True, seed=seed, data_seed=seed, bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16, use_cpu=device == "cpu", dataloader_pin_memory=device != "cpu",
-        train_sampling_strategy="group_by_length", remove_unused_columns=False,
+        gradient_accumulation_steps=accum, num_train_epochs=settings["num_train_epochs"],
+        learning_rate=settings["learning_rate"], lr_scheduler_type=settings["lr_scheduler_type"],
+        warmup_steps=settings["warmup_ratio"], weight_decay=settings["weight_decay"],
+        eval_strategy=evaluate, eval_steps=settings["eval_steps"],
+        # checkpoints only when the best one must be found again (LoRA checkpoints are a few MB)
+        save_strategy=evaluate if keep_best else "no", save_steps=settings["eval_steps"], save_total_limit=2,
+        load_best_model_at_end=keep_best, metric_for_best_model="eval_loss", greater_is_better=False,
+        logging_steps=max(1, steps // 20), report_to="none", disable_tqdm=True, seed=seed, data_seed=seed,
+        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=device == "cpu",
+        dataloader_pin_memory=device != "cpu", train_sampling_strategy="group_by_length", remove_unused_columns=False,
     )
+    callbacks = [_rich_callback(steps, label)]
+    if val_ds and settings["early_stopping_patience"]:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings["early_stopping_patience"]))
     collator = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100, pad_to_multiple_of=8)
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds or None,
-                      data_collator=collator, callbacks=[_rich_callback(int(math.ceil(steps)), label)])
+                      data_collator=collator, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # our rich bar shows the losses; no raw dicts on stdout
     t0 = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - t0
-    tokens = sum(len(x["input_ids"]) for x in train_ds) * settings["num_train_epochs"]
+    epochs_run = float(trainer.state.epoch or 0)
+    tokens = sum(len(x["input_ids"]) for x in train_ds) * epochs_run
     history = [{k: v for k, v in h.items() if k in ("epoch", "step", "loss", "eval_loss", "learning_rate")}
                for h in trainer.state.log_history]
     tmp = folder.with_name(key + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)  # adapter_model.safetensors + adapter_config.json
-    info = {"train_s": train_s, "train_examples": len(train_ds), "validation_examples": len(val_ds),
-            "train_tokens": int(tokens), "tokens_per_s": tokens / train_s if train_s else None,
+    trainer.model.save_pretrained(tmp)  # LoRA: adapter_model.safetensors + adapter_config.json; full: the model
+    if settings["method"] == "full":
+        tok.padding_side = "left"
+        tok.save_pretrained(tmp)
+    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+    info = {"method": settings["method"], "train_s": train_s, "train_examples": len(train_ds),
+            "validation_examples": len(val_ds), "train_tokens": int(tokens), "epochs_run": epochs_run,
+            "stopped_early": epochs_run < settings["num_train_epochs"] - 1e-6,
+            "best_eval_loss": min(evals) if evals else None, "final_eval_loss": evals[-1] if evals else None,
+            "tokens_per_s": tokens / train_s if train_s else None,
             "trainable_params": int(n_trainable), "device": device, "dtype": str(dtype).replace("torch.", ""),
             "history": history, "settings": settings, "adapter_key": key}
     (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
@@ -141,11 +189,18 @@ def train_lora(ref: ModelRef, gen_cfg: GeneratorConfig, train: list[TrainItem], 
     return folder, {**info, "cached": False}
 
 
+def merged_model(ref: ModelRef, gen_cfg: GeneratorConfig, adapter: Path):
+    """The fine-tuned model as one plain transformers model (adapter merged in)."""
+    device = pick_device(gen_cfg.device)
+    dtype = pick_dtype(device, gen_cfg.dtype)
+    if not (adapter / "adapter_config.json").exists():  # method 'full': the folder is the model
+        return load_causal_lm(ModelRef(ref.name, str(adapter), ref.fingerprint), device, dtype), device
+    from peft import PeftModel
+    base = load_causal_lm(ref, device, dtype)
+    return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().eval(), device
+
+
 def load_finetuned(ref: ModelRef, gen_cfg: GeneratorConfig, adapter: Path) -> Generator:
     """A fresh base model with the adapter merged in (merging avoids LoRA overhead per token)."""
-    from peft import PeftModel
-
-    device = pick_device(gen_cfg.device)
-    base = load_causal_lm(ref, device, pick_dtype(device, gen_cfg.dtype))
-    model = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().eval()
+    model, device = merged_model(ref, gen_cfg, adapter)
     return Generator(gen_cfg, model, load_tokenizer(ref.path), ref, device).warm_up()
