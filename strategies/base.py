@@ -80,6 +80,7 @@ class Strategy(ABC):
     type: ClassVar[str]
     trains: ClassVar[bool] = False      # prepare() trains weights
     retrieves: ClassVar[bool] = False   # predictions carry retrieved passages
+    scores_likelihood: ClassVar[bool] = True  # can score given answers (perplexity)
 
     def __init__(self, name: str, config: Any, ctx: Context):
         self.name, self.config, self.ctx = name, config, ctx

@@ -27,6 +27,7 @@ class Scripted(Strategy):
     """Answers from its config's script; counts how often it is asked."""
 
     type: ClassVar[str] = "scripted"
+    scores_likelihood: ClassVar[bool] = False
 
     def prompts(self, queries):
         return [[] for _ in queries], [[] for _ in queries]

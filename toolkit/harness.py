@@ -139,7 +139,7 @@ def run_arm(name: str, stype: str, cfg, ctx, data, test: list[Example], run: Run
             if suite.task == "qa":
                 scores = M.score_qa(chunk, chunk_preds, metrics=suite.metric_names, doc_text=doc_text,
                                     embedder=suite.embedder.model, retrieves=strategy.retrieves)
-                if "perplexity" in suite.metric_names:
+                if "perplexity" in suite.metric_names and strategy.scores_likelihood:
                     add_answer_nll(strategy, chunk, scores, cache, fp)
             else:
                 scores = M.score_classification(chunk, chunk_preds, labels=ctx.labels)
