@@ -45,6 +45,34 @@ class RagConfig(RetrievalConfig):
     """Retrieved passages from the knowledge base in the prompt (llama-index + Chroma)."""
 
 
+TUNABLE = ("learning_rate", "r", "lora_alpha", "lora_dropout", "num_train_epochs", "per_device_train_batch_size",
+           "gradient_accumulation_steps", "warmup_ratio", "weight_decay", "lr_scheduler_type")
+
+
+class SearchConfig(StrategyConfig):
+    """Hyperparameter search: every trial is trained (and cached) and scored on the
+    validation split; the trial with the lowest validation loss answers the test split."""
+
+    method: Literal["grid", "random"] = Field("grid", description="'grid': every combination; 'random': `trials` of them.")
+    trials: int | None = Field(None, ge=1, description="Random search: how many combinations (grid: at most this many).")
+    space: dict[str, list] = Field(description=(
+        f"Setting -> values to try, e.g. {{learning_rate: [5.0e-4, 2.0e-3], r: [8, 16]}}. Settings: {', '.join(TUNABLE)}."))
+    seed: int = Field(0, description="Seed of the random choice of combinations.")
+
+    @model_validator(mode="after")
+    def _valid_space(self) -> "SearchConfig":
+        for k, v in self.space.items():
+            if k not in TUNABLE:
+                raise ValueError(f"'{k}' cannot be searched (choose from: {', '.join(TUNABLE)})")
+            if not isinstance(v, list) or not v:
+                raise ValueError(f"'{k}' needs a non-empty list of values")
+        if not self.space:
+            raise ValueError("give at least one setting to search")
+        if self.method == "random" and not self.trials:
+            raise ValueError("random search needs `trials`")
+        return self
+
+
 class FinetuneConfig(StrategyConfig):
     """LoRA (or full) fine-tuning on the train split with the Hugging Face Trainer."""
 
@@ -74,6 +102,7 @@ class FinetuneConfig(StrategyConfig):
         "Keep the checkpoint with the lowest validation loss instead of the last one."))
     max_train_examples: int | None = Field(None, ge=1, description="Train on at most this many examples (seeded subsample).")
     seed: int | None = Field(None, description="Training seed (defaults to the suite seed).")
+    search: SearchConfig | None = Field(None, description="Hyperparameter search over a few settings (optional).")
 
     @model_validator(mode="after")
     def _consistent(self) -> "FinetuneConfig":

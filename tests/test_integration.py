@@ -171,3 +171,60 @@ def test_qlora_without_cuda_is_a_clear_error(tiny_suite, tmp_path):
     tiny_suite.path.write_text(yaml.safe_dump(cfg))
     with pytest.raises(UserError, match="qlora needs a CUDA GPU"):
         run_suite(load_suite(tiny_suite.path), out=tmp_path / "run")
+
+
+def test_hyperparameter_search_picks_lowest_validation_loss(tiny_suite, tmp_path):
+    from toolkit.report import render_run
+
+    cfg = yaml.safe_load(tiny_suite.path.read_text())
+    cfg["strategies"] = {"finetune": {"num_train_epochs": 1, "per_device_train_batch_size": 4, "r": 4,
+                                      "search": {"method": "grid", "space": {"learning_rate": [1.0e-5, 5.0e-3],
+                                                                             "r": [2, 4]}}}}
+    tiny_suite.path.write_text(yaml.safe_dump(cfg))
+    run, res = run_suite(load_suite(tiny_suite.path), out=tmp_path / "run")
+    info = res["strategies"]["finetune"]["info"]
+    trials = info["trials"]
+    assert len(trials) == 4 and sum(t["chosen"] for t in trials) == 1
+    chosen = next(t for t in trials if t["chosen"])
+    assert chosen["best_eval_loss"] == min(t["best_eval_loss"] for t in trials)
+    assert info["chosen_params"] == {"learning_rate": chosen["learning_rate"], "r": chosen["r"]}
+    assert res["strategies"]["finetune"]["cost"]["setup_s"] == pytest.approx(sum(t["train_s"] for t in trials), abs=0.01)
+    _, html = render_run(run.path)
+    assert "Hyperparameter search: finetune" in html.read_text()
+    _, again = run_suite(load_suite(tiny_suite.path), out=tmp_path / "run2")
+    assert all(t["cached"] for t in again["strategies"]["finetune"]["info"]["trials"])
+
+
+def test_search_settings_are_validated(tmp_path):
+    from toolkit.errors import UserError
+    cfg = {"name": "s", "task": "qa", "instruction": "x", "data": {"train": "a.jsonl", "test": "b.jsonl"},
+           "strategies": {"finetune": {"search": {"space": {"tokenizer": ["a"]}}}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(UserError, match="cannot be searched") as e:
+        load_suite(tmp_path / "s.yaml")
+    assert e.value.field.startswith("strategies.finetune.search")
+
+
+def test_answer_nll_matches_the_models_own_loss(tiny_llama):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from toolkit.config import GeneratorConfig
+    from toolkit.generation import Generator
+    from toolkit.models import ModelRef, load_tokenizer
+    from toolkit.training import TrainItem, tokenize_item
+
+    tok = load_tokenizer(str(tiny_llama))
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    gen = Generator(GeneratorConfig(model=str(tiny_llama), batch_size=2), model, tok,
+                    ModelRef("tiny", str(tiny_llama), "x"), "cpu")
+    prompts = [[{"role": "user", "content": "When was the Alder 5 launched?"}],
+               [{"role": "user", "content": "A much longer question about where the Birch 7 is assembled?"}]]
+    targets = ["2014", "In Marrowby, by the river"]
+    got = gen.answer_nll(prompts, targets)
+    for (nll, n), p, t in zip(got, prompts, targets):
+        item = tokenize_item(tok, TrainItem(p, t), 4096)
+        with torch.no_grad():
+            loss = model(input_ids=torch.tensor([item["input_ids"]]), labels=torch.tensor([item["labels"]])).loss
+        assert n == sum(1 for x in item["labels"] if x != -100)
+        assert nll == pytest.approx(float(loss) * n, rel=1e-4)

@@ -81,13 +81,17 @@ class Generator:
             ids = torch.tensor([x["input_ids"] + [pad] * (width - len(x["input_ids"])) for x in batch], device=self.device)
             mask = torch.tensor([[1] * len(x["input_ids"]) + [0] * (width - len(x["input_ids"])) for x in batch], device=self.device)
             labels = torch.tensor([x["labels"] + [-100] * (width - len(x["labels"])) for x in batch], device=self.device)
-            with torch.inference_mode():
-                logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
-            lp = torch.log_softmax(logits[:, :-1], dim=-1)
             tgt = labels[:, 1:]
             keep = tgt != -100
-            picked = lp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep
-            out += [(float(-picked[i].sum()), int(keep[i].sum())) for i in range(len(batch))]
+            with torch.inference_mode():
+                # the LM head only at answer positions: full-vocabulary logits for every prompt
+                # token would cost ~1 GB per batch (49k vocabulary) and most of the time
+                hidden = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+                logp = torch.log_softmax(self.model.get_output_embeddings()(hidden[keep]).float(), dim=-1)
+            token_lp = logp.gather(-1, tgt[keep].unsqueeze(-1)).squeeze(-1)
+            per_row = torch.zeros(len(batch), device=token_lp.device).index_add_(
+                0, keep.nonzero()[:, 0], token_lp)
+            out += [(float(-per_row[i]), int(keep[i].sum())) for i in range(len(batch))]
         return out
 
     def generate(self, prompts: list[Messages], *, description: str = "Generating") -> list[Generation]:

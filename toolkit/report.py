@@ -290,6 +290,9 @@ def info_summary(r: dict[str, Any]) -> str:
     if r.get("perplexity_base") and "perplexity" in r.get("metrics", {}):
         parts.append(f"perplexity of the gold answers: {r['perplexity_base']['mean']:.2f} under the base model, "
                      f"{r['metrics']['perplexity']['mean']:.2f} after training")
+    if i.get("trials"):
+        parts.append(f"search over {len(i['trials'])} trials chose {i['chosen_params']} "
+                     f"(setup includes every trial)")
     if i.get("stopped_early"):
         parts.append(f"stopped early after {i['epochs_run']:.1f} epochs")
     if "chunks" in i:
