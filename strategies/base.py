@@ -91,6 +91,7 @@ class Strategy(ABC):
         s = self.ctx.suite
         g = s.generator
         return {"type": self.type, "config": self.config.model_dump(), "task": s.task,
+                "classification_mode": s.classification_mode,
                 "instruction": s.instruction, "labels": self.ctx.labels, "model": self.ctx.generator_ref.fingerprint,
                 "generation": {"max_new_tokens": g.max_new_tokens, "stop": g.stop, "temperature": g.temperature,
                                "dtype": g.dtype}}
@@ -109,7 +110,26 @@ class Strategy(ABC):
     def answer(self, queries: list[Query]) -> list[Prediction]:
         """Answer a batch; one Prediction per query, in order."""
         prompts, contexts = self.prompts(queries)
+        if self.ctx.suite.task == "classification" and self.ctx.suite.classification_mode == "likelihood":
+            return self.most_likely_label(self.model(), prompts, queries, contexts)
         return self.generate(self.model(), prompts, queries, contexts)
+
+    def most_likely_label(self, generator, prompts, queries: list[Query], contexts) -> list[Prediction]:
+        """Score every label as the answer; take the highest total log-likelihood
+        (lm-evaluation-harness `acc`). Labels come from the suite, not from the test item."""
+        import time
+        labels = self.ctx.labels
+        t0 = time.perf_counter()
+        nll = generator.answer_nll([p for p in prompts for _ in labels], [l for _ in prompts for l in labels])
+        dt = time.perf_counter() - t0
+        out = []
+        for i, (q, c) in enumerate(zip(queries, contexts)):
+            scores = [n for n, _ in nll[i * len(labels):(i + 1) * len(labels)]]
+            best = min(range(len(labels)), key=scores.__getitem__)
+            out.append(Prediction(id=q.id, output=labels[best], contexts=c,
+                                  prompt_tokens=generator.count_tokens(prompts[i]), completion_tokens=0,
+                                  latency_s=dt / max(1, len(queries)), compute_s=dt / max(1, len(queries))))
+        return out
 
     def loglikelihood(self, queries: list[Query], targets: list[str], *, base: bool = False) -> list[tuple[float, int]]:
         """(summed NLL, answer tokens) of given answers under this arm's prompts and model

@@ -53,6 +53,7 @@ def test_defaults_and_arm_variants(tmp_path):
     (BASE.replace("    name: t\n", ""), None, "name", "required"),
     (BASE + "    metrics: [bleurt]\n", 9, "metrics.0", "unknown metric"),
     (BASE.replace("zero_shot: {}", "rag: {}"), 8, "strategies.rag", "knowledge_base"),
+    (BASE.replace("task: qa", "task: qa\n    classification_mode: likelihood"), 3, "classification_mode", "only for task"),
 ])
 def test_errors_name_line_and_field(tmp_path, text, line, field, words):
     p = write(tmp_path, text)

@@ -228,3 +228,23 @@ def test_answer_nll_matches_the_models_own_loss(tiny_llama):
             loss = model(input_ids=torch.tensor([item["input_ids"]]), labels=torch.tensor([item["labels"]])).loss
         assert n == sum(1 for x in item["labels"] if x != -100)
         assert nll == pytest.approx(float(loss) * n, rel=1e-4)
+
+
+def test_classification_by_label_likelihood_never_unmapped(tmp_path, tiny_llama):
+    from tests.conftest import write_jsonl
+
+    rows = [{"text": f"{w} my card please {i}", "label": lab} for i in range(6)
+            for w, lab in (("activate", "activate_card"), ("block", "lost_card"), ("where is", "card_arrival"))]
+    write_jsonl(tmp_path / "all.jsonl", rows)
+    suite = {"name": "clf", "task": "classification", "instruction": "Classify the message.",
+             "classification_mode": "likelihood",
+             "data": {"file": "all.jsonl", "split": {"validation": 0.0, "test": 0.5, "seed": 1}},
+             "generator": {"model": str(tiny_llama), "batch_size": 8},
+             "strategies": {"zero_shot": {}, "few_shot": {"num_fewshot": 2}}}
+    (tmp_path / "clf.yaml").write_text(yaml.safe_dump(suite))
+    run, res = run_suite(load_suite(tmp_path / "clf.yaml"), out=tmp_path / "run")
+    assert res["status"] == "success"
+    for r in res["strategies"].values():
+        assert r["metrics"]["unmapped_rate"]["mean"] == 0.0
+    outs = {json.loads(l)["output"] for l in (run.path / "samples.jsonl").read_text().splitlines()}
+    assert outs <= {"activate_card", "lost_card", "card_arrival"}

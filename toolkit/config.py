@@ -124,6 +124,10 @@ class Suite(StrictModel):
     task: TaskType = Field(description="'qa' (free-text answers) or 'classification' (one label per example).")
     instruction: str = Field(description="The task instruction every strategy puts in its system prompt.")
     labels: list[str] | None = Field(None, description="Classification labels (inferred from the data when omitted).")
+    classification_mode: Literal["generate", "likelihood"] = Field("generate", description=(
+        "Classification only. 'generate': the model writes an answer, which is mapped to a label; 'likelihood': "
+        "every label is scored by its log-likelihood as the answer and the most likely one is taken "
+        "(lm-evaluation-harness style: no unparseable outputs; one forward pass per example and label)."))
     data: DataConfig = Field(description="Where the examples come from.")
     knowledge_base: str | None = Field(None, description=(
         "Folder of documents (.md/.txt) for retrieval, relative to the suite file; "
@@ -269,6 +273,9 @@ def load_suite(path: str | Path, data_dir: str | Path | None = None) -> LoadedSu
         if m not in KNOWN_METRICS[suite.task]:
             raise UserError(f"unknown metric '{m}' for task '{suite.task}' (choose from: {', '.join(KNOWN_METRICS[suite.task])})",
                             file=path, line=_line_of(root, ("metrics", i)), field=f"metrics.{i}")
+    if suite.task == "qa" and suite.classification_mode != "generate":
+        raise UserError("`classification_mode` is only for task: classification", file=path,
+                        line=_line_of(root, ("classification_mode",)), field="classification_mode")
     if suite.task == "qa" and suite.labels:
         raise UserError("`labels` is only for task: classification", file=path,
                         line=_line_of(root, ("labels",)), field="labels")
