@@ -120,11 +120,11 @@ class Strategy(ABC):
         import time
         labels = self.ctx.labels
         t0 = time.perf_counter()
-        nll = generator.answer_nll([p for p in prompts for _ in labels], [l for _ in prompts for l in labels])
+        nll = generator.choice_nll(prompts, labels)
         dt = time.perf_counter() - t0
         out = []
         for i, (q, c) in enumerate(zip(queries, contexts)):
-            scores = [n for n, _ in nll[i * len(labels):(i + 1) * len(labels)]]
+            scores = nll[i]
             best = min(range(len(labels)), key=scores.__getitem__)
             out.append(Prediction(id=q.id, output=labels[best], contexts=c,
                                   prompt_tokens=generator.count_tokens(prompts[i]), completion_tokens=0,

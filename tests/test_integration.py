@@ -248,3 +248,22 @@ def test_classification_by_label_likelihood_never_unmapped(tmp_path, tiny_llama)
         assert r["metrics"]["unmapped_rate"]["mean"] == 0.0
     outs = {json.loads(l)["output"] for l in (run.path / "samples.jsonl").read_text().splitlines()}
     assert outs <= {"activate_card", "lost_card", "card_arrival"}
+
+
+def test_choice_nll_with_shared_prefix_matches_full_passes(tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    from toolkit.config import GeneratorConfig
+    from toolkit.generation import Generator
+    from toolkit.models import ModelRef, load_tokenizer
+
+    tok = load_tokenizer(str(tiny_llama))
+    gen = Generator(GeneratorConfig(model=str(tiny_llama), batch_size=4), AutoModelForCausalLM.from_pretrained(tiny_llama).eval(),
+                    tok, ModelRef("tiny", str(tiny_llama), "x"), "cpu")
+    prompts = [[{"role": "user", "content": "Which intent: where is my card?"}],
+               [{"role": "system", "content": "Classify."}, {"role": "user", "content": "I lost it"}]]
+    labels = ["card_arrival", "lost_or_stolen_card", "top_up"]
+    shared = gen.choice_nll(prompts, labels)
+    full = gen.answer_nll([p for p in prompts for _ in labels], [l for _ in prompts for l in labels])
+    flat = [x for row in shared for x in row]
+    assert flat == pytest.approx([n for n, _ in full], rel=1e-4, abs=1e-4)

@@ -94,6 +94,35 @@ class Generator:
             out += [(float(-per_row[i]), int(keep[i].sum())) for i in range(len(batch))]
         return out
 
+    def choice_nll(self, prompts: list[Messages], choices: list[str]) -> list[list[float]]:
+        """Summed NLL of every choice (plus end-of-turn) as the answer to each prompt. The
+        prompt runs once and its key/value cache is shared by all choices, so 77 labels
+        cost one prompt pass plus 77 short continuations instead of 77 full passes."""
+        import torch
+
+        tok = self.tokenizer
+        pad = tok.pad_token_id
+        ids = [tok(c + (tok.eos_token or ""), add_special_tokens=False)["input_ids"] for c in choices]
+        width = max(map(len, ids))
+        cids = torch.tensor([c + [pad] * (width - len(c)) for c in ids], device=self.device)
+        cmask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in ids], device=self.device)
+        out = []
+        with task_bar("Scoring labels", len(prompts)) as advance:
+            for p in prompts:
+                pids = tok(render_chat(tok, p), add_special_tokens=False)["input_ids"]
+                with torch.inference_mode():
+                    first = self.model(input_ids=torch.tensor([pids], device=self.device), use_cache=True)
+                    cache = first.past_key_values
+                    cache.batch_repeat_interleave(len(choices))
+                    attn = torch.cat([torch.ones(len(choices), len(pids), dtype=cmask.dtype, device=self.device), cmask], 1)
+                    cont = self.model(input_ids=cids, attention_mask=attn, past_key_values=cache, use_cache=False)
+                    lp0 = torch.log_softmax(first.logits[0, -1].float(), -1)[cids[:, 0]]
+                    lp = torch.log_softmax(cont.logits[:, :-1].float(), -1).gather(-1, cids[:, 1:].unsqueeze(-1)).squeeze(-1)
+                nll = -(lp0 + (lp * cmask[:, 1:]).sum(1))
+                out.append(nll.tolist())
+                advance(1)
+        return out
+
     def generate(self, prompts: list[Messages], *, description: str = "Generating") -> list[Generation]:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
