@@ -27,9 +27,6 @@ KNOWN_METRICS: dict[str, dict[str, bool]] = {
     "classification": {"accuracy": True, "macro_precision": True, "macro_recall": True,
                        "macro_f1": True, "unmapped_rate": False},
 }
-RETRIEVAL_METRICS = {"context_recall", "context_precision", "hit_at_k", "mrr"}
-
-
 def perplexity(nll: list[float], tokens: list[int], *, seed: int = 0) -> "MetricValue":
     """exp(total NLL / total answer tokens) of the gold answers, with a bootstrap CI over examples."""
     a, b = np.asarray(nll, dtype=float), np.asarray(tokens, dtype=float)

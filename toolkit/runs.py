@@ -7,7 +7,6 @@ import json
 import os
 import platform
 import subprocess
-import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -122,7 +121,3 @@ def load_run(path: Path) -> tuple[dict, list[dict]]:
         with (path / "samples.jsonl").open(encoding="utf-8") as f:
             samples = [json.loads(line) for line in f if line.strip()]
     return results, samples
-
-
-def elapsed(t0: float) -> float:
-    return round(time.perf_counter() - t0, 3)

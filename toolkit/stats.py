@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 N_BOOTSTRAP = 2000
-ALPHA = 0.05
 
 
 @dataclass
