@@ -55,6 +55,7 @@ class Context:
     kb: KnowledgeBase | None
     generator_ref: ModelRef
     run_dir: Path  # the run directory (strategies may keep small artifacts there)
+    generator_device: str = "cpu"
     _shared: dict[str, Any] = field(default_factory=dict)
 
     def base_generator(self):

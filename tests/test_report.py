@@ -101,3 +101,21 @@ def test_report_weights_override_changes_recommendation(tmp_path, tiny_llama, sc
     assert ctx["decision"].winner == "good" and ctx["recommendation"][0].startswith("Use good:")
     assert ctx["paired"]["exact_match"][0]["n"] == 4
     assert build(run.path, {"quality": 0.0, "data_needed": 1.0})["decision"] is not None
+
+
+def test_prices_turn_seconds_into_dollars(tmp_path, tiny_llama, scripted):  # noqa: F811
+    import yaml
+
+    from toolkit.config import load_suite
+    from toolkit.report import build, render_run
+    ls = make_suite(tmp_path, tiny_llama, {"echo": {"type": "scripted", "answers": SCRIPT}})
+    raw = yaml.safe_load(ls.path.read_text())
+    raw["prices"] = {"cpu_per_hour": 3.6, "gpu_per_hour": 7.2}
+    ls.path.write_text(yaml.safe_dump(raw))
+    run, res = run_suite(load_suite(ls.path), out=tmp_path / "run")
+    c = res["strategies"]["echo"]["cost"]
+    rate = 7.2 if res["device"].startswith("cuda") else 3.6
+    assert c["usd_per_1k_queries"] == pytest.approx(c["compute_s_per_answer"] * 1000 / 3600 * rate)
+    assert "per 1,000 queries at $" in " ".join(build(run.path)["recommendation"])
+    _, html = render_run(run.path)
+    assert "$ per 1,000 queries" in html.read_text()

@@ -98,6 +98,13 @@ class DataConfig(StrictModel):
         return self
 
 
+class PriceConfig(StrictModel):
+    """What compute costs, to turn measured seconds into money in the report."""
+
+    cpu_per_hour: float | None = Field(None, ge=0, description="$ per hour of the CPU machine the arms ran on.")
+    gpu_per_hour: float | None = Field(None, ge=0, description="$ per hour of the GPU machine the arms ran on.")
+
+
 class DecisionConfig(StrictModel):
     weights: dict[str, float] = Field(default_factory=dict, description=(
         "Weights of the recommendation's criteria: quality, latency, cost_per_query, setup, knowledge_update, "
@@ -140,6 +147,8 @@ class Suite(StrictModel):
     metrics: list[str] | None = Field(None, description="Metrics to report; defaults depend on the task type.")
     seed: int = Field(0, description="Seed for subsampling, few-shot choice and training.")
     decision: DecisionConfig = Field(default_factory=DecisionConfig, description="How the report picks its recommendation.")
+    prices: PriceConfig = Field(default_factory=PriceConfig, description=(
+        "Optional $ rates; with them the report shows setup cost and cost per 1,000 queries in $."))
     breakdown_by: list[str] = Field(default_factory=lambda: ["category"], description=(
         "Metadata fields to break results down by in the report (rows without the field are left out)."))
 

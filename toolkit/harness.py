@@ -74,7 +74,8 @@ def run_suite(ls: LoadedSuite, *, only: list[str] | None = None, limit: int | No
     log(f"[bold]{suite.name}[/]: {len(test)} test examples, {len(data.splits.train)} train, "
         f"{len(data.splits.validation)} validation · {len(arms)} arms · {device}/{dtype} · run dir {run.path}")
 
-    ctx = Context(suite=suite, labels=data.labels, kb=data.kb, generator_ref=ref, run_dir=run.path)
+    ctx = Context(suite=suite, labels=data.labels, kb=data.kb, generator_ref=ref, run_dir=run.path,
+                  generator_device=device)
     cache = PredictionCache()
     try:
         for name, (stype, cfg) in arms.items():
@@ -174,6 +175,11 @@ def run_arm(name: str, stype: str, cfg, ctx, data, test: list[Example], run: Run
         "completion_tokens_mean": float(np.mean([p.completion_tokens for p in ordered])),
         "cached_answers": len(cached),
     }
+    rate = suite.prices.gpu_per_hour if ctx.generator_device.startswith("cuda") else suite.prices.cpu_per_hour
+    if rate is not None:  # measured seconds at the suite's $ per hour
+        result["cost"]["usd_per_hour"] = rate
+        result["cost"]["setup_usd"] = result["cost"]["setup_s"] / 3600 * rate
+        result["cost"]["usd_per_1k_queries"] = result["cost"]["compute_s_per_answer"] * 1000 / 3600 * rate
     result["info"] = {k: v for k, v in strategy.info.items() if k != "build_s"}
     head = ", ".join(f"{k} {v['mean']:.3f}" for k, v in list(result["metrics"].items())[:3])
     log(f"[green]✓ {name}[/]: {head} · setup {result['cost']['setup_s']:.1f}s · p50 {result['cost']['latency_p50_s']:.2f}s")

@@ -96,9 +96,11 @@ def recommendation(results: dict, samples: list[dict], weights: dict[str, float]
         why = f"it answers as well as the best arm within the margin of error ({q(win)}) and costs less"
     else:
         why = f"under these weights its lower cost outweighs its lower quality ({q(win)})"
+    money = (f" (${c['setup_usd']:.2f} once, ${c['usd_per_1k_queries']:.2f} per 1,000 queries at "
+             f"${c['usd_per_hour']:g}/h)") if "usd_per_hour" in c else ""
     out = [f"Use {win}: {why}.",
            f"It takes {fmt_s(c['setup_s'])} to set up once, then about {fmt_s(c['compute_s_per_answer'] * 1000)} of "
-           f"compute per 1,000 queries (p50 latency {fmt_s(c['latency_p50_s'])} per answer)."]
+           f"compute per 1,000 queries{money} (p50 latency {fmt_s(c['latency_p50_s'])} per answer)."]
     if win != best:
         dd = diff(best, win)
         bc = arms[best]["cost"]
@@ -266,7 +268,8 @@ def render_html(ctx: dict) -> str:
     jenv = Environment(loader=PackageLoader("toolkit", "templates"), autoescape=select_autoescape(["html"]))
     return jenv.get_template("report.html").render(
         **ctx, labels=LABELS, fmt_p=fmt_p, fmt_ci=fmt_ci, fmt_mean=fmt_mean, fmt_interval=fmt_interval, fmt_s=fmt_s,
-        figures=figures(ctx), summaries={n: info_summary(a) for n, a in ctx["r"]["strategies"].items()},
+        figures=figures(ctx), ok_cost_usd=any("usd_per_hour" in (a.get("cost") or {}) for a in ctx["r"]["strategies"].values()),
+        summaries={n: info_summary(a) for n, a in ctx["r"]["strategies"].items()},
         env_json=json.dumps(ctx["env"], indent=2))
 
 
