@@ -76,7 +76,9 @@ class Context:
 
 
 class Strategy(ABC):
-    """Base class. Subclasses set `type` and implement prepare/answer/fingerprint."""
+    """Base class. Subclasses set `type` and implement `prompts`; those that build or
+    train something override `prepare`, `fingerprint` and, if they answer with their
+    own model, `model`."""
 
     type: ClassVar[str]
     trains: ClassVar[bool] = False      # prepare() trains weights
@@ -86,6 +88,7 @@ class Strategy(ABC):
     def __init__(self, name: str, config: Any, ctx: Context):
         self.name, self.config, self.ctx = name, config, ctx
         self.info: dict[str, Any] = {}  # what prepare() did, for results.json (cached?, sizes...)
+        self._prompt_memo: dict[str, tuple[list[dict], list[Passage]]] = {}
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that changes the answers (called after prepare)."""
@@ -108,9 +111,18 @@ class Strategy(ABC):
         """The Generator that answers (the shared base model unless the strategy trains)."""
         return self.ctx.base_generator()
 
+    def prompts_once(self, queries: list[Query]) -> tuple[list[list[dict]], list[list[Passage]]]:
+        """`prompts`, computed once per query: answering and scoring likelihoods (perplexity,
+        base and trained model) reuse them instead of retrieving and embedding again."""
+        todo = [q for q in queries if q.id not in self._prompt_memo]
+        if todo:
+            for q, p, c in zip(todo, *self.prompts(todo)):
+                self._prompt_memo[q.id] = (p, c)
+        return [self._prompt_memo[q.id][0] for q in queries], [self._prompt_memo[q.id][1] for q in queries]
+
     def answer(self, queries: list[Query]) -> list[Prediction]:
         """Answer a batch; one Prediction per query, in order."""
-        prompts, contexts = self.prompts(queries)
+        prompts, contexts = self.prompts_once(queries)
         if self.ctx.suite.task == "classification" and self.ctx.suite.classification_mode == "likelihood":
             return self.most_likely_label(self.model(), prompts, queries, contexts)
         return self.generate(self.model(), prompts, queries, contexts)
@@ -135,7 +147,7 @@ class Strategy(ABC):
     def loglikelihood(self, queries: list[Query], targets: list[str], *, base: bool = False) -> list[tuple[float, int]]:
         """(summed NLL, answer tokens) of given answers under this arm's prompts and model
         (or the base model). Called by the scorer, which owns the targets."""
-        prompts, _ = self.prompts(queries)
+        prompts, _ = self.prompts_once(queries)
         return (self.ctx.base_generator() if base else self.model()).answer_nll(prompts, targets)
 
     # helpers shared by strategies
