@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """LoRA fine-tuning throughput: plain Hugging Face Trainer (default padding, random
-order, fp32 weights) vs adaptbench's recipe (length-grouped batches, padding to a
-multiple of 8, bf16 weights where the device has bf16, SDPA attention), on the same
-model, data and number of examples, measured side by side in one run.
+order, fp32 weights) vs adaptbench's recipe (toolkit.training.batching_recipe:
+padding-free packed rows with FlashAttention-2 when installed, else length-grouped
+batches padded to a multiple of 8; bf16 weights where the device has bf16; SDPA),
+on the same model, data and number of epochs, measured side by side in one run.
 
     python benchmarks/finetune_throughput.py                     # bundled SmolLM2-135M, CPU or GPU
     python benchmarks/finetune_throughput.py --shape llama-1b     # random weights shaped like a 1B Llama (GPU)
@@ -56,7 +57,7 @@ def build_items(n: int, seed: int):
     return items
 
 
-def load_model(args, dtype, device):
+def load_model(args, dtype, device, attn="sdpa"):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -67,9 +68,9 @@ def load_model(args, dtype, device):
         torch.manual_seed(0)
         cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=4096, tie_word_embeddings=True,
                           **SHAPES[args.shape])
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn)
     else:
-        model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype, attn_implementation=attn)
     return model.to(device), tok
 
 
@@ -79,14 +80,20 @@ def run(args, recipe: str, items, val_items) -> dict:
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
 
     from toolkit.models import pick_device, pick_dtype
-    from toolkit.training import tokenize_item
+    from toolkit.training import batching_recipe, flash_attention_available, tokenize_item
 
     set_seed(0)
     device = pick_device("auto")
     ours = recipe == "adaptbench"
     dtype = pick_dtype(device) if ours else torch.float32
-    model, tok = load_model(args, dtype, device)
+    model, tok = load_model(args, dtype, device,
+                            "flash_attention_2" if ours and flash_attention_available(device) else "sdpa")
     tok.padding_side = "right"
+    if ours:  # exactly the batching `adaptbench run` trains with
+        collator, batching, attn = batching_recipe(tok, device, "auto")
+    else:
+        collator = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
+        batching, attn = {"train_sampling_strategy": "random"}, "sdpa"
     model.config.use_cache = False
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
                                              task_type="CAUSAL_LM"))
@@ -94,13 +101,11 @@ def run(args, recipe: str, items, val_items) -> dict:
     val_ds = [tokenize_item(tok, t, 1024) for t in val_items]
     targs = TrainingArguments(
         output_dir=f"/tmp/adaptbench-bench-{recipe}", per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size, num_train_epochs=1, learning_rate=1e-3, report_to="none",
+        per_device_eval_batch_size=args.batch_size, num_train_epochs=args.epochs, learning_rate=1e-3, report_to="none",
         save_strategy="no", eval_strategy="no", logging_steps=10_000, disable_tqdm=True, seed=0,
         use_cpu=device == "cpu", remove_unused_columns=False, dataloader_pin_memory=device != "cpu",
-        bf16=ours and dtype == torch.bfloat16, fp16=ours and dtype == torch.float16,
-        train_sampling_strategy="group_by_length" if ours else "random",
+        bf16=ours and dtype == torch.bfloat16, fp16=ours and dtype == torch.float16, **batching,
     )
-    collator = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100, pad_to_multiple_of=8 if ours else None)
     trainer = Trainer(model=model, args=targs, train_dataset=train_ds, data_collator=collator)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -110,16 +115,16 @@ def run(args, recipe: str, items, val_items) -> dict:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    tokens = sum(len(x["input_ids"]) for x in train_ds)
+    tokens = sum(len(x["input_ids"]) for x in train_ds) * args.epochs
     val_loss = trainer.evaluate(val_ds)["eval_loss"]
     n_params = sum(p.numel() for p in model.parameters())
     cfg = model.config
-    mean_len = tokens / len(train_ds)
+    mean_len = tokens / args.epochs / len(train_ds)
     flops_per_token = 4 * n_params + 12 * cfg.num_hidden_layers * mean_len * cfg.hidden_size
     peak = (torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda")
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
     out = {"recipe": recipe, "device": device, "dtype": str(dtype).replace("torch.", ""), "tokens": tokens,
-           "seconds": dt, "tokens_per_s": tokens / dt, "val_loss": val_loss, "peak_mem_gib": peak,
+           "attention": attn, "collator": type(collator).__name__, "seconds": dt, "tokens_per_s": tokens / dt, "val_loss": val_loss, "peak_mem_gib": peak,
            "achieved_tflops": flops_per_token * tokens / dt / 1e12}
     if args.peak_tflops:
         out["mfu"] = out["achieved_tflops"] / args.peak_tflops
@@ -131,7 +136,8 @@ def run(args, recipe: str, items, val_items) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--examples", type=int, default=96, help="training examples (one epoch)")
+    p.add_argument("--examples", type=int, default=96, help="training examples per epoch")
+    p.add_argument("--epochs", type=int, default=3, help="passes over them (the final validation loss is compared)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--shape", choices=list(SHAPES), help="random-weight model of this shape instead of SmolLM2")
     p.add_argument("--peak-tflops", type=float, help="device peak bf16 TFLOP/s for MFU (H100/H200 SXM: 989)")
@@ -147,7 +153,7 @@ def main() -> None:
     # each recipe in its own process, so peak memory and warm caches are its own
     res = {}
     for recipe in ("plain", "adaptbench"):
-        cmd = [sys.executable, __file__, "--one", recipe, "--examples", str(args.examples),
+        cmd = [sys.executable, __file__, "--one", recipe, "--examples", str(args.examples), "--epochs", str(args.epochs),
                "--batch-size", str(args.batch_size)] + (["--shape", args.shape] if args.shape else []) \
             + (["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else [])
         out = subprocess.run(cmd, capture_output=True, text=True)
@@ -156,7 +162,7 @@ def main() -> None:
         res[recipe] = json.loads(out.stdout.strip().splitlines()[-1])
     plain, ours = res["plain"], res["adaptbench"]
     for r in (plain, ours):
-        print(f"{r['recipe']:10s} {r['device']}/{r['dtype']:8s} {r['tokens_per_s']:8.0f} tok/s  "
+        print(f"{r['recipe']:10s} {r['device']}/{r['dtype']:8s} {r['attention']}/{r['collator']:26s} {r['tokens_per_s']:8.0f} tok/s  "
               f"{r['seconds']:6.1f} s  val loss {r['val_loss']:.4f}  peak mem {r['peak_mem_gib']:.2f} GiB  "
               f"{r['achieved_tflops']:.3f} TFLOP/s" + (f"  MFU {r['mfu']:.1%}" if "mfu" in r else ""))
     ratio = ours["tokens_per_s"] / plain["tokens_per_s"]

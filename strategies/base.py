@@ -54,7 +54,8 @@ class Context:
     labels: list[str] | None
     kb: KnowledgeBase | None
     generator_ref: ModelRef
-    run_dir: Path  # the run directory (strategies may keep small artifacts there)
+    run_dir: Path | None  # the run directory (strategies may keep small artifacts there); None while
+    # the processes of a distributed launch train together
     generator_device: str = "cpu"
     _shared: dict[str, Any] = field(default_factory=dict)
 

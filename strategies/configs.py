@@ -45,6 +45,9 @@ class RagConfig(RetrievalConfig):
     """Retrieved passages from the knowledge base in the prompt (llama-index + Chroma)."""
 
 
+BEST_MODEL_METRICS = {"loss": None, "token_f1": "qa", "exact_match": "qa", "contains": "qa", "rouge_l": "qa",
+                      "accuracy": "classification", "macro_f1": "classification"}  # metric -> task it needs
+
 TUNABLE = ("learning_rate", "r", "lora_alpha", "lora_dropout", "num_train_epochs", "per_device_train_batch_size",
            "gradient_accumulation_steps", "warmup_ratio", "weight_decay", "lr_scheduler_type")
 
@@ -73,6 +76,17 @@ class SearchConfig(StrategyConfig):
         return self
 
 
+class AugmentConfig(StrategyConfig):
+    """Paraphrase augmentation: each training question also appears in `paraphrases`
+    reworded forms written by the generator model, with the same answer. Ovadia et al.
+    (2023) found repeated paraphrases are what lets fine-tuning absorb new facts."""
+
+    paraphrases: int = Field(2, ge=1, le=16, description="Paraphrases per training example.")
+    temperature: float = Field(0.8, gt=0, le=2, description="Sampling temperature of the paraphrasing model.")
+    model: str | None = Field(None, description="Paraphrasing model (default: the suite's generator).")
+    seed: int = Field(0, description="Sampling seed; paraphrases are cached per seed.")
+
+
 class FinetuneConfig(StrategyConfig):
     """LoRA (or full) fine-tuning on the train split with the Hugging Face Trainer."""
 
@@ -99,7 +113,17 @@ class FinetuneConfig(StrategyConfig):
     early_stopping_patience: int | None = Field(None, ge=1, description=(
         "Stop after this many evaluations without improvement of the validation loss (needs a validation split)."))
     load_best_model_at_end: bool = Field(False, description=(
-        "Keep the checkpoint with the lowest validation loss instead of the last one."))
+        "Keep the best checkpoint (by metric_for_best_model) instead of the last one."))
+    metric_for_best_model: str = Field("loss", description=(
+        "What early stopping and load_best_model_at_end follow on the validation split: 'loss', or a task "
+        "metric computed from the model's answers at every evaluation (qa: token_f1, exact_match, contains, "
+        "rouge_l; classification: accuracy, macro_f1). Task metrics cost one generation pass per evaluation."))
+    padding_free: Literal["auto"] | bool = Field("auto", description=(
+        "Pack each batch into one row without padding (position ids restart per example). 'auto': only "
+        "when FlashAttention-2 is installed (CUDA), whose kernel makes packing free; otherwise batches of "
+        "similar length are padded, which measured faster on CPU."))
+    augment: AugmentConfig | None = Field(None, description=(
+        "Paraphrased copies of the training questions, written by the suite's generator (knowledge injection)."))
     max_train_examples: int | None = Field(None, ge=1, description="Train on at most this many examples (seeded subsample).")
     seed: int | None = Field(None, description="Training seed (defaults to the suite seed).")
     search: SearchConfig | None = Field(None, description="Hyperparameter search over a few settings (optional).")
@@ -110,6 +134,9 @@ class FinetuneConfig(StrategyConfig):
             raise ValueError("eval_strategy: steps needs eval_steps")
         if (self.early_stopping_patience or self.load_best_model_at_end) and self.eval_strategy == "no":
             raise ValueError("early stopping and load_best_model_at_end need eval_strategy epoch or steps")
+        if self.metric_for_best_model not in BEST_MODEL_METRICS:
+            raise ValueError(f"metric_for_best_model '{self.metric_for_best_model}' is not one of: "
+                             f"{', '.join(BEST_MODEL_METRICS)}")
         return self
 
 

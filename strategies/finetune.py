@@ -14,7 +14,7 @@ from toolkit.training import TrainItem, load_finetuned, train_model
 TRAIN_SETTINGS = ("method", "r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate", "num_train_epochs",
                   "per_device_train_batch_size", "gradient_accumulation_steps", "warmup_ratio", "weight_decay",
                   "lr_scheduler_type", "max_seq_length", "eval_strategy", "eval_steps", "early_stopping_patience",
-                  "load_best_model_at_end")
+                  "load_best_model_at_end", "metric_for_best_model", "padding_free")
 
 
 class Finetune(Strategy):
@@ -29,14 +29,22 @@ class Finetune(Strategy):
         train = subsample(train, self.config.max_train_examples, seed=seed,
                           stratify=self.ctx.suite.task == "classification")
         settings = {k: getattr(self.config, k) for k in TRAIN_SETTINGS}
+        augment_info = {}
+        if self.config.augment:
+            from toolkit.augment import paraphrase
+            train, augment_info = paraphrase(train, self.config.augment, self.ctx)
         items, val_items = self.train_items(train), self.train_items(validation)
         if self.config.search:
             self.adapter, self.info = self.search(settings, items, val_items, seed)
         else:
             self.adapter, self.info = train_model(self.ctx.generator_ref, self.ctx.suite.generator, items, val_items,
-                                                  settings, label=f"{self.name}: training", seed=seed)
+                                                  settings, label=f"{self.name}: training", seed=seed,
+                                                  scorer=self.scorer())
             self.info["build_s"] = {"training": self.info["train_s"]}
-        if (self.adapter / "adapter_config.json").exists():  # LoRA adapters are small: keep one with the run
+        if augment_info:
+            self.info = {**self.info, "augment": augment_info,
+                         "build_s": {"paraphrasing": augment_info["paraphrase_s"], **self.info["build_s"]}}
+        if self.ctx.run_dir and (self.adapter / "adapter_config.json").exists():  # LoRA adapters are small: keep one with the run
             dest = self.ctx.run_dir / "adapters" / self.name
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(self.adapter, dest)
@@ -44,7 +52,8 @@ class Finetune(Strategy):
         self.generator = None
 
     def search(self, settings: dict, items, val_items, seed: int):
-        """Train every trial (each cached by content hash), keep the lowest validation loss.
+        """Train every trial (each cached by content hash), keep the best by
+        metric_for_best_model on the validation split (lowest loss, or highest task metric).
         The whole search counts as setup cost."""
         from toolkit.errors import UserError
 
@@ -61,15 +70,47 @@ class Finetune(Strategy):
         trials = []
         for i, params in enumerate(combos, 1):
             folder, info = train_model(self.ctx.generator_ref, self.ctx.suite.generator, items, val_items,
-                                       {**settings, **params}, seed=seed,
+                                       {**settings, **params}, seed=seed, scorer=self.scorer(),
                                        label=f"{self.name}: trial {i}/{len(combos)} {params}")
             trials.append((params, folder, info))
-        best = min(range(len(trials)), key=lambda i: trials[i][2]["best_eval_loss"])
+        metric = self.config.metric_for_best_model
+        if metric == "loss":
+            best = min(range(len(trials)), key=lambda i: trials[i][2]["best_eval_loss"])
+        else:
+            best = max(range(len(trials)), key=lambda i: trials[i][2][f"best_eval_{metric}"] or 0.0)
         params, folder, info = trials[best]
-        table = [{"trial": i + 1, **p, "best_eval_loss": t["best_eval_loss"], "train_s": t["train_s"],
-                  "cached": t.get("cached", False), "chosen": i == best} for i, (p, _, t) in enumerate(trials)]
+        table = [{"trial": i + 1, **p, "best_eval_loss": t["best_eval_loss"],
+                  **({f"best_eval_{metric}": t[f"best_eval_{metric}"]} if metric != "loss" else {}),
+                  "train_s": t["train_s"], "cached": t.get("cached", False), "chosen": i == best}
+                 for i, (p, _, t) in enumerate(trials)]
         return folder, {**info, "trials": table, "chosen_params": params,
                         "build_s": {"search": sum(t["train_s"] for _, _, t in trials)}}
+
+    def scorer(self):
+        """The validation metric early stopping follows when it is not the loss."""
+        metric = self.config.metric_for_best_model
+        if metric == "loss":
+            return None
+        from toolkit import metrics as M
+
+        labels = self.ctx.labels
+
+        def score(outputs: list[str], items: list[TrainItem]) -> float:
+            golds = [t.target for t in items]
+            if metric == "rouge_l":
+                return sum(M.rouge_l(outputs, golds)) / len(golds)
+            if metric in ("accuracy", "macro_f1"):
+                import numpy as np
+                idx = {l: i for i, l in enumerate(labels)}
+                pred = [idx.get(M.map_to_label(o, labels), -1) for o in outputs]
+                gold = [idx[g] for g in golds]
+                if metric == "accuracy":
+                    return float(np.mean(np.array(pred) == np.array(gold)))
+                return M.macro_prf(np.array(gold), np.array(pred), len(labels))[2]
+            fn = {"token_f1": M.token_f1, "exact_match": M.exact_match, "contains": M.contains}[metric]
+            return sum(fn(o, g) for o, g in zip(outputs, golds)) / len(golds)
+
+        return score
 
     def fingerprint(self) -> dict:
         return {**super().fingerprint(), "adapter": self.info["adapter_key"]}

@@ -116,6 +116,8 @@ def cmd_run(args) -> int:
     only = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
     weights = parse_weights(args.weights) or None
     run, results = run_suite(ls, only=only, limit=args.limit, out=args.out)
+    if run is None:  # a helper process of a distributed launch: it trained, process 0 reports
+        return 0
     md, html = render_run(run.path, weights)
     console.print()
     console.print(terminal_table(results))

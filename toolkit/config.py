@@ -275,6 +275,12 @@ def load_suite(path: str | Path, data_dir: str | Path | None = None) -> LoadedSu
         if getattr(cfg, "needs_knowledge_base", False) and not suite.knowledge_base:
             raise UserError(f"strategy '{stype}' retrieves from documents: set `knowledge_base`",
                             file=path, line=_line_of(root, ("strategies", arm)), field=f"strategies.{arm}")
+        task_of = getattr(cfg, "metric_for_best_model", "loss")
+        from strategies.configs import BEST_MODEL_METRICS
+        if BEST_MODEL_METRICS.get(task_of) not in (None, suite.task):
+            raise UserError(f"metric_for_best_model '{task_of}' is a {BEST_MODEL_METRICS[task_of]} metric; this suite's "
+                            f"task is {suite.task}", file=path, line=_line_of(root, ("strategies", arm, "metric_for_best_model")),
+                            field=f"strategies.{arm}.metric_for_best_model")
         arms[arm] = (stype, cfg)
 
     from toolkit.metrics import KNOWN_METRICS

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit import distributed as D
 from toolkit.cache import PredictionCache, content_hash
 from toolkit.config import LoadedSuite
 from toolkit.data import Example
@@ -57,6 +58,16 @@ def run_suite(ls: LoadedSuite, *, only: list[str] | None = None, limit: int | No
     device = pick_device(suite.generator.device)
     dtype = str(pick_dtype(device, suite.generator.dtype)).replace("torch.", "")
 
+    if D.is_distributed():
+        # Under a launcher every process trains each trained arm together (DDP); process 0
+        # alone then answers and writes, finding the adapters in the cache.
+        D.init()
+        train_together(arms, Context(suite=suite, labels=data.labels, kb=data.kb, generator_ref=ref,
+                                     run_dir=None, generator_device=device), data)
+        D.go_solo()
+        if not D.is_main():
+            return None, {}
+
     run = RunDir.create(out, suite.name, reports_root)
     run.write_config(resolved_config(ls, arms, limit))
     run.write_env(environment(data.files, device, dtype))
@@ -102,6 +113,18 @@ def run_suite(ls: LoadedSuite, *, only: list[str] | None = None, limit: int | No
         run.write_results(results)
         cache.close()
     return run, results
+
+
+def train_together(arms: dict, ctx, data) -> None:
+    from strategies.registry import strategy_class
+
+    for name, (stype, cfg) in arms.items():
+        cls = strategy_class(stype)
+        if cls.trains:
+            if D.is_main():
+                log(f"[bold cyan]▶ {name}[/]: training in {D.world_size()} processes")
+            cls(name, cfg, ctx).prepare(data.splits.train, data.splits.validation)
+    D.barrier()
 
 
 def run_arm(name: str, stype: str, cfg, ctx, data, test: list[Example], run: RunDir, cache: PredictionCache) -> dict:

@@ -139,11 +139,11 @@ def load_tokenizer(path: str):
     return tok
 
 
-def load_causal_lm(ref: ModelRef, device: str, dtype):
+def load_causal_lm(ref: ModelRef, device: str, dtype, attn: str = "sdpa"):
     """A fresh model instance (callers that merge adapters must not share one)."""
     from transformers import AutoModelForCausalLM
     try:
-        model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype, attn_implementation=attn)
     except OSError as e:
         hint = " (offline: HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
         raise UserError(f"could not load model '{ref.name}'{hint}: {str(e).splitlines()[0]}", field="generator.model") from None

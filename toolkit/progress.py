@@ -11,7 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 console = Console(stderr=True, highlight=False)
 if not console.is_terminal:  # piped or logged: no terminal width to respect, so do not wrap tables at 80
     console = Console(stderr=True, highlight=False, width=160)
-quiet = bool(os.environ.get("ADAPTBENCH_QUIET"))
+# only process 0 of a distributed launch draws progress
+quiet = bool(os.environ.get("ADAPTBENCH_QUIET")) or os.environ.get("RANK", "0") != "0"
 
 
 def progress() -> Progress:

@@ -33,6 +33,11 @@ class Retriever:
 
     def build(self) -> None:
         """Open the cached collection, or chunk, embed and index the knowledge base."""
+        from toolkit.distributed import main_first
+        with main_first():  # several processes: the first builds, the others open it
+            self._build()
+
+    def _build(self) -> None:
         import chromadb
         from chromadb.config import Settings
         from llama_index.core import Document, StorageContext, VectorStoreIndex

@@ -1,0 +1,135 @@
+"""Fine-tuning beyond the basics: padding-free batches, early stopping on a task
+metric, paraphrase augmentation and a 2-process (gloo) distributed launch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from toolkit.config import load_suite
+from toolkit.harness import run_suite
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def suite_path(mini_suite, tiny_llama):
+    cfg = yaml.safe_load(mini_suite.read_text())
+    cfg["generator"]["model"] = str(tiny_llama)
+    mini_suite.write_text(yaml.safe_dump(cfg))
+    return mini_suite
+
+
+def set_arms(path, arms: dict) -> None:
+    cfg = yaml.safe_load(path.read_text())
+    cfg["strategies"] = arms
+    path.write_text(yaml.safe_dump(cfg))
+
+
+def test_packed_batch_trains_on_the_same_loss_as_padded_batches(tiny_llama):
+    """DataCollatorWithFlattening + SDPA: the packed row's loss and logits equal the
+    padded batch's (examples do not attend to each other)."""
+    import torch
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+    from toolkit.models import load_tokenizer
+    from toolkit.training import TrainItem, tokenize_item
+
+    tok = load_tokenizer(str(tiny_llama))
+    tok.padding_side = "right"
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, attn_implementation="sdpa").eval()
+    model.config.use_cache = False  # as in training: the packed mask is built only without a cache
+    items = [TrainItem([{"role": "user", "content": "q " * n}], "answer " * (n % 3 + 1)) for n in (3, 11, 7, 20)]
+    feats = [tokenize_item(tok, t, 256) for t in items]
+    packed = DataCollatorWithFlattening()(feats)
+    padded = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)(feats)
+    with torch.no_grad():
+        assert torch.allclose(model(**packed).loss, model(**padded).loss, atol=1e-5)
+        alone = model(input_ids=torch.tensor([feats[2]["input_ids"]])).logits[0]
+        start = sum(len(f["input_ids"]) for f in feats[:2])
+        inside = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"]).logits[0]
+        assert torch.allclose(alone, inside[start:start + len(alone)], atol=1e-4)
+
+
+def test_padding_free_metric_early_stopping_and_augmentation(suite_path, tmp_path):
+    set_arms(suite_path, {
+        "finetune": {"num_train_epochs": 4, "per_device_train_batch_size": 4, "learning_rate": 5.0e-3, "r": 4,
+                     "padding_free": True, "metric_for_best_model": "token_f1", "early_stopping_patience": 1,
+                     "load_best_model_at_end": True},
+        "finetune_paraphrased": {"type": "finetune", "num_train_epochs": 1, "per_device_train_batch_size": 4,
+                                 "r": 4, "augment": {"paraphrases": 3, "seed": 1}},
+    })
+    _, res = run_suite(load_suite(suite_path), out=tmp_path / "run")
+    assert res["status"] == "success", {n: r.get("error") for n, r in res["strategies"].items()}
+    ft = res["strategies"]["finetune"]["info"]
+    assert ft["padding_free"] is True and ft["attention"] == "sdpa"
+    scored = [h["eval_token_f1"] for h in ft["history"] if "eval_token_f1" in h]
+    assert len(scored) >= 2 and ft["best_eval_token_f1"] == max(scored[1:])  # [0]: before training
+    assert ft["initial_eval_loss"] is not None and "initial_eval_token_f1" in ft
+    # random tiny model: token F1 stays flat, so patience 1 stops before epoch 4
+    assert ft["stopped_early"] and ft["epochs_run"] < 4
+
+    aug = res["strategies"]["finetune_paraphrased"]["info"]
+    added = aug["augment"]["paraphrases_added"]
+    assert 0 < added <= 36 and aug["train_examples"] == 12 + added
+    sample = aug["augment"]["paraphrase_examples"][0]
+    assert sample["original"] and all(p != sample["original"] for p in sample["paraphrases"])
+    assert res["strategies"]["finetune_paraphrased"]["cost"]["setup_breakdown_s"]["paraphrasing"] > 0
+
+    _, again = run_suite(load_suite(suite_path), out=tmp_path / "run2")
+    aug2 = again["strategies"]["finetune_paraphrased"]["info"]
+    assert aug2["augment"]["paraphrases_cached"] and aug2["cached"]
+    assert aug2["augment"]["paraphrase_examples"] == aug["augment"]["paraphrase_examples"]
+
+
+def test_metric_for_best_model_must_fit_the_task(suite_path):
+    from toolkit.errors import UserError
+
+    set_arms(suite_path, {"finetune": {"metric_for_best_model": "accuracy"}})
+    with pytest.raises(UserError, match="accuracy' is a classification metric") as e:
+        load_suite(suite_path)
+    assert e.value.line and "strategies.finetune.metric_for_best_model" in str(e.value)
+    set_arms(suite_path, {"finetune": {"metric_for_best_model": "bleu"}})
+    with pytest.raises(UserError, match="not one of"):
+        load_suite(suite_path)
+
+
+def _adapter_shapes(folder) -> dict:
+    from safetensors import safe_open
+    with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def test_two_process_launch_trains_the_same_adapter_shape(suite_path, tmp_path, isolated_cache):
+    """`accelerate launch --multi_gpu` with 2 processes on a machine without GPU (gloo DDP)
+    runs the unchanged CLI; process 0
+    writes the run. The adapter has the single-process shape and lowers validation loss."""
+    set_arms(suite_path, {"finetune": {"num_train_epochs": 3, "per_device_train_batch_size": 2,
+                                       "learning_rate": 5.0e-3, "r": 4, "lora_alpha": 8}})
+    env = {**os.environ, "ADAPTBENCH_CACHE": str(isolated_cache), "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+    cli = ["-m", "toolkit.cli", "run", str(suite_path), "-q"]
+    one = subprocess.run([sys.executable, *cli, "-o", str(tmp_path / "one")], env=env, capture_output=True,
+                         text=True, cwd=REPO, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *cli,
+                          "-o", str(tmp_path / "two")], env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    r1 = json.loads((tmp_path / "one" / "results.json").read_text())["strategies"]["finetune"]
+    r2 = json.loads((tmp_path / "two" / "results.json").read_text())["strategies"]["finetune"]
+    assert r1["status"] == r2["status"] == "success"
+    assert r1["info"]["processes"] == 1 and r2["info"]["processes"] == 2
+    assert r1["info"]["adapter_key"] != r2["info"]["adapter_key"]  # twice the global batch: another adapter
+    # each process saw half the examples per step: half the optimiser steps per epoch
+    steps = lambda r: max(h["step"] for h in r["info"]["history"])  # noqa: E731
+    assert steps(r2) == steps(r1) // 2
+    a1 = _adapter_shapes(tmp_path / "one" / "adapters" / "finetune")
+    a2 = _adapter_shapes(tmp_path / "two" / "adapters" / "finetune")
+    assert a1 == a2 and a1
+    assert r2["info"]["final_eval_loss"] < r2["info"]["initial_eval_loss"]
+    assert r2["metrics"]["token_f1"]["n"] == 6  # process 0 scored the whole test split once
+    samples = (tmp_path / "two" / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 6  # written once, by process 0

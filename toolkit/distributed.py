@@ -1,0 +1,73 @@
+"""Several processes on one or more machines (`accelerate launch`, `torchrun`).
+
+`adaptbench run` works unchanged under a launcher: every process joins the
+training of each trained arm (the Hugging Face Trainer wraps the model in DDP),
+then process 0 alone answers the test split, scores it and writes the run
+directory. Anything shared on disk (indexes, paraphrases, adapters) is built by
+process 0 first and read by the others.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_distributed() -> bool:
+    return world_size() > 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+_solo = False  # set once the processes stop working together (process 0 evaluates alone)
+
+
+def together() -> bool:
+    """Whether collective calls (barriers) are still answered by every process."""
+    return is_distributed() and not _solo
+
+
+def go_solo() -> None:
+    global _solo
+    _solo = True
+
+
+def init() -> None:
+    """Join the process group (NCCL on CUDA, gloo on CPU) through accelerate's shared
+    state, which the Trainer reuses."""
+    if not is_distributed():
+        return
+    import torch
+    from accelerate import PartialState
+    PartialState(cpu=not torch.cuda.is_available())
+
+
+@contextmanager
+def main_first():
+    """Process 0 runs the block first (and fills the caches); the others follow."""
+    if not together():
+        yield
+        return
+    from accelerate import PartialState
+    with PartialState().main_process_first():
+        yield
+
+
+def barrier() -> None:
+    if together():
+        from accelerate import PartialState
+        PartialState().wait_for_everyone()
