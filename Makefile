@@ -9,6 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
+export RAGAS_DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 # Public datasets live beside the checkout; suites read them from here, never copied in.
 export ADAPTBENCH_DATA_DIR ?= $(abspath ../shared/datasets)

@@ -66,6 +66,17 @@ class Context:
             self._shared["generator"] = Generator.load(self.suite.generator, self.generator_ref)
         return self._shared["generator"]
 
+    def judge(self):
+        """The LLM judge of the suite (a local one is loaded and served once per run)."""
+        if "judge" not in self._shared:
+            from toolkit.judge import Judge
+            self._shared["judge"] = Judge(self.suite.judge, self.suite.embedder.model)
+        return self._shared["judge"]
+
+    def close(self) -> None:
+        if "judge" in self._shared:
+            self._shared.pop("judge").close()
+
     def retriever(self, chunk_size: int, chunk_overlap: int):
         key = (chunk_size, chunk_overlap)
         if ("retriever", key) not in self._shared:
@@ -124,7 +135,7 @@ class Strategy(ABC):
     def answer(self, queries: list[Query]) -> list[Prediction]:
         """Answer a batch; one Prediction per query, in order."""
         prompts, contexts = self.prompts_once(queries)
-        if self.ctx.suite.task == "classification" and self.ctx.suite.classification_mode == "likelihood":
+        if self.ctx.suite.has_labels and self.ctx.suite.classification_mode == "likelihood":
             return self.most_likely_label(self.model(), prompts, queries, contexts)
         return self.generate(self.model(), prompts, queries, contexts)
 

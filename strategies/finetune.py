@@ -27,7 +27,7 @@ class Finetune(Strategy):
     def prepare(self, train: list[Example], validation: list[Example]) -> None:
         seed = self.config.seed if self.config.seed is not None else self.ctx.suite.seed
         train = subsample(train, self.config.max_train_examples, seed=seed,
-                          stratify=self.ctx.suite.task == "classification")
+                          stratify=self.ctx.suite.has_labels)
         settings = {k: getattr(self.config, k) for k in TRAIN_SETTINGS}
         augment_info = {}
         if self.config.augment:

@@ -95,6 +95,7 @@ def test_validate_and_help_do_not_import_torch():
     (BASE, "missing", "data file not found"),
     ("name: [unclosed\n", None, "malformed YAML"),
     (BASE.replace("zero_shot: {}", "rag: {}") + "    knowledge_base: empty_kb\n", "emptykb", "knowledge base is empty"),
+    (BASE.replace("task: qa", "task: regression"), None, "train.jsonl:1: answer: must be a number"),
 ])
 def test_cli_bad_input_exit_2_one_line_no_run_dir(tmp_path, suite_text, data, expect):
     p = write(tmp_path, suite_text)

@@ -64,3 +64,27 @@ def test_covid_faq_loader_reads_shared_data():
     assert len({e.input for e in val + test}) == len(val) + len(test)
     ids = {d.id for d in kb.documents}
     assert all(e.context_ids[0] in ids for e in test)
+
+
+def test_multiple_choice_rows_take_index_letter_or_text(tmp_path):
+    p = write_jsonl(tmp_path / "mc.jsonl", [
+        {"question": "Capital of France?", "choices": ["Berlin", "Paris", "Rome"], "answer": 1},
+        {"question": "2 + 2?", "choices": ["3", "4"], "answer": "b"},
+        {"question": "Colour of the sky?", "options": ["green", "blue"], "answer": "Blue"},
+    ])
+    ex = read_examples(p, task="multiple_choice")
+    assert [e.label for e in ex] == ["B", "B", "B"] and all(e.target == e.label for e in ex)
+    assert ex[0].input == "Capital of France?\nA. Berlin\nB. Paris\nC. Rome"
+
+
+@pytest.mark.parametrize("row, field, words", [
+    ({"question": "Q", "choices": ["a", "b"], "answer": 2}, "answer", "one of the 2 choices"),
+    ({"question": "Q", "choices": ["a", "b"], "answer": "purple"}, "answer", "one of the 2 choices"),
+    ({"question": "Q", "choices": ["only"], "answer": 0}, "choices", "2 to 26"),
+    ({"question": "Q", "answer": 0}, "choices", "2 to 26"),
+])
+def test_bad_multiple_choice_rows_name_line_and_field(tmp_path, row, field, words):
+    p = write_jsonl(tmp_path / "mc.jsonl", [{"question": "ok", "choices": ["x", "y"], "answer": 0}, row])
+    with pytest.raises(UserError) as e:
+        read_examples(p, task="multiple_choice")
+    assert e.value.line == 2 and e.value.field == field and words in str(e.value)

@@ -267,3 +267,84 @@ def test_choice_nll_with_shared_prefix_matches_full_passes(tiny_llama):
     full = gen.answer_nll([p for p in prompts for _ in labels], [l for _ in prompts for l in labels])
     flat = [x for row in shared for x in row]
     assert flat == pytest.approx([n for n, _ in full], rel=1e-4, abs=1e-4)
+
+
+def test_regression_suite_end_to_end(tmp_path, tiny_llama):
+    from conftest import write_jsonl
+    from toolkit.report import render_run
+
+    rows = [{"question": f"How many grams does the Alder {i} weigh?", "answer": str(100 + 7 * i)} for i in range(24)]
+    write_jsonl(tmp_path / "train.jsonl", rows[:16])
+    write_jsonl(tmp_path / "test.jsonl", rows[16:])
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump({
+        "name": "grams", "task": "regression", "instruction": "Answer with a number only.",
+        "data": {"train": "train.jsonl", "test": "test.jsonl"},
+        "generator": {"model": str(tiny_llama), "max_new_tokens": 6, "batch_size": 4},
+        "strategies": {"few_shot": {"num_fewshot": 3},
+                       "finetune": {"num_train_epochs": 2, "per_device_train_batch_size": 4, "r": 4,
+                                    "learning_rate": 5.0e-3, "eval_strategy": "no"}}}))
+    run, res = run_suite(load_suite(tmp_path / "suite.yaml"), out=tmp_path / "run")
+    assert res["status"] == "success", {n: r.get("error") for n, r in res["strategies"].items()}
+    for name, r in res["strategies"].items():
+        m = r["metrics"]
+        assert m["parse_failure_rate"]["n"] == 8 and not m["parse_failure_rate"]["higher_is_better"]
+        assert r["parse_failures"] == round(m["parse_failure_rate"]["mean"] * 8)
+        if r["parse_failures"] < 8:  # the errors are over the answers that held a number
+            assert m["mae"]["n"] == 8 - r["parse_failures"] and not m["mae"]["higher_is_better"]
+        else:
+            assert "mae" in r["not_applicable"]
+    md, _ = render_run(run.path)
+    assert "No number in answer" in md.read_text() and "MAE" in md.read_text()
+
+
+def test_multiple_choice_suite_by_letter_likelihood(tmp_path, tiny_llama):
+    from tests.conftest import write_jsonl
+
+    rows = [{"question": f"Which town assembles the Alder {i}?", "choices": ["Fennport", "Kestlewick", "Lowmarsh"],
+             "answer": i % 3} for i in range(12)]
+    write_jsonl(tmp_path / "train.jsonl", rows[:8])
+    write_jsonl(tmp_path / "test.jsonl", rows[8:])
+    suite = {"name": "mc", "task": "multiple_choice", "instruction": "Pick the right choice.",
+             "classification_mode": "likelihood",
+             "data": {"train": "train.jsonl", "test": "test.jsonl"},
+             "generator": {"model": str(tiny_llama), "batch_size": 4},
+             "strategies": {"zero_shot": {}, "few_shot": {"num_fewshot": 2}}}
+    (tmp_path / "mc.yaml").write_text(yaml.safe_dump(suite))
+    run, res = run_suite(load_suite(tmp_path / "mc.yaml"), out=tmp_path / "run")
+    assert res["status"] == "success" and res["labels"] == ["A", "B", "C"]
+    for r in res["strategies"].values():
+        assert set(r["metrics"]) == {"accuracy", "unmapped_rate"} and r["metrics"]["accuracy"]["n"] == 4
+        assert r["metrics"]["unmapped_rate"]["mean"] == 0.0
+    samples = [json.loads(l) for l in (run.path / "samples.jsonl").read_text().splitlines()]
+    assert {s["output"] for s in samples} <= {"A", "B", "C"} and "C. Lowmarsh" in samples[0]["input"]
+
+
+def test_seeds_repeat_the_comparison_and_report_mean_and_std(tmp_path, tiny_llama):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, write_jsonl
+
+    rows = [{"question": f"When was the Alder {i} launched?", "answer": str(2000 + i)} for i in range(20)]
+    write_jsonl(tmp_path / "all.jsonl", rows)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({
+        "name": "seeded", "task": "qa", "instruction": "Answer.", "seed": 5,
+        "data": {"file": "all.jsonl", "split": {"validation": 0.0, "test": 0.3, "seed": 1}},
+        "generator": {"model": str(tiny_llama), "max_new_tokens": 4, "batch_size": 4},
+        "metrics": ["token_f1", "exact_match"],
+        "strategies": {"zero_shot": {}, "few_shot": {"num_fewshot": 2, "selection": "random"}}}))
+    out = tmp_path / "runs"
+    r = subprocess.run([sys.executable, "-m", "toolkit.cli", "run", str(tmp_path / "s.yaml"), "--seeds", "2",
+                        "-o", str(out), "-q"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((out / "seeds.json").read_text())
+    assert summary["seeds"] == [5, 6]
+    for s in (5, 6):
+        assert json.loads((out / f"seed-{s}" / "results.json").read_text())["status"] == "success"
+    # a different split per seed: different test questions
+    ids = [{json.loads(l)["id"] for l in (out / f"seed-{s}" / "samples.jsonl").read_text().splitlines()} for s in (5, 6)]
+    assert ids[0] != ids[1]
+    f1 = summary["arms"]["few_shot"]["token_f1"]
+    assert f1["n_seeds"] == 2 and f1["mean"] == pytest.approx(sum(f1["values"]) / 2)
+    assert f1["std"] == pytest.approx(abs(f1["values"][0] - f1["values"][1]) / 2 ** 0.5)
+    assert "± " in (out / "seeds.md").read_text()

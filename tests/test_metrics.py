@@ -98,3 +98,26 @@ def test_macro_prf_matches_sklearn_and_ci_contains_point():
     assert ours == pytest.approx(ref)
     v = M.bootstrap_statistic(300, lambda idx: M.macro_prf(y_true[idx], y_pred[idx], 7)[2], seed=0)
     assert v.ci_low <= v.mean <= v.ci_high and v.ci_high - v.ci_low < 0.2
+
+
+def test_regression_scores_count_parse_failures_and_match_sklearn():
+    from sklearn.metrics import r2_score
+
+    from strategies.base import Prediction
+    from toolkit.data import Example
+
+    assert M.parse_number("about 1,250.5 mAh") == 1250.5 and M.parse_number("-3e2 K") == -300.0
+    assert M.parse_number("no idea") is None
+    gold = [10.0, 20.0, 30.0, 40.0, 50.0]
+    outs = ["10", "It is 22.", "about 27", "n/a", "55 units"]
+    ex = [Example(id=str(i), input="q", target=str(g)) for i, g in enumerate(gold)]
+    rows = M.score_regression(ex, [Prediction(id=str(i), output=o) for i, o in enumerate(outs)])
+    agg = M.aggregate_regression(rows, metrics=["mae", "mse", "r2", "parse_failure_rate"], seed=0)
+    ok = [0, 1, 2, 4]
+    pred = np.array([10, 22, 27, 55.0])
+    assert agg["parse_failure_rate"].mean == pytest.approx(0.2) and not agg["parse_failure_rate"].higher_is_better
+    assert agg["mae"].n == 4 and agg["mae"].mean == pytest.approx(np.mean(np.abs(pred - np.array(gold)[ok])))
+    assert agg["mse"].mean == pytest.approx(np.mean((pred - np.array(gold)[ok]) ** 2))
+    assert agg["r2"].mean == pytest.approx(r2_score(np.array(gold)[ok], pred))
+    assert agg["r2"].ci_low <= agg["r2"].mean <= agg["r2"].ci_high
+    assert math.isnan(rows[3]["mae"])  # a failure is unmeasured, not an error of 0

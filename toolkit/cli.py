@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", type=Path, help="where {data_dir} in the suite points (default: $ADAPTBENCH_DATA_DIR)")
     r.add_argument("--weights", help="decision weights, e.g. quality=0.7,latency=0.1 (criteria: quality, latency, "
                                       "cost_per_query, setup, knowledge_update, data_needed)")
+    r.add_argument("--judge-url", metavar="URL", help="OpenAI-compatible endpoint of the LLM judge for ragas' judged "
+                   "metrics, e.g. http://localhost:8000/v1 (overrides the suite's judge.base_url)")
+    r.add_argument("--judge-model", metavar="MODEL", help="the judge model: the name the endpoint serves, or without "
+                   "--judge-url a local Hugging Face model served on loopback (e.g. smollm2-135m-instruct)")
+    r.add_argument("--judge-key-env", metavar="VAR", help="environment variable holding the endpoint's API key")
+    r.add_argument("--seeds", type=int, default=1, metavar="N", help="repeat the whole comparison with N seeds "
+                   "(split, few-shot choice, training seed) and report mean ± std across them")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
     v = sub.add_parser("validate", help="check a suite file and its data without loading any model")
@@ -113,8 +120,20 @@ def cmd_run(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise UserError("must be at least 1", field="--limit")
     ls = load_suite(args.suite, args.data_dir)
+    if args.judge_url or args.judge_model or args.judge_key_env:
+        from toolkit.config import JudgeConfig
+        base = ls.suite.judge.model_dump() if ls.suite.judge else {}
+        model = args.judge_model or base.get("model")
+        if not model:
+            raise UserError("say which judge model to use", field="--judge-model")
+        ls.suite.judge = JudgeConfig(**{**base, "model": model, "base_url": args.judge_url or base.get("base_url"),
+                                        "api_key_env": args.judge_key_env or base.get("api_key_env")})
     only = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
     weights = parse_weights(args.weights) or None
+    if args.seeds < 1:
+        raise UserError("must be at least 1", field="--seeds")
+    if args.seeds > 1:
+        return _run_seeds(ls, args, only)
     run, results = run_suite(ls, only=only, limit=args.limit, out=args.out)
     if run is None:  # a helper process of a distributed launch: it trained, process 0 reports
         return 0
@@ -126,6 +145,28 @@ def cmd_run(args) -> int:
     log(f"\nRun directory: {run.path}\nReport: {html}")
     print(run.path)  # stdout: the run directory, for scripts
     return 0 if results["status"] == "success" else 1
+
+
+def _run_seeds(ls, args, only) -> int:
+    from rich.table import Table
+
+    from toolkit.progress import console, log
+    from toolkit.seeds import run_seeds
+
+    parent, summary = run_seeds(ls, args.seeds, only=only, limit=args.limit, out=args.out)
+    if parent is None:
+        return 0
+    metrics = [m for m in summary["metrics_order"] if any(m in a for a in summary["arms"].values())][:6]
+    t = Table(title=f"{ls.suite.name}: mean ± std across seeds {', '.join(map(str, summary['seeds']))}")
+    t.add_column("arm", style="bold")
+    for m in metrics:
+        t.add_column(m, justify="right")
+    for arm, per in summary["arms"].items():
+        t.add_row(arm, *[f"{per[m]['mean']:.3f} ± {per[m]['std']:.3f}" if m in per else "–" for m in metrics])
+    console.print(t)
+    log(f"\nSeeds summary: {parent / 'seeds.md'}")
+    print(parent)
+    return 0 if all(s == "success" for s in summary["statuses"].values()) else 1
 
 
 def cmd_validate(args) -> int:

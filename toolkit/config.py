@@ -15,12 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from toolkit.errors import UserError
 
-TaskType = Literal["qa", "classification"]
+TaskType = Literal["qa", "classification", "multiple_choice", "regression"]
+LABEL_TASKS = ("classification", "multiple_choice")  # one label per example, scored by accuracy
 
 DEFAULT_METRICS: dict[str, list[str]] = {
     "qa": ["exact_match", "token_f1", "rouge_l", "contains", "embedding_similarity",
            "context_recall", "context_precision", "hit_at_k", "mrr", "perplexity"],
     "classification": ["accuracy", "macro_precision", "macro_recall", "macro_f1", "unmapped_rate"],
+    "multiple_choice": ["accuracy", "unmapped_rate"],
+    "regression": ["mae", "mse", "r2", "parse_failure_rate"],
 }
 
 
@@ -103,6 +106,26 @@ class PriceConfig(StrictModel):
 
     cpu_per_hour: float | None = Field(None, ge=0, description="$ per hour of the CPU machine the arms ran on.")
     gpu_per_hour: float | None = Field(None, ge=0, description="$ per hour of the GPU machine the arms ran on.")
+    input_per_1m_tokens: float | None = Field(None, ge=0, description=(
+        "$ per million prompt tokens of an API model (the judge's endpoint; for a hosted generator, what its "
+        "prompts would cost)."))
+    output_per_1m_tokens: float | None = Field(None, ge=0, description="$ per million completion tokens of an API model.")
+
+
+class JudgeConfig(StrictModel):
+    """The LLM behind ragas' judged metrics. Nothing is called unless this is set."""
+
+    base_url: str | None = Field(None, description=(
+        "An OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (vLLM, llama.cpp, Ollama, OpenAI...)."))
+    model: str = Field(description=(
+        "With base_url: the model name the endpoint serves. Without: a local Hugging Face model (bundled name, "
+        "HF id or folder) that adaptbench serves itself on a loopback port."))
+    api_key_env: str | None = Field(None, description=(
+        "Name of the environment variable that holds the endpoint's key (the key never goes in the suite)."))
+    concurrency: int = Field(4, ge=1, le=64, description="Judge requests in flight at once.")
+    max_retries: int = Field(3, ge=0, le=20, description="Retries of a failed judge request (with backoff).")
+    timeout_s: int = Field(120, ge=1, description="Seconds before one judge request is abandoned.")
+    max_tokens: int = Field(512, ge=16, description="Completion budget of one judge request.")
 
 
 class DecisionConfig(StrictModel):
@@ -128,7 +151,10 @@ class Suite(StrictModel):
     version: int = Field(1, description="Suite format version.")
     name: str = Field(description="Short name; used in run directory names.")
     description: str = Field("", description="One or two sentences shown in the report.")
-    task: TaskType = Field(description="'qa' (free-text answers) or 'classification' (one label per example).")
+    task: TaskType = Field(description=(
+        "'qa' (free-text answers), 'classification' (one label per example), 'multiple_choice' (question + "
+        "`choices` + answer index/letter/text; the model answers with a letter) or 'regression' (a number per "
+        "example; the first number in the answer is scored)."))
     instruction: str = Field(description="The task instruction every strategy puts in its system prompt.")
     labels: list[str] | None = Field(None, description="Classification labels (inferred from the data when omitted).")
     classification_mode: Literal["generate", "likelihood"] = Field("generate", description=(
@@ -147,6 +173,9 @@ class Suite(StrictModel):
     metrics: list[str] | None = Field(None, description="Metrics to report; defaults depend on the task type.")
     seed: int = Field(0, description="Seed for subsampling, few-shot choice and training.")
     decision: DecisionConfig = Field(default_factory=DecisionConfig, description="How the report picks its recommendation.")
+    judge: JudgeConfig | None = Field(None, description=(
+        "The LLM judge for faithfulness, answer_relevancy, llm_context_precision, llm_context_recall and "
+        "factual_correctness. Without one those metrics are reported as not measured."))
     prices: PriceConfig = Field(default_factory=PriceConfig, description=(
         "Optional $ rates; with them the report shows setup cost and cost per 1,000 queries in $."))
     breakdown_by: list[str] = Field(default_factory=lambda: ["category"], description=(
@@ -167,6 +196,10 @@ class Suite(StrictModel):
         if not v:
             raise ValueError("list at least one strategy")
         return v
+
+    @property
+    def has_labels(self) -> bool:
+        return self.task in LABEL_TASKS
 
     @property
     def metric_names(self) -> list[str]:
@@ -277,7 +310,7 @@ def load_suite(path: str | Path, data_dir: str | Path | None = None) -> LoadedSu
                             file=path, line=_line_of(root, ("strategies", arm)), field=f"strategies.{arm}")
         task_of = getattr(cfg, "metric_for_best_model", "loss")
         from strategies.configs import BEST_MODEL_METRICS
-        if BEST_MODEL_METRICS.get(task_of) not in (None, suite.task):
+        if BEST_MODEL_METRICS.get(task_of) not in (None, "classification" if suite.task in LABEL_TASKS else suite.task):
             raise UserError(f"metric_for_best_model '{task_of}' is a {BEST_MODEL_METRICS[task_of]} metric; this suite's "
                             f"task is {suite.task}", file=path, line=_line_of(root, ("strategies", arm, "metric_for_best_model")),
                             field=f"strategies.{arm}.metric_for_best_model")
@@ -288,10 +321,10 @@ def load_suite(path: str | Path, data_dir: str | Path | None = None) -> LoadedSu
         if m not in KNOWN_METRICS[suite.task]:
             raise UserError(f"unknown metric '{m}' for task '{suite.task}' (choose from: {', '.join(KNOWN_METRICS[suite.task])})",
                             file=path, line=_line_of(root, ("metrics", i)), field=f"metrics.{i}")
-    if suite.task == "qa" and suite.classification_mode != "generate":
-        raise UserError("`classification_mode` is only for task: classification", file=path,
+    if suite.task not in LABEL_TASKS and suite.classification_mode != "generate":
+        raise UserError("`classification_mode` is only for task: classification or multiple_choice", file=path,
                         line=_line_of(root, ("classification_mode",)), field="classification_mode")
-    if suite.task == "qa" and suite.labels:
+    if suite.task not in LABEL_TASKS and suite.labels:
         raise UserError("`labels` is only for task: classification", file=path,
                         line=_line_of(root, ("labels",)), field="labels")
     return LoadedSuite(suite=suite, path=path, data_dir=ddir, arms=arms)

@@ -78,6 +78,45 @@ def _clean(s: Any) -> str:
     return re.sub(r"[ \t]+\n", "\n", str(s)).strip()
 
 
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _multiple_choice(row: dict, question: Any, answer: Any, *, path, line, field) -> tuple[str, str]:
+    """Question + lettered choices as the input; the correct letter as target and label.
+    The answer may be a 0-based index, a letter, or the text of a choice."""
+    choices = row.get("choices", row.get("options"))
+    if not isinstance(choices, list) or not 2 <= len(choices) <= len(LETTERS) or \
+            not all(isinstance(c, (str, int, float)) and str(c).strip() for c in choices):
+        raise UserError("must be a list of 2 to 26 non-empty choices", file=path, line=line, field="choices")
+    choices = [_clean(c) for c in choices]
+    letters = LETTERS[:len(choices)]
+    idx = None
+    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
+        idx = answer
+    elif isinstance(answer, str):
+        a = answer.strip()
+        if len(a) == 1 and a.upper() in letters:
+            idx = letters.index(a.upper())
+        elif a.isdigit() and int(a) < len(choices):
+            idx = int(a)
+        else:
+            norm = [normalize_text(c).lower() for c in choices]
+            if normalize_text(a).lower() in norm:
+                idx = norm.index(normalize_text(a).lower())
+    if idx is None:
+        raise UserError(f"must be the 0-based index, the letter or the text of one of the {len(choices)} choices "
+                        f"(got {str(answer)[:40]!r})", file=path, line=line, field=field)
+    if not isinstance(question, str) or not question.strip():
+        raise UserError("must be a non-empty string", file=path, line=line, field="question")
+    text = _clean(question) + "\n" + "\n".join(f"{l}. {c}" for l, c in zip(letters, choices))
+    return text, letters[idx]
+
+
+def _only_number(s: str) -> bool:
+    import re
+    return re.fullmatch(r"\s*[-+]?(\d[\d,]*\.?\d*|\.\d+)([eE][-+]?\d+)?\s*", s) is not None
+
+
 def example_from_row(row: Any, *, origin: tuple[Path, int], task: str,
                      fields: dict[str, str] | None = None) -> Example:
     """Turn one parsed row into an Example or raise UserError naming file, line and field."""
@@ -121,6 +160,9 @@ def example_from_row(row: Any, *, origin: tuple[Path, int], task: str,
         tgt = row.get(tgt_key)
 
     label = row.get("label")
+    if task == "multiple_choice":
+        inp, tgt = _multiple_choice(row, inp, tgt, path=path, line=line, field=tgt_key)
+        label = tgt
     if task == "classification":
         if label is None:
             label = tgt
@@ -132,6 +174,11 @@ def example_from_row(row: Any, *, origin: tuple[Path, int], task: str,
         raise UserError("must be a non-empty string", file=path, line=line, field=in_key)
     if not isinstance(tgt, (str, int, float)) or not str(tgt).strip():
         raise UserError("must be a non-empty string", file=path, line=line, field=tgt_key)
+    if task == "regression":
+        from toolkit.metrics import parse_number
+        if isinstance(tgt, bool) or (parse_number(str(tgt)) is None or not _only_number(str(tgt))):
+            raise UserError(f"must be a number for task: regression (got {str(tgt)[:40]!r})", file=path, line=line,
+                            field=tgt_key)
     ctx = row.get("context_ids", [])
     if isinstance(ctx, str):
         ctx = [ctx]

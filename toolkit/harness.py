@@ -112,6 +112,7 @@ def run_suite(ls: LoadedSuite, *, only: list[str] | None = None, limit: int | No
         results["finished"] = now_iso()
         run.write_results(results)
         cache.close()
+        ctx.close()
     return run, results
 
 
@@ -146,6 +147,11 @@ def run_arm(name: str, stype: str, cfg, ctx, data, test: list[Example], run: Run
     rows: list[dict] = []
     doc_text = {d.id: d.text for d in ctx.kb.documents} if ctx.kb else None
     step = suite.generator.batch_size * CHUNK_BATCHES
+    from toolkit.judge import JUDGE_METRICS, not_measured_reason
+    wanted = [m for m in suite.metric_names if m in JUDGE_METRICS] if suite.task == "qa" else []
+    not_measured = {m: r for m in wanted if (r := not_measured_reason(m, suite.judge, strategy.retrieves))}
+    judged = [m for m in wanted if m not in not_measured]
+    judge_usage = np.zeros(3)  # input tokens, output tokens, seconds
     t1 = time.perf_counter()
     with task_bar(f"{name}: answering" + (f" ({len(cached)} cached)" if cached else ""), len(test)) as advance:
         for i in range(0, len(test), step):
@@ -165,6 +171,11 @@ def run_arm(name: str, stype: str, cfg, ctx, data, test: list[Example], run: Run
                                     embedder=suite.embedder.model, retrieves=strategy.retrieves)
                 if "perplexity" in suite.metric_names and strategy.scores_likelihood:
                     add_answer_nll(strategy, chunk, scores, cache, fp)
+                if judged:
+                    judge_usage += add_judge_scores(ctx.judge(), judged, strategy.retrieves, chunk, chunk_preds,
+                                                    scores, cache, fp)
+            elif suite.task == "regression":
+                scores = M.score_regression(chunk, chunk_preds)
             else:
                 scores = M.score_classification(chunk, chunk_preds, labels=ctx.labels)
             rows += scores
@@ -175,6 +186,9 @@ def run_arm(name: str, stype: str, cfg, ctx, data, test: list[Example], run: Run
     result: dict[str, Any] = {"type": stype, "status": "success", "fingerprint": fp}
     if suite.task == "qa":
         agg = M.aggregate_qa(rows, metrics=suite.metric_names, seed=suite.seed)
+    elif suite.task == "regression":
+        agg = M.aggregate_regression(rows, metrics=suite.metric_names, seed=suite.seed)
+        result["parse_failures"] = int(sum(r["parse_failure_rate"] for r in rows))
     else:
         agg, confusion = M.aggregate_classification(rows, [e.label for e in test], labels=ctx.labels,
                                                     metrics=suite.metric_names, seed=suite.seed)
@@ -183,7 +197,15 @@ def run_arm(name: str, stype: str, cfg, ctx, data, test: list[Example], run: Run
     if rows and "base_answer_nll" in rows[0]:  # the same gold answers under the untrained base model
         result["perplexity_base"] = M.perplexity([r["base_answer_nll"] for r in rows],
                                                  [r["answer_tokens"] for r in rows], seed=suite.seed).to_dict()
-    result["not_applicable"] = [m for m in suite.metric_names if m not in agg]
+    for m in judged:  # judged rows that still failed are counted, never averaged as 0
+        missing = sum(1 for r in rows if isinstance(r.get(m), float) and r[m] != r[m])
+        if missing:
+            result.setdefault("unmeasured", {})[m] = missing
+        if m not in agg:
+            not_measured[m] = f"the judge's output could not be scored for any of the {len(rows)} examples"
+    if not_measured:
+        result["not_measured"] = not_measured
+    result["not_applicable"] = [m for m in suite.metric_names if m not in agg and m not in not_measured]
     ordered = [preds[e.id] for e in test]
     lat = np.array([p.latency_s for p in ordered])
     build = strategy.info.get("build_s") or {}
@@ -198,6 +220,18 @@ def run_arm(name: str, stype: str, cfg, ctx, data, test: list[Example], run: Run
         "completion_tokens_mean": float(np.mean([p.completion_tokens for p in ordered])),
         "cached_answers": len(cached),
     }
+    if judged:
+        result["cost"]["judge"] = {"input_tokens": int(judge_usage[0]), "output_tokens": int(judge_usage[1]),
+                                   "seconds": round(float(judge_usage[2]), 3), "model": suite.judge.model}
+        pr = suite.prices
+        if pr.input_per_1m_tokens is not None and pr.output_per_1m_tokens is not None:
+            result["cost"]["judge"]["usd"] = (judge_usage[0] * pr.input_per_1m_tokens
+                                              + judge_usage[1] * pr.output_per_1m_tokens) / 1e6
+    pr = suite.prices
+    if pr.input_per_1m_tokens is not None and pr.output_per_1m_tokens is not None:
+        # what these prompts and answers would cost at an API's token prices
+        result["cost"]["api_usd_per_1k_queries"] = (result["cost"]["prompt_tokens_mean"] * pr.input_per_1m_tokens
+                                                    + result["cost"]["completion_tokens_mean"] * pr.output_per_1m_tokens) / 1e3
     rate = suite.prices.gpu_per_hour if ctx.generator_device.startswith("cuda") else suite.prices.cpu_per_hour
     if rate is not None:  # measured seconds at the suite's $ per hour
         result["cost"]["usd_per_hour"] = rate
@@ -226,6 +260,26 @@ def add_answer_nll(strategy, chunk: list[Example], scores: list[dict], cache: Pr
         for e, s in zip(chunk, scores):
             s[kind] = have[e.id]["nll"]
             s["answer_tokens"] = have[e.id]["tokens"]
+
+
+def add_judge_scores(judge, metrics: list[str], retrieves: bool, chunk: list[Example], preds, scores: list[dict],
+                     cache: PredictionCache, fp: str) -> np.ndarray:
+    """ragas judged scores into each example's scores. Measured values are cached by arm
+    fingerprint and judge; unmeasured (NaN) rows are asked again on the next run."""
+    key = f"{fp}:judge:{content_hash({**judge.fingerprint, 'metrics': metrics})}"
+    have = cache.get_many(key, [e.id for e in chunk])
+    todo = [i for i, e in enumerate(chunk) if e.id not in have]
+    usage = np.zeros(3)
+    if todo:
+        t0 = time.perf_counter()
+        jr = judge.score([chunk[i] for i in todo], [preds[i] for i in todo], metrics, retrieves=retrieves)
+        usage[:] = (jr.input_tokens, jr.output_tokens, time.perf_counter() - t0)
+        done = {chunk[i].id: row for i, row in zip(todo, jr.rows) if all(v == v for v in row.values())}
+        cache.put_many(key, done)
+        have.update({chunk[i].id: row for i, row in zip(todo, jr.rows)})
+    for e, s in zip(chunk, scores):
+        s.update(have[e.id])
+    return usage
 
 
 def sample_row(arm: str, e: Example, p, scores: dict, cached: bool) -> dict:

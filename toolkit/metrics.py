@@ -5,6 +5,8 @@ answer containment, embedding cosine similarity, ragas' non-LLM context recall
 and precision when gold documents exist, retrieval hit@k and MRR.
 Classification: accuracy, macro precision/recall/F1 (scikit-learn), confusion
 matrix, and the share of outputs that map to no label.
+Regression: MAE, MSE and R² over the answers that hold a number, and the share
+that hold none (parse failures are counted, never scored as 0).
 
 Importing this module is cheap; heavy libraries load inside the functions.
 """
@@ -23,10 +25,29 @@ import numpy as np
 KNOWN_METRICS: dict[str, dict[str, bool]] = {
     "qa": {"exact_match": True, "token_f1": True, "rouge_l": True, "contains": True,
            "embedding_similarity": True, "context_recall": True, "context_precision": True,
-           "hit_at_k": True, "mrr": True, "perplexity": False},
+           "hit_at_k": True, "mrr": True, "perplexity": False,
+           # judged by an LLM through ragas (toolkit.judge)
+           "faithfulness": True, "answer_relevancy": True, "llm_context_precision": True,
+           "llm_context_recall": True, "factual_correctness": True},
     "classification": {"accuracy": True, "macro_precision": True, "macro_recall": True,
                        "macro_f1": True, "unmapped_rate": False},
+    "regression": {"mae": False, "mse": False, "r2": True, "parse_failure_rate": False},
 }
+KNOWN_METRICS["multiple_choice"] = KNOWN_METRICS["classification"]
+
+NUMBER = re.compile(r"[-+]?(?:\d[\d,]*\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def parse_number(text: str) -> float | None:
+    """The first number in an answer ('about 1,250.5 mAh' -> 1250.5), or None."""
+    m = NUMBER.search(text or "")
+    if not m:
+        return None
+    try:
+        return float(m.group().replace(",", ""))
+    except ValueError:
+        return None
+
 def perplexity(nll: list[float], tokens: list[int], *, seed: int = 0) -> "MetricValue":
     """exp(total NLL / total answer tokens) of the gold answers, with a bootstrap CI over examples."""
     a, b = np.asarray(nll, dtype=float), np.asarray(tokens, dtype=float)
@@ -268,3 +289,42 @@ def aggregate_classification(rows: list[dict], gold: list[str], *, labels: list[
             out[m] = bootstrap_statistic(len(rows), lambda idx, i=i: prf(idx)[i], seed=seed)
     cm = confusion_matrix(y_true, np.where(y_pred < 0, len(labels), y_pred), labels=label_ids + [len(labels)])
     return out, {"labels": labels, "columns": labels + ["(unmapped)"], "matrix": cm[: len(labels)].tolist()}
+
+
+def score_regression(examples, preds) -> list[dict[str, Any]]:
+    """Per example: absolute and squared error of the first number in the answer; an
+    answer without a number is a parse failure (NaN errors, counted separately)."""
+    nan = float("nan")
+    rows = []
+    for e, p in zip(examples, preds):
+        gold, got = float(parse_number(e.target)), parse_number(p.output)
+        ok = got is not None and np.isfinite(got)
+        rows.append({"mae": abs(got - gold) if ok else nan, "mse": (got - gold) ** 2 if ok else nan,
+                     "parse_failure_rate": float(not ok), "parsed_value": got if ok else None, "gold_value": gold})
+    return rows
+
+
+def r_squared(pred: np.ndarray, gold: np.ndarray) -> float:
+    """Coefficient of determination, as sklearn.metrics.r2_score (a test checks they agree),
+    in numpy because the bootstrap calls it thousands of times."""
+    ss_tot = float(((gold - gold.mean()) ** 2).sum())
+    ss_res = float(((gold - pred) ** 2).sum())
+    if ss_tot == 0:
+        return 1.0 if ss_res == 0 else 0.0
+    return 1.0 - ss_res / ss_tot
+
+
+def aggregate_regression(rows: list[dict], *, metrics: list[str], seed: int) -> dict[str, MetricValue]:
+    hib = KNOWN_METRICS["regression"]
+    ok = [r for r in rows if r["parsed_value"] is not None]
+    out: dict[str, MetricValue] = {}
+    for m in metrics:
+        if m == "parse_failure_rate":
+            out[m] = bootstrap_mean([r[m] for r in rows], seed=seed, higher_is_better=False)
+        elif m in ("mae", "mse") and ok:
+            out[m] = bootstrap_mean([r[m] for r in ok], seed=seed, higher_is_better=hib[m])
+        elif m == "r2" and len(ok) >= 2:
+            pred = np.array([r["parsed_value"] for r in ok])
+            gold = np.array([r["gold_value"] for r in ok])
+            out[m] = bootstrap_statistic(len(ok), lambda idx: r_squared(pred[idx], gold[idx]), seed=seed)
+    return out

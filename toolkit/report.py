@@ -18,8 +18,12 @@ LABELS = {"exact_match": "Exact match", "token_f1": "Token F1", "rouge_l": "ROUG
           "embedding_similarity": "Embedding sim.", "context_recall": "Context recall",
           "context_precision": "Context precision", "hit_at_k": "Hit@k", "mrr": "MRR", "accuracy": "Accuracy",
           "macro_precision": "Macro precision", "macro_recall": "Macro recall", "macro_f1": "Macro F1",
-          "unmapped_rate": "Unmapped outputs", "perplexity": "Perplexity (gold)"}
-UNBOUNDED = {"perplexity"}  # not on a 0-1 scale: kept out of the bar chart
+          "unmapped_rate": "Unmapped outputs", "perplexity": "Perplexity (gold)",
+          "faithfulness": "Faithfulness (judge)", "answer_relevancy": "Answer relevancy (judge)",
+          "llm_context_precision": "Context precision (judge)", "llm_context_recall": "Context recall (judge)",
+          "factual_correctness": "Factual correctness (judge)", "mae": "MAE", "mse": "MSE", "r2": "R²",
+          "parse_failure_rate": "No number in answer"}
+UNBOUNDED = {"perplexity", "mae", "mse", "r2"}  # not on a 0-1 scale: kept out of the bar chart
 
 
 def ok_arms(results: dict) -> dict[str, dict]:
@@ -258,9 +262,31 @@ def render_markdown(ctx: dict) -> str:
             lines.append(f"| {p['a']} | {p['b']} | {p['diff']:+.3f} | [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}] | "
                          f"{fmt_p(p['p_bootstrap'])} | {'tied' if p['tied'] else ('A better' if p['diff'] > 0 else 'B better')} |")
         lines.append("")
+    notes = measurement_notes(r)
+    if notes:
+        lines += ["### Not measured", ""] + [f"- {n}" for n in notes] + [""]
     if r["data"].get("notes"):
         lines += ["Data: " + "; ".join(r["data"]["notes"]) + ".", ""]
     return "\n".join(lines) + "\n"
+
+
+def measurement_notes(results: dict) -> list[str]:
+    """Metrics an arm has no value for and why, and judged rows left unmeasured: said out
+    loud, because a missing score must never read as a 0 or vanish from an average."""
+    out = []
+    for name, a in results["strategies"].items():
+        for m, why in (a.get("not_measured") or {}).items():
+            out.append(f"{name} · {LABELS.get(m, m)}: not measured: {why}")
+        for m, k in (a.get("unmeasured") or {}).items():
+            n = results["data"]["test_scored"]
+            if m not in (a.get("not_measured") or {}):
+                out.append(f"{name} · {LABELS.get(m, m)}: {k} of {n} examples unmeasured (the judge's output could "
+                           f"not be scored); the mean is over the other {n - k}")
+        j = (a.get("cost") or {}).get("judge")
+        if j:
+            out.append(f"{name} · judge `{j['model']}`: {j['input_tokens']:,} prompt + {j['output_tokens']:,} completion "
+                       f"tokens in {j['seconds']:.0f} s" + (f", ${j['usd']:.4f}" if "usd" in j else ""))
+    return out
 
 
 def render_html(ctx: dict) -> str:
@@ -270,6 +296,7 @@ def render_html(ctx: dict) -> str:
         **ctx, labels=LABELS, fmt_p=fmt_p, fmt_ci=fmt_ci, fmt_mean=fmt_mean, fmt_interval=fmt_interval, fmt_s=fmt_s,
         figures=figures(ctx), ok_cost_usd=any("usd_per_hour" in (a.get("cost") or {}) for a in ctx["r"]["strategies"].values()),
         summaries={n: info_summary(a) for n, a in ctx["r"]["strategies"].items()},
+        measurement_notes=measurement_notes(ctx["r"]),
         env_json=json.dumps(ctx["env"], indent=2))
 
 
@@ -285,11 +312,22 @@ def info_summary(r: dict[str, Any]) -> str:
     i = r.get("info", {})
     parts = []
     if "train_examples" in i:
-        evals = [h["eval_loss"] for h in i.get("history", []) if "eval_loss" in h]
+        evals = [h["eval_loss"] for h in i.get("history", []) if "eval_loss" in h and h.get("step", 1) > 0]
+        start = f"{i['initial_eval_loss']:.3f} before training, then " if i.get("initial_eval_loss") is not None else ""
         parts.append(f"{'full fine-tuning' if i.get('method') == 'full' else i.get('method', 'lora').upper()} on {i['train_examples']} examples, {i['train_tokens']} tokens in {i['train_s']:.0f} s "
-                     f"({i['tokens_per_s']:.0f} tok/s, {i['device']}/{i['dtype']})"
-                     + (f", validation loss per epoch: {', '.join(f'{x:.3f}' for x in evals)}" if evals else "")
+                     f"({i['tokens_per_s']:.0f} tok/s, {i['device']}/{i['dtype']}"
+                     + (f", {i['processes']} processes" if i.get("processes", 1) > 1 else "")
+                     + (", padding-free" if i.get("padding_free") else "") + ")"
+                     + (f", validation loss: {start}{', '.join(f'{x:.3f}' for x in evals)}" if evals else "")
                      + (" — adapter reused from cache" if i.get("cached") else ""))
+    if i.get("metric_for_best_model"):
+        m = i["metric_for_best_model"]
+        parts.append(f"early stopping and best checkpoint by validation {LABELS.get(m, m)} (best {i.get(f'best_eval_{m}') or 0:.3f})")
+    aug = i.get("augment")
+    if aug:
+        ex = next((e for e in aug["paraphrase_examples"] if e["paraphrases"]), None)
+        parts.append(f"{aug['paraphrases_added']} paraphrased questions added ({aug['paraphrase_s']:.0f} s to write)"
+                     + (f", e.g. “{ex['original']}” → “{ex['paraphrases'][0]}”" if ex else ""))
     if r.get("perplexity_base") and "perplexity" in r.get("metrics", {}):
         parts.append(f"perplexity of the gold answers: {r['perplexity_base']['mean']:.2f} under the base model, "
                      f"{r['metrics']['perplexity']['mean']:.2f} after training")

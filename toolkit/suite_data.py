@@ -22,7 +22,7 @@ class TaskData:
 
 def load_task_data(ls: LoadedSuite) -> TaskData:
     s, d = ls.suite, ls.suite.data
-    is_clf = s.task == "classification"
+    is_clf = s.has_labels
     files: list[Path] = []
     kb = None
     notes: list[str] = []

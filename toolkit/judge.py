@@ -1,0 +1,125 @@
+"""ragas' LLM-judged metrics, with the judge the suite names and nothing else.
+
+The judge is an OpenAI-compatible endpoint (base URL, model, key from an
+environment variable) or a local Hugging Face model that adaptbench serves on a
+loopback port, so both take the same HTTP path. No judge configured: the metrics
+are reported as not measured, with the reason, and never enter an average. A
+row ragas cannot score (the judge's output did not parse, the request failed
+after its retries) is NaN here, counted as unmeasured in the report, and kept in
+samples.jsonl; it is not dropped and not scored as 0.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+# metric -> (ragas class, needs retrieved contexts, needs a reference answer)
+JUDGE_METRICS: dict[str, tuple[str, bool, bool]] = {
+    "faithfulness": ("Faithfulness", True, False),
+    "answer_relevancy": ("ResponseRelevancy", False, False),
+    "llm_context_precision": ("LLMContextPrecisionWithReference", True, True),
+    "llm_context_recall": ("LLMContextRecall", True, True),
+    "factual_correctness": ("FactualCorrectness", False, True),
+}
+
+
+def not_measured_reason(metric: str, judge, retrieves: bool) -> str | None:
+    """Why an arm gets no value for a judged metric, or None when it will be measured."""
+    if judge is None:
+        return "no judge configured (set `judge:` in the suite, or --judge-url/--judge-model)"
+    if JUDGE_METRICS[metric][1] and not retrieves:
+        return "this arm retrieves no passages"
+    if judge.api_key_env and judge.base_url and not os.environ.get(judge.api_key_env):
+        return f"the judge's key variable {judge.api_key_env} is not set"
+    return None
+
+
+@dataclass
+class JudgeRun:
+    rows: list[dict[str, float]]  # per example: metric -> score, NaN when unmeasured
+    input_tokens: int = 0
+    output_tokens: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class Judge:
+    """One judge for the whole run: a local model is loaded and served once."""
+
+    def __init__(self, cfg, embedder_name: str):
+        self.cfg, self.embedder_name = cfg, embedder_name
+        self._stack = ExitStack()
+        self._base_url: str | None = cfg.base_url
+        self._llm = None
+        self._emb = None
+
+    @property
+    def fingerprint(self) -> dict:
+        return {"base_url": self.cfg.base_url, "model": self.cfg.model, "max_tokens": self.cfg.max_tokens}
+
+    def _setup(self) -> None:
+        if self._llm is not None:
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from langchain_openai import ChatOpenAI
+            from ragas.embeddings import LlamaIndexEmbeddingsWrapper
+            from ragas.llms import LangchainLLMWrapper
+        from toolkit.models import load_embedder
+
+        if self._base_url is None:  # a local model: serve it on loopback, then talk HTTP like to any endpoint
+            from toolkit.config import GeneratorConfig
+            from toolkit.generation import Generator
+            from toolkit.openai_server import LoopbackServer, create_app, generator_backend
+
+            gen = Generator.load(GeneratorConfig(model=self.cfg.model))
+            server = self._stack.enter_context(LoopbackServer(create_app(generator_backend(gen), self.cfg.model)))
+            self._base_url = server.base_url
+        key = os.environ.get(self.cfg.api_key_env, "") if self.cfg.api_key_env else ""
+        chat = ChatOpenAI(base_url=self._base_url, model=self.cfg.model, api_key=key or "not-needed",
+                          temperature=0.0, max_tokens=self.cfg.max_tokens, timeout=self.cfg.timeout_s,
+                          max_retries=self.cfg.max_retries)
+        self._llm = LangchainLLMWrapper(chat)
+        self._emb = LlamaIndexEmbeddingsWrapper(load_embedder(self.embedder_name))
+
+    def score(self, examples, preds, metrics: list[str], *, retrieves: bool) -> JudgeRun:
+        """Judged scores for every example (NaN where ragas could not score a row)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import ragas.metrics as rm
+            from ragas import EvaluationDataset, RunConfig, SingleTurnSample, evaluate
+            from ragas.cost import get_token_usage_for_openai
+        self._setup()
+        wanted = [m for m in metrics if m in JUDGE_METRICS and not_measured_reason(m, self.cfg, retrieves) is None]
+        rows = [{m: math.nan for m in wanted} for _ in examples]
+        if not wanted or not examples:
+            return JudgeRun(rows)
+        samples = [SingleTurnSample(user_input=e.input, response=p.output or " ", reference=e.target,
+                                    retrieved_contexts=[c.text for c in p.contexts] if retrieves else None)
+                   for e, p in zip(examples, preds)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            objs = [getattr(rm, JUDGE_METRICS[m][0])() for m in wanted]
+        names = {m: o.name for m, o in zip(wanted, objs)}
+        result = evaluate(EvaluationDataset(samples=samples), metrics=objs, llm=self._llm, embeddings=self._emb,
+                          run_config=RunConfig(max_workers=self.cfg.concurrency, max_retries=self.cfg.max_retries,
+                                               timeout=self.cfg.timeout_s),
+                          token_usage_parser=get_token_usage_for_openai, raise_exceptions=False,
+                          show_progress=False, allow_nest_asyncio=True)
+        for row, scored in zip(rows, result.scores):
+            for m in wanted:
+                v = scored.get(names[m])
+                row[m] = float(v) if isinstance(v, (int, float)) and v == v else math.nan
+        try:
+            usage = result.total_tokens()
+        except IndexError:  # ragas raises when no request came back with usage
+            usage = None
+        usage = usage if not isinstance(usage, list) else None
+        return JudgeRun(rows, input_tokens=int(getattr(usage, "input_tokens", 0) or 0),
+                        output_tokens=int(getattr(usage, "output_tokens", 0) or 0))
+
+    def close(self) -> None:
+        self._stack.close()
