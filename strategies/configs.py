@@ -82,7 +82,7 @@ class AugmentConfig(StrategyConfig):
     (2023) found repeated paraphrases are what lets fine-tuning absorb new facts."""
 
     paraphrases: int = Field(2, ge=1, le=16, description="Paraphrases per training example.")
-    temperature: float = Field(0.8, gt=0, le=2, description="Sampling temperature of the paraphrasing model.")
+    temperature: float = Field(0.7, gt=0, le=2, description="Sampling temperature of the paraphrasing model.")
     model: str | None = Field(None, description="Paraphrasing model (default: the suite's generator).")
     seed: int = Field(0, description="Sampling seed; paraphrases are cached per seed.")
 

@@ -115,3 +115,22 @@ def test_cli_bad_input_exit_2_one_line_no_run_dir(tmp_path, suite_text, data, ex
     assert len(lines) == 1 and expect in lines[0], r.stderr
     assert "Traceback" not in r.stderr
     assert not out_dir.exists()
+
+
+@pytest.mark.parametrize("name", ["demo", "knowledge_injection", "covid_faq", "covid_qa", "banking77", "pubmedqa"])
+def test_every_bundled_suite_loads_its_data(name, monkeypatch):
+    from tests.conftest import SHARED_DATA
+    from toolkit.suite_data import load_task_data
+
+    monkeypatch.setenv("ADAPTBENCH_DATA_DIR", str(SHARED_DATA))
+    data = load_task_data(load_suite(REPO / "eval_suites" / f"{name}.yaml"))
+    s = data.splits
+    assert s.train and s.test
+    if data.kb:  # gold documents point into the knowledge base
+        ids = {d.id for d in data.kb.documents}
+        assert all(set(e.context_ids) <= ids for e in s.test)
+    if name == "covid_qa":
+        assert len(data.kb.documents) == 98 and len(s.test) > 250 and all(e.context_ids for e in s.test)
+    if name == "pubmedqa":
+        assert len(s.test) == 500 and data.labels == ["yes", "no", "maybe"]
+        assert s.test[0].input.startswith("Abstract: ") and "\n\nQuestion: " in s.test[0].input

@@ -73,16 +73,53 @@ def test_padding_free_metric_early_stopping_and_augmentation(suite_path, tmp_pat
     assert ft["stopped_early"] and ft["epochs_run"] < 4
 
     aug = res["strategies"]["finetune_paraphrased"]["info"]
-    added = aug["augment"]["paraphrases_added"]
-    assert 0 < added <= 36 and aug["train_examples"] == 12 + added
+    added = aug["augment"]["paraphrases_added"]  # a random model's rewrites are mostly rejected
+    assert added + aug["augment"]["paraphrases_rejected"] == 36 and aug["train_examples"] == 12 + added
     sample = aug["augment"]["paraphrase_examples"][0]
-    assert sample["original"] and all(p != sample["original"] for p in sample["paraphrases"])
+    assert sample["original"] and len(sample["paraphrases"]) + len(sample["rejected"]) <= 3
     assert res["strategies"]["finetune_paraphrased"]["cost"]["setup_breakdown_s"]["paraphrasing"] > 0
 
     _, again = run_suite(load_suite(suite_path), out=tmp_path / "run2")
     aug2 = again["strategies"]["finetune_paraphrased"]["info"]
     assert aug2["augment"]["paraphrases_cached"] and aug2["cached"]
     assert aug2["augment"]["paraphrase_examples"] == aug["augment"]["paraphrase_examples"]
+
+
+def test_paraphrase_filter_keeps_rewordings_only():
+    from toolkit.augment import _keep
+
+    q = "When was the Alder 5 launched?"
+    raw = ["When did the Alder 5 go on sale?", "When did the Alder 5 go on sale?",  # duplicate
+           "The Alder 5 was launched in 2014.",  # an answer, not a question
+           "When was the Alder launched?",  # lost the model number
+           "Rewrite: When was the Alder 5 launched?", " when was the alder 5 launched? ",  # the original
+           "In which year was the Alder 5 released?"]
+    assert _keep(raw, q) == ["When did the Alder 5 go on sale?", "In which year was the Alder 5 released?"]
+
+
+def test_paraphrases_join_the_training_set_with_their_answers(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from strategies.configs import AugmentConfig
+    from toolkit import augment
+    from toolkit.data import Example
+
+    calls = []
+
+    def fake_generate(inputs, cfg, ctx, ref):  # stands in for the model; the filter and caching are real
+        calls.append(inputs)
+        return {"raw": [[f"{q[:-1]} exactly?", "no question here"] for q in inputs], "seconds": 1.5}
+
+    monkeypatch.setattr(augment, "_generate", fake_generate)
+    ref = SimpleNamespace(fingerprint="m", name="m")
+    ctx = SimpleNamespace(generator_ref=ref)
+    ex = [Example(id=f"e{i}", input=f"Where is the Fir {i} made?", target=f"Town {i}") for i in range(3)]
+    out, info = augment.paraphrase(ex, AugmentConfig(paraphrases=2), ctx)
+    assert [e.input for e in out[3:]] == [f"Where is the Fir {i} made exactly?" for i in range(3)]
+    assert [e.target for e in out[3:]] == ["Town 0", "Town 1", "Town 2"] and out[3].id == "e0#p1"
+    assert info["paraphrases_added"] == 3 and info["paraphrases_rejected"] == 3 and not info["paraphrases_cached"]
+    _, again = augment.paraphrase(ex, AugmentConfig(paraphrases=2), ctx)
+    assert again["paraphrases_cached"] and len(calls) == 1
 
 
 def test_metric_for_best_model_must_fit_the_task(suite_path):

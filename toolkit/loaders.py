@@ -64,6 +64,50 @@ def covid_faq(path: Path, *, suite_path: Path, seed: int = 0, validation_size: i
     return train, held[:validation_size], held[validation_size:], KnowledgeBase("covid_faq", docs)
 
 
+@loader("covid_qa", "COVID-QA (deepset, SQuAD format): knowledge base = the 98 CORD-19 papers; questions with "
+        "answer spans, split (seeded) into train/validation/test; gold document = the question's paper.")
+def covid_qa(path: Path, *, suite_path: Path, seed: int = 0, validation_size: int = 50, test_size: int = 300, **_):
+    import json
+
+    qa_file = _need(path / "200423_covidQA.json", "data.loader_args.path", suite_path)
+    data = json.loads(qa_file.read_text(encoding="utf-8"))["data"]
+    docs, items, seen = [], [], set()
+    for article in data:
+        for para in article["paragraphs"]:
+            doc_id = f"paper-{para['document_id']}"
+            if doc_id not in seen:
+                seen.add(doc_id)
+                docs.append(Document(id=doc_id, text=para["context"]))
+            for qa in para["qas"]:
+                answers = [a["text"].strip() for a in qa.get("answers", []) if a.get("text", "").strip()]
+                if qa.get("is_impossible") or not answers or not qa["question"].strip():
+                    continue
+                items.append(Example(id=f"q-{qa['id']}", input=qa["question"].strip(), target=answers[0],
+                                     context_ids=[doc_id], metadata={"paper": doc_id}, origin=f"{qa_file}:qa {qa['id']}"))
+    items = shuffled(items, seed)
+    test, val, train = items[:test_size], items[test_size:test_size + validation_size], items[test_size + validation_size:]
+    return train, val, test, KnowledgeBase("covid_qa", docs)
+
+
+@loader("pubmedqa", "PubMedQA (PQA-L): yes/no/maybe questions, each with its abstract as context in the input; "
+        "test = the 500 official test ids, the other 500 are train/validation.")
+def pubmedqa(path: Path, *, suite_path: Path, seed: int = 0, validation_size: int = 50, with_context: bool = True, **_):
+    import json
+
+    data_file = _need(path / "ori_pqal.json", "data.loader_args.path", suite_path)
+    test_ids = set(json.loads(_need(path / "test_ground_truth.json", "data.loader_args.path", suite_path).read_text()))
+    rows = json.loads(data_file.read_text(encoding="utf-8"))
+    train, test = [], []
+    for pid, r in rows.items():
+        context = " ".join(c.strip() for c in r["CONTEXTS"])
+        text = f"Abstract: {context}\n\nQuestion: {r['QUESTION'].strip()}" if with_context else r["QUESTION"].strip()
+        ex = Example(id=f"pmid-{pid}", input=text, target=r["final_decision"], label=r["final_decision"],
+                     metadata={"year": r.get("YEAR", "")}, origin=f"{data_file}:{pid}")
+        (test if pid in test_ids else train).append(ex)
+    train = shuffled(train, seed)
+    return train[validation_size:], train[:validation_size], test, None
+
+
 def run_loader(name: str, args: dict, *, suite_path: Path, resolve, seed: int):
     if name not in LOADERS:
         raise UserError(f"unknown loader '{name}' (choose from: {', '.join(LOADERS)})", file=suite_path, field="data.loader")

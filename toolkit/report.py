@@ -295,6 +295,7 @@ def render_html(ctx: dict) -> str:
     return jenv.get_template("report.html").render(
         **ctx, labels=LABELS, fmt_p=fmt_p, fmt_ci=fmt_ci, fmt_mean=fmt_mean, fmt_interval=fmt_interval, fmt_s=fmt_s,
         figures=figures(ctx), ok_cost_usd=any("usd_per_hour" in (a.get("cost") or {}) for a in ctx["r"]["strategies"].values()),
+        ok_api_usd=any("api_usd_per_1k_queries" in (a.get("cost") or {}) for a in ctx["r"]["strategies"].values()),
         summaries={n: info_summary(a) for n, a in ctx["r"]["strategies"].items()},
         measurement_notes=measurement_notes(ctx["r"]),
         env_json=json.dumps(ctx["env"], indent=2))
