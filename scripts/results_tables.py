@@ -42,6 +42,9 @@ def tables(run_dir: Path) -> str:
         for p in compare_arms(samples, metric, ok, seed=0):
             verdict = "tied" if p.tied else ("A better" if p.diff > 0 else "B better")
             out.append(f"| {p.a} | {p.b} | {p.diff:+.3f} [{p.ci_low:+.3f}, {p.ci_high:+.3f}] | {fmt_p(p.p_bootstrap)} | {verdict} |")
+    if results.get("majority_baseline"):
+        mb = results["majority_baseline"]
+        out += ["", f"Majority-class baseline (always `{mb['label']}`): accuracy {mb['accuracy']:.3f}."]
     out += ["", "Recommendation: " + " ".join(recommendation(results, samples, None)), ""]
     return "\n".join(out)
 

@@ -348,3 +348,20 @@ def test_seeds_repeat_the_comparison_and_report_mean_and_std(tmp_path, tiny_llam
     assert f1["n_seeds"] == 2 and f1["mean"] == pytest.approx(sum(f1["values"]) / 2)
     assert f1["std"] == pytest.approx(abs(f1["values"][0] - f1["values"][1]) / 2 ** 0.5)
     assert "± " in (out / "seeds.md").read_text()
+
+
+def test_classification_reports_the_majority_baseline(tmp_path, tiny_llama):
+    from tests.conftest import write_jsonl
+    from toolkit.report import render_run
+
+    rows = [{"text": f"message {i}", "label": "common" if i % 4 else "rare"} for i in range(24)]
+    write_jsonl(tmp_path / "train.jsonl", rows[:16])
+    write_jsonl(tmp_path / "test.jsonl", rows[16:])
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({
+        "name": "maj", "task": "classification", "instruction": "Classify.", "classification_mode": "likelihood",
+        "data": {"train": {"path": "train.jsonl", "fields": {"input": "text"}}, "test": {"path": "test.jsonl", "fields": {"input": "text"}}},
+        "generator": {"model": str(tiny_llama), "batch_size": 8}, "strategies": {"zero_shot": {}}}))
+    run, res = run_suite(load_suite(tmp_path / "s.yaml"), out=tmp_path / "run")
+    assert res["majority_baseline"] == {"label": "common", "accuracy": 6 / 8}
+    md, _ = render_run(run.path)
+    assert "always answering `common`" in md.read_text()

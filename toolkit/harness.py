@@ -81,6 +81,10 @@ def run_suite(ls: LoadedSuite, *, only: list[str] | None = None, limit: int | No
     }
     if data.labels:
         results["labels"] = data.labels
+        if data.splits.train and test:  # what always answering the commonest train label would score
+            from collections import Counter
+            top = Counter(e.label for e in data.splits.train).most_common(1)[0][0]
+            results["majority_baseline"] = {"label": top, "accuracy": sum(e.label == top for e in test) / len(test)}
     run.write_results(results)
     log(f"[bold]{suite.name}[/]: {len(test)} test examples, {len(data.splits.train)} train, "
         f"{len(data.splits.validation)} validation · {len(arms)} arms · {device}/{dtype} · run dir {run.path}")

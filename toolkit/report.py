@@ -255,6 +255,10 @@ def render_markdown(ctx: dict) -> str:
                      f"{c['prompt_tokens_mean']:.0f}/{c['completion_tokens_mean']:.0f} |")
     lines += ["", "Means over the test examples with 95% bootstrap confidence intervals. Setup is the one-off cost "
               "(index build, training); latency is the wall time of the batch an answer came in.", ""]
+    if r.get("majority_baseline"):
+        mb = r["majority_baseline"]
+        lines += [f"Majority-class baseline: always answering `{mb['label']}` (the commonest train label) scores "
+                  f"accuracy {mb['accuracy']:.3f} on this test split.", ""]
     if ctx["paired"].get(ctx["metric"]):
         lines += [f"Paired differences on {LABELS.get(ctx['metric'], ctx['metric'])} (same examples):", "",
                   "| arm A | arm B | A − B | 95% CI | p | verdict |", "|---|---|---|---|---|---|"]
