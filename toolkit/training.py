@@ -221,6 +221,9 @@ def train_model(ref: ModelRef, gen_cfg: GeneratorConfig, train: list[TrainItem],
         logging_steps=max(1, steps // 20), report_to="none", disable_tqdm=True, seed=seed, data_seed=seed,
         bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=device == "cpu",
         dataloader_pin_memory=device != "cpu", remove_unused_columns=False, **batching,
+        # evaluation needs the loss only: otherwise the Trainer gathers every validation token's
+        # full-vocabulary logits (24 examples x 1,024 tokens x 49k vocabulary = 4.8 GB in fp32)
+        prediction_loss_only=True,
     )
     callbacks = [_rich_callback(steps, label)]
     if val_ds and metric != "loss":
