@@ -114,3 +114,13 @@ def mini_suite(tmp_path) -> Path:
           rag_finetune: {num_train_epochs: 1, per_device_train_batch_size: 4, learning_rate: 5.0e-3, r: 4, lora_alpha: 8, top_k: 2, chunk_size: 64, chunk_overlap: 8}
         """))
     return suite
+
+
+@pytest.fixture
+def tiny_suite_path(mini_suite, tiny_llama) -> Path:
+    """mini_suite answered by the tiny random Llama."""
+    import yaml
+    cfg = yaml.safe_load(mini_suite.read_text())
+    cfg["generator"]["model"] = str(tiny_llama)
+    mini_suite.write_text(yaml.safe_dump(cfg))
+    return mini_suite

@@ -108,10 +108,3 @@ def test_local_judge_model_served_on_loopback_end_to_end(tiny_suite_path, tiny_l
     text = md.read_text()
     assert "Not measured" in text and "could not be scored" in text
 
-
-@pytest.fixture
-def tiny_suite_path(mini_suite, tiny_llama):
-    cfg = yaml.safe_load(mini_suite.read_text())
-    cfg["generator"]["model"] = str(tiny_llama)
-    mini_suite.write_text(yaml.safe_dump(cfg))
-    return mini_suite

@@ -15,14 +15,6 @@ from toolkit.harness import run_suite
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture
-def suite_path(mini_suite, tiny_llama):
-    cfg = yaml.safe_load(mini_suite.read_text())
-    cfg["generator"]["model"] = str(tiny_llama)
-    mini_suite.write_text(yaml.safe_dump(cfg))
-    return mini_suite
-
-
 def set_arms(path, arms: dict) -> None:
     cfg = yaml.safe_load(path.read_text())
     cfg["strategies"] = arms
@@ -54,15 +46,15 @@ def test_packed_batch_trains_on_the_same_loss_as_padded_batches(tiny_llama):
         assert torch.allclose(alone, inside[start:start + len(alone)], atol=1e-4)
 
 
-def test_padding_free_metric_early_stopping_and_augmentation(suite_path, tmp_path):
-    set_arms(suite_path, {
+def test_padding_free_metric_early_stopping_and_augmentation(tiny_suite_path, tmp_path):
+    set_arms(tiny_suite_path, {
         "finetune": {"num_train_epochs": 4, "per_device_train_batch_size": 4, "learning_rate": 5.0e-3, "r": 4,
                      "padding_free": True, "metric_for_best_model": "token_f1", "early_stopping_patience": 1,
                      "load_best_model_at_end": True},
         "finetune_paraphrased": {"type": "finetune", "num_train_epochs": 1, "per_device_train_batch_size": 4,
                                  "r": 4, "augment": {"paraphrases": 3, "seed": 1}},
     })
-    _, res = run_suite(load_suite(suite_path), out=tmp_path / "run")
+    _, res = run_suite(load_suite(tiny_suite_path), out=tmp_path / "run")
     assert res["status"] == "success", {n: r.get("error") for n, r in res["strategies"].items()}
     ft = res["strategies"]["finetune"]["info"]
     assert ft["padding_free"] is True and ft["attention"] == "sdpa"
@@ -79,7 +71,7 @@ def test_padding_free_metric_early_stopping_and_augmentation(suite_path, tmp_pat
     assert sample["original"] and len(sample["paraphrases"]) + len(sample["rejected"]) <= 3
     assert res["strategies"]["finetune_paraphrased"]["cost"]["setup_breakdown_s"]["paraphrasing"] > 0
 
-    _, again = run_suite(load_suite(suite_path), out=tmp_path / "run2")
+    _, again = run_suite(load_suite(tiny_suite_path), out=tmp_path / "run2")
     aug2 = again["strategies"]["finetune_paraphrased"]["info"]
     assert aug2["augment"]["paraphrases_cached"] and aug2["cached"]
     assert aug2["augment"]["paraphrase_examples"] == aug["augment"]["paraphrase_examples"]
@@ -122,16 +114,16 @@ def test_paraphrases_join_the_training_set_with_their_answers(monkeypatch, tmp_p
     assert again["paraphrases_cached"] and len(calls) == 1
 
 
-def test_metric_for_best_model_must_fit_the_task(suite_path):
+def test_metric_for_best_model_must_fit_the_task(tiny_suite_path):
     from toolkit.errors import UserError
 
-    set_arms(suite_path, {"finetune": {"metric_for_best_model": "accuracy"}})
+    set_arms(tiny_suite_path, {"finetune": {"metric_for_best_model": "accuracy"}})
     with pytest.raises(UserError, match="accuracy' is a classification metric") as e:
-        load_suite(suite_path)
+        load_suite(tiny_suite_path)
     assert e.value.line and "strategies.finetune.metric_for_best_model" in str(e.value)
-    set_arms(suite_path, {"finetune": {"metric_for_best_model": "bleu"}})
+    set_arms(tiny_suite_path, {"finetune": {"metric_for_best_model": "bleu"}})
     with pytest.raises(UserError, match="not one of"):
-        load_suite(suite_path)
+        load_suite(tiny_suite_path)
 
 
 def _adapter_shapes(folder) -> dict:
@@ -140,14 +132,14 @@ def _adapter_shapes(folder) -> dict:
         return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
-def test_two_process_launch_trains_the_same_adapter_shape(suite_path, tmp_path, isolated_cache):
+def test_two_process_launch_trains_the_same_adapter_shape(tiny_suite_path, tmp_path, isolated_cache):
     """`accelerate launch --multi_gpu` with 2 processes on a machine without GPU (gloo DDP)
     runs the unchanged CLI; process 0
     writes the run. The adapter has the single-process shape and lowers validation loss."""
-    set_arms(suite_path, {"finetune": {"num_train_epochs": 3, "per_device_train_batch_size": 2,
+    set_arms(tiny_suite_path, {"finetune": {"num_train_epochs": 3, "per_device_train_batch_size": 2,
                                        "learning_rate": 5.0e-3, "r": 4, "lora_alpha": 8}})
     env = {**os.environ, "ADAPTBENCH_CACHE": str(isolated_cache), "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
-    cli = ["-m", "toolkit.cli", "run", str(suite_path), "-q"]
+    cli = ["-m", "toolkit.cli", "run", str(tiny_suite_path), "-q"]
     one = subprocess.run([sys.executable, *cli, "-o", str(tmp_path / "one")], env=env, capture_output=True,
                          text=True, cwd=REPO, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
