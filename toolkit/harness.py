@@ -227,15 +227,12 @@ def run_arm(name: str, stype: str, cfg, ctx, data, test: list[Example], run: Run
     if judged:
         result["cost"]["judge"] = {"input_tokens": int(judge_usage[0]), "output_tokens": int(judge_usage[1]),
                                    "seconds": round(float(judge_usage[2]), 3), "model": suite.judge.model}
-        pr = suite.prices
-        if pr.input_per_1m_tokens is not None and pr.output_per_1m_tokens is not None:
-            result["cost"]["judge"]["usd"] = (judge_usage[0] * pr.input_per_1m_tokens
-                                              + judge_usage[1] * pr.output_per_1m_tokens) / 1e6
-    pr = suite.prices
-    if pr.input_per_1m_tokens is not None and pr.output_per_1m_tokens is not None:
-        # what these prompts and answers would cost at an API's token prices
-        result["cost"]["api_usd_per_1k_queries"] = (result["cost"]["prompt_tokens_mean"] * pr.input_per_1m_tokens
-                                                    + result["cost"]["completion_tokens_mean"] * pr.output_per_1m_tokens) / 1e3
+        usd = token_usd(suite.prices, judge_usage[0], judge_usage[1])
+        if usd is not None:
+            result["cost"]["judge"]["usd"] = usd
+    usd = token_usd(suite.prices, result["cost"]["prompt_tokens_mean"], result["cost"]["completion_tokens_mean"])
+    if usd is not None:  # what these prompts and answers would cost at an API's token prices
+        result["cost"]["api_usd_per_1k_queries"] = usd * 1000
     rate = suite.prices.gpu_per_hour if ctx.generator_device.startswith("cuda") else suite.prices.cpu_per_hour
     if rate is not None:  # measured seconds at the suite's $ per hour
         result["cost"]["usd_per_hour"] = rate
@@ -245,6 +242,13 @@ def run_arm(name: str, stype: str, cfg, ctx, data, test: list[Example], run: Run
     head = ", ".join(f"{k} {v['mean']:.3f}" for k, v in list(result["metrics"].items())[:3])
     log(f"[green]✓ {name}[/]: {head} · setup {result['cost']['setup_s']:.1f}s · p50 {result['cost']['latency_p50_s']:.2f}s")
     return result
+
+
+def token_usd(prices, input_tokens: float, output_tokens: float) -> float | None:
+    """$ for these tokens at the suite's API prices, or None without prices."""
+    if prices.input_per_1m_tokens is None or prices.output_per_1m_tokens is None:
+        return None
+    return float(input_tokens * prices.input_per_1m_tokens + output_tokens * prices.output_per_1m_tokens) / 1e6
 
 
 def add_answer_nll(strategy, chunk: list[Example], scores: list[dict], cache: PredictionCache, fp: str) -> None:
