@@ -141,7 +141,8 @@ class Strategy(ABC):
 
     def most_likely_label(self, generator, prompts, queries: list[Query], contexts) -> list[Prediction]:
         """Score every label as the answer; take the highest total log-likelihood
-        (lm-evaluation-harness `acc`). Labels come from the suite, not from the test item."""
+        (lm-evaluation-harness `acc`). Labels come from the suite, narrowed to the item's own
+        options where it has them (a 3-choice question is never answered "D")."""
         import time
         labels = self.ctx.labels
         t0 = time.perf_counter()
@@ -150,7 +151,8 @@ class Strategy(ABC):
         out = []
         for i, (q, c) in enumerate(zip(queries, contexts)):
             scores = nll[i]
-            best = min(range(len(labels)), key=scores.__getitem__)
+            allowed = [j for j, l in enumerate(labels) if l in q.options] or range(len(labels))
+            best = min(allowed, key=scores.__getitem__)
             out.append(Prediction(id=q.id, output=labels[best], contexts=c,
                                   prompt_tokens=generator.count_tokens(prompts[i]), completion_tokens=0,
                                   latency_s=dt / max(1, len(queries)), compute_s=dt / max(1, len(queries))))

@@ -75,6 +75,26 @@ def test_multiple_choice_rows_take_index_letter_or_text(tmp_path):
     ex = read_examples(p, task="multiple_choice")
     assert [e.label for e in ex] == ["B", "B", "B"] and all(e.target == e.label for e in ex)
     assert ex[0].input == "Capital of France?\nA. Berlin\nB. Paris\nC. Rome"
+    assert ex[0].to_query().options == ("A", "B", "C") and ex[1].to_query().options == ("A", "B")
+
+
+def test_likelihood_choice_stays_within_the_items_own_options():
+    from types import SimpleNamespace
+
+    from strategies.base import Strategy
+    from toolkit.data import Query
+
+    class Scores:  # "E" is the most likely label for every prompt
+        def choice_nll(self, prompts, labels):
+            return [[5.0, 4.0, 3.0, 2.0, 1.0] for _ in prompts]
+
+        def count_tokens(self, messages):
+            return 1
+
+    me = SimpleNamespace(ctx=SimpleNamespace(labels=["A", "B", "C", "D", "E"]))
+    qs = [Query("q1", "two choices", ("A", "B")), Query("q2", "five", ("A", "B", "C", "D", "E")), Query("q3", "x")]
+    got = Strategy.most_likely_label(me, Scores(), [[], [], []], qs, [[], [], []])
+    assert [p.output for p in got] == ["B", "E", "E"]
 
 
 @pytest.mark.parametrize("row, field, words", [

@@ -38,9 +38,12 @@ class Example:
     system: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     origin: str = ""  # "file:line" for error messages
+    # the labels this item may take when narrower than the suite's (multiple choice: its own
+    # letters, which the model sees in the input anyway); empty means all of the suite's labels
+    options: list[str] = field(default_factory=list)
 
     def to_query(self) -> "Query":
-        return Query(id=self.id, input=self.input)
+        return Query(id=self.id, input=self.input, options=tuple(self.options))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +55,7 @@ class Query:
 
     id: str
     input: str
+    options: tuple[str, ...] = ()  # see Example.options
 
 
 @dataclass
@@ -81,9 +85,9 @@ def _clean(s: Any) -> str:
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
-def _multiple_choice(row: dict, question: Any, answer: Any, *, path, line, field) -> tuple[str, str]:
-    """Question + lettered choices as the input; the correct letter as target and label.
-    The answer may be a 0-based index, a letter, or the text of a choice."""
+def _multiple_choice(row: dict, question: Any, answer: Any, *, path, line, field) -> tuple[str, str, list[str]]:
+    """Question + lettered choices as the input; the correct letter as target and label; the
+    item's letters. The answer may be a 0-based index, a letter, or the text of a choice."""
     choices = row.get("choices", row.get("options"))
     if not isinstance(choices, list) or not 2 <= len(choices) <= len(LETTERS) or \
             not all(isinstance(c, (str, int, float)) and str(c).strip() for c in choices):
@@ -109,7 +113,7 @@ def _multiple_choice(row: dict, question: Any, answer: Any, *, path, line, field
     if not isinstance(question, str) or not question.strip():
         raise UserError("must be a non-empty string", file=path, line=line, field="question")
     text = _clean(question) + "\n" + "\n".join(f"{l}. {c}" for l, c in zip(letters, choices))
-    return text, letters[idx]
+    return text, letters[idx], list(letters)
 
 
 def _only_number(s: str) -> bool:
@@ -160,8 +164,9 @@ def example_from_row(row: Any, *, origin: tuple[Path, int], task: str,
         tgt = row.get(tgt_key)
 
     label = row.get("label")
+    options: list[str] = []
     if task == "multiple_choice":
-        inp, tgt = _multiple_choice(row, inp, tgt, path=path, line=line, field=tgt_key)
+        inp, tgt, options = _multiple_choice(row, inp, tgt, path=path, line=line, field=tgt_key)
         label = tgt
     if task == "classification":
         if label is None:
@@ -195,6 +200,7 @@ def example_from_row(row: Any, *, origin: tuple[Path, int], task: str,
         id=str(rid) if rid is not None else stable_id(inp_c + "\x00" + str(tgt)),
         input=inp_c, target=_clean(tgt), label=_clean(label) if label is not None else None,
         context_ids=[str(c) for c in ctx], system=system, metadata=meta, origin=f"{path}:{line}",
+        options=options,
     )
 
 
