@@ -167,7 +167,8 @@ class Strategy(ABC):
     # helpers shared by strategies
     def messages(self, question: str, passages: list[str] | None = None, shots=()) -> list[dict]:
         from toolkit.prompts import build_messages
-        return build_messages(self.ctx.suite.instruction, self.ctx.labels, question, passages=passages, shots=shots)
+        labels = self.ctx.labels if getattr(self.config, "label_list", True) else None
+        return build_messages(self.ctx.suite.instruction, labels, question, passages=passages, shots=shots)
 
     def generate(self, generator, prompts, queries: list[Query], contexts=None) -> list[Prediction]:
         gens = generator.generate(prompts, description=f"{self.name}: answering")

@@ -122,6 +122,10 @@ class FinetuneConfig(StrategyConfig):
         "Pack each batch into one row without padding (position ids restart per example). 'auto': only "
         "when FlashAttention-2 is installed (CUDA), whose kernel makes packing free; otherwise batches of "
         "similar length are padded, which measured faster on CPU."))
+    label_list: bool = Field(True, description=(
+        "Label tasks: list the suite's labels in the prompt, as zero_shot does. false trains and answers with "
+        "the instruction alone: the model learns the labels from its training answers, and with many labels "
+        "every example gets much shorter (banking77: 38 prompt tokens instead of 590)."))
     augment: AugmentConfig | None = Field(None, description=(
         "Paraphrased copies of the training questions, written by the suite's generator (knowledge injection)."))
     max_train_examples: int | None = Field(None, ge=1, description="Train on at most this many examples (seeded subsample).")

@@ -105,7 +105,9 @@ def test_classification_suite_end_to_end(tmp_path, tiny_llama):
              "data": {"file": "all.jsonl", "split": {"validation": 0.125, "test": 0.25, "seed": 1}},
              "generator": {"model": str(tiny_llama), "max_new_tokens": 4, "batch_size": 8},
              "strategies": {"zero_shot": {}, "few_shot": {"num_fewshot": 3},
-                            "finetune": {"num_train_epochs": 1, "per_device_train_batch_size": 8, "r": 4}}}
+                            "finetune": {"num_train_epochs": 1, "per_device_train_batch_size": 8, "r": 4},
+                            "finetune_bare": {"type": "finetune", "num_train_epochs": 1, "r": 4,
+                                              "label_list": False}}}
     (tmp_path / "clf.yaml").write_text(yaml.safe_dump(suite))
     ls = load_suite(tmp_path / "clf.yaml")
     run, res = run_suite(ls, out=tmp_path / "run")
@@ -115,6 +117,9 @@ def test_classification_suite_end_to_end(tmp_path, tiny_llama):
         assert set(r["metrics"]) == {"accuracy", "macro_precision", "macro_recall", "macro_f1", "unmapped_rate"}
         cm = r["confusion_matrix"]
         assert len(cm["matrix"]) == 3 and sum(map(sum, cm["matrix"])) == 6
+    # label_list: false trains and answers without the label list: shorter prompts, same labels scored
+    tokens = {n: res["strategies"][n]["cost"]["prompt_tokens_mean"] for n in ("finetune", "finetune_bare")}
+    assert tokens["finetune_bare"] < tokens["finetune"] - 5, tokens
     md, html = render_run(run.path)
     assert "Accuracy" in md.read_text()
 
