@@ -162,3 +162,26 @@ def test_two_process_launch_trains_the_same_adapter_shape(tiny_suite_path, tmp_p
     assert r2["metrics"]["token_f1"]["n"] == 6  # process 0 scored the whole test split once
     samples = (tmp_path / "two" / "samples.jsonl").read_text().splitlines()
     assert len(samples) == 6  # written once, by process 0
+
+
+def test_bars_inside_the_training_bar_draw_nothing_and_a_failure_closes_it(monkeypatch):
+    """A task metric answers the validation split inside the training bar: rich allows one
+    live display, so the inner bar must stand down, and a failed training must not leave
+    the bar open for the next arm."""
+    from toolkit import progress
+    from toolkit.training import _rich_callback
+
+    monkeypatch.setattr(progress, "quiet", False)
+    bar = _rich_callback(4, "training")
+    with bar.shown():
+        assert bar.p is not None
+        with progress.task_bar("validation answers", 3) as advance:
+            advance(3)
+        with progress.status("inner spinner"):
+            pass
+    with pytest.raises(RuntimeError):
+        with bar.shown():
+            raise RuntimeError("training failed")
+    assert progress._outer[0] == 0 and bar.p is None
+    with progress.task_bar("next arm", 1) as advance:  # LiveError if the failed bar were still live
+        advance(1)

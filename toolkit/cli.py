@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().print_help()
         return 0
     if getattr(args, "quiet", False):
-        os.environ["ADAPTBENCH_QUIET"] = "1"
+        os.environ["ADAPTBENCH_QUIET"] = "1"  # for child processes
+        from toolkit import progress
+        progress.quiet = True
     try:
         return COMMANDS[args.command](args)
     except UserError as e:

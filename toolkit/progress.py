@@ -21,17 +21,31 @@ def progress() -> Progress:
                     console=console, transient=False, disable=quiet)
 
 
+# rich allows one live display per console: depth of open bars and spinners, so that one
+# opened inside another (a validation pass inside a training bar) draws nothing instead of
+# raising LiveError
+_outer = [0]
+
+
+@contextlib.contextmanager
+def live_region():
+    """Marks a live display as open for the duration (see _outer)."""
+    _outer[0] += 1
+    try:
+        yield
+    finally:
+        _outer[0] -= 1
+
+
 @contextlib.contextmanager
 def status(message: str):
-    if quiet:
+    if quiet or _outer[0]:
         yield
         return
-    with console.status(message):
+    with live_region(), console.status(message):
         yield
     console.print(f"[green]✓[/] {message}")
 
-
-_outer = [0]  # depth of open bars: a bar opened inside another is not drawn
 
 
 @contextlib.contextmanager
@@ -40,13 +54,9 @@ def task_bar(description: str, total: int):
     if quiet or _outer[0]:
         yield lambda n=1: None
         return
-    _outer[0] += 1
-    try:
-        with progress() as p:
-            t = p.add_task(description, total=total)
-            yield lambda n=1: p.advance(t, n)
-    finally:
-        _outer[0] -= 1
+    with live_region(), progress() as p:
+        t = p.add_task(description, total=total)
+        yield lambda n=1: p.advance(t, n)
 
 
 def log(message: str) -> None:

@@ -20,7 +20,7 @@ from toolkit.config import GeneratorConfig
 from toolkit.generation import Generator, Messages, render_chat
 from toolkit.models import ModelRef, load_causal_lm, load_tokenizer, pick_device, pick_dtype
 from toolkit.errors import UserError
-from toolkit.progress import console, quiet
+from toolkit.progress import console
 
 ADAPTER_FORMAT = 1  # bump when the training recipe changes in a way settings do not capture
 
@@ -76,18 +76,32 @@ def tokenize_item(tok, item: TrainItem, max_len: int) -> dict[str, list[int]]:
 
 
 def _rich_callback(total_steps: int, label: str):
+    import contextlib
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from transformers import TrainerCallback
 
-    class RichProgress(TrainerCallback):
-        p = None  # started with training (an evaluation before it logs nothing here)
+    from toolkit import progress
 
-        def on_train_begin(self, args, state, control, **kw):
-            self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                              TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
-                              TimeRemainingColumn(), console=console, disable=quiet)
-            self.p.start()
-            self.t = self.p.add_task(label, total=total_steps, info="")
+    class RichProgress(TrainerCallback):
+        p = None  # drawn only inside shown(): an evaluation before training logs nothing here
+
+        @contextlib.contextmanager
+        def shown(self):
+            """The bar, for the duration of trainer.train(); stopped even when training raises.
+            Bars opened inside it (validation answers for a task metric) draw nothing."""
+            if progress.quiet or progress._outer[0]:
+                yield
+                return
+            with progress.live_region(), Progress(
+                    TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
+                    TimeRemainingColumn(), console=console) as p:
+                self.p, self.t = p, p.add_task(label, total=total_steps, info="")
+                try:
+                    yield
+                finally:
+                    self.p = None
 
         def on_step_end(self, args, state, control, **kw):
             if self.p:
@@ -100,10 +114,6 @@ def _rich_callback(total_steps: int, label: str):
             info = "  ".join(x for x in parts if x)
             if info and self.p:
                 self.p.update(self.t, info=f"epoch {state.epoch or 0:.1f}  {info}")
-
-        def on_train_end(self, args, state, control, **kw):
-            if self.p:
-                self.p.stop()
 
     return RichProgress()
 
@@ -225,7 +235,8 @@ def train_model(ref: ModelRef, gen_cfg: GeneratorConfig, train: list[TrainItem],
         # full-vocabulary logits (24 examples x 1,024 tokens x 49k vocabulary = 4.8 GB in fp32)
         prediction_loss_only=True,
     )
-    callbacks = [_rich_callback(steps, label)]
+    bar = _rich_callback(steps, label)
+    callbacks = [bar]
     if val_ds and metric != "loss":
         callbacks.append(_generative_eval(validation, scorer, metric, gen_cfg, ref, device))
     if val_ds and settings["early_stopping_patience"]:
@@ -235,7 +246,8 @@ def train_model(ref: ModelRef, gen_cfg: GeneratorConfig, train: list[TrainItem],
     trainer.remove_callback(PrinterCallback)  # our rich bar shows the losses; no raw dicts on stdout
     initial = trainer.evaluate() if val_ds and evaluate != "no" else {}  # the untrained starting point
     t0 = time.perf_counter()
-    trainer.train()
+    with bar.shown():
+        trainer.train()
     train_s = time.perf_counter() - t0
     epochs_run = float(trainer.state.epoch or 0)
     tokens = sum(len(x["input_ids"]) for x in train_ds) * epochs_run
