@@ -14,7 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from toolkit.decision import primary_metric  # noqa: E402
-from toolkit.report import LABELS, fmt_ci, fmt_p, headline_metrics, recommendation  # noqa: E402
+from toolkit.report import (LABELS, fmt_ci, fmt_p, headline_metrics, recommendation, retrieval_split,  # noqa: E402
+                            retrieval_split_lines)
 from toolkit.runs import load_run  # noqa: E402
 from toolkit.stats import compare_arms  # noqa: E402
 
@@ -42,6 +43,9 @@ def tables(run_dir: Path) -> str:
         for p in compare_arms(samples, metric, ok, seed=0):
             verdict = "tied" if p.tied else ("A better" if p.diff > 0 else "B better")
             out.append(f"| {p.a} | {p.b} | {p.diff:+.3f} [{p.ci_low:+.3f}, {p.ci_high:+.3f}] | {fmt_p(p.p_bootstrap)} | {verdict} |")
+    split = retrieval_split(samples, metric, ok) if metric else []
+    if split:
+        out += [""] + retrieval_split_lines(split, LABELS.get(metric, metric))
     if results.get("majority_baseline"):
         mb = results["majority_baseline"]
         out += ["", f"Majority-class baseline (always `{mb['label']}`): accuracy {mb['accuracy']:.3f}."]

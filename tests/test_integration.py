@@ -37,6 +37,10 @@ def test_all_five_strategies_end_to_end(tiny_suite, tmp_path, isolated_cache):
     samples = [json.loads(l) for l in (run.path / "samples.jsonl").read_text().splitlines()]
     rag_rows = [s for s in samples if s["strategy"] == "rag"]
     assert all(len(s["contexts"]) == 2 and s["contexts"][0]["doc_id"].startswith("p/") for s in rag_rows)
+    from toolkit.report import render_run
+    md, html = render_run(run.path)
+    assert "Retrieval or reading?" in md.read_text() and 'id="retrieval-split"' in html.read_text()
+    assert "| rag_finetune |" in md.read_text().split("Retrieval or reading?")[1]
 
     # the adapters were trained: LoRA B starts at zero, so non-zero B means optimisation moved it
     for arm in ("finetune", "rag_finetune"):

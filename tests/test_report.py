@@ -119,3 +119,21 @@ def test_prices_turn_seconds_into_dollars(tmp_path, tiny_llama, scripted):  # no
     assert "per 1,000 queries at $" in " ".join(build(run.path)["recommendation"])
     _, html = render_run(run.path)
     assert "$ per 1,000 queries" in html.read_text()
+
+
+def test_retrieval_split_separates_missed_passages_from_unread_ones():
+    from toolkit.report import quotes_passage, retrieval_split
+
+    passage = {"doc_id": "d1", "score": 0.9, "text": "The Alder 3 was launched in   2011 by the Kestlewick works."}
+    other = {"doc_id": "d2", "score": 0.5, "text": "Unrelated text."}
+
+    def row(arm, i, hit, f1, output):
+        return {"strategy": arm, "id": f"q{i}", "output": output, "contexts": [passage if hit else other],
+                "scores": {"hit_at_k": float(hit), "token_f1": f1}}
+
+    samples = [row("rag", 0, True, 1.0, "The Alder 3 was launched in 2011"), row("rag", 1, True, 0.5, "In 2011."),
+               row("rag", 2, False, 0.0, "No idea"), row("zero_shot", 0, False, 0.2, "x")]
+    samples[-1]["contexts"] = []
+    (r,) = retrieval_split(samples, "token_f1", ["rag", "zero_shot"])
+    assert r == {"arm": "rag", "n_hit": 2, "n_miss": 1, "on_hit": 0.75, "on_miss": 0.0, "quoted": 1, "n": 3}
+    assert not quotes_passage("", [passage]) and quotes_passage("Kestlewick  works.", [passage])

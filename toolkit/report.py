@@ -142,6 +142,30 @@ def breakdown(samples: list[dict], metric: str, fields: list[str], arms: list[st
     return out
 
 
+def quotes_passage(output: str, contexts: list[dict], n: int = 60) -> bool:
+    """The answer's first `n` characters (whitespace-normalised) appear in one of its passages."""
+    head = " ".join(output.split())[:n]
+    return bool(head) and any(head in " ".join((c.get("text") or "").split()) for c in contexts)
+
+
+def retrieval_split(samples: list[dict], metric: str, arms: list[str]) -> list[dict]:
+    """Per retrieving arm: the metric when retrieval found a gold passage and when it missed,
+    and how often the answer quotes a passage. Separates the two ways RAG fails: a retriever
+    that misses, or a reader that ignores what it was given."""
+    rows = []
+    for arm in arms:
+        mine = [s for s in samples if s["strategy"] == arm and s.get("contexts")
+                and (s.get("scores") or {}).get("hit_at_k") is not None]
+        if not mine:
+            continue
+        hit = [s["scores"][metric] for s in mine if s["scores"]["hit_at_k"] and s["scores"].get(metric) is not None]
+        miss = [s["scores"][metric] for s in mine if not s["scores"]["hit_at_k"] and s["scores"].get(metric) is not None]
+        rows.append({"arm": arm, "n_hit": len(hit), "n_miss": len(miss),
+                     "on_hit": sum(hit) / len(hit) if hit else None, "on_miss": sum(miss) / len(miss) if miss else None,
+                     "quoted": sum(quotes_passage(s["output"], s["contexts"]) for s in mine), "n": len(mine)})
+    return rows
+
+
 def disagreements(samples: list[dict], metric: str, arms: list[str], n: int = 15) -> list[dict]:
     """Examples where the arms' scores differ most: question, gold, every arm's answer and passages."""
     by_id: dict[str, dict] = {}
@@ -184,6 +208,7 @@ def build(run_dir: Path, weights: dict[str, float] | None = None) -> dict[str, A
         "paired": paired,
         "breakdown": breakdown(samples, metric, config.get("breakdown_by") or ["category"], list(arms)) if metric else {},
         "disagreements": disagreements(samples, metric, list(arms)) if metric else [],
+        "retrieval_split": retrieval_split(samples, metric, list(arms)) if metric else [],
     }
 
 
@@ -266,12 +291,27 @@ def render_markdown(ctx: dict) -> str:
             lines.append(f"| {p['a']} | {p['b']} | {p['diff']:+.3f} | [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}] | "
                          f"{fmt_p(p['p_bootstrap'])} | {'tied' if p['tied'] else ('A better' if p['diff'] > 0 else 'B better')} |")
         lines.append("")
+    if ctx.get("retrieval_split"):
+        lines += retrieval_split_lines(ctx["retrieval_split"], LABELS.get(ctx["metric"], ctx["metric"])) + [""]
     notes = measurement_notes(r)
     if notes:
         lines += ["### Not measured", ""] + [f"- {n}" for n in notes] + [""]
     if r["data"].get("notes"):
         lines += ["Data: " + "; ".join(r["data"]["notes"]) + ".", ""]
     return "\n".join(lines) + "\n"
+
+
+def retrieval_split_lines(rows: list[dict], label: str) -> list[str]:
+    f = lambda x: "" if x is None else f"{x:.3f}"  # noqa: E731
+    out = ["Retrieval or reading? Each retrieving arm's answers, split by whether a gold passage was retrieved:", "",
+           f"| arm | {label} when retrieved | {label} when missed | answers quoting a passage |", "|---|---|---|---|"]
+    for x in rows:
+        out.append(f"| {x['arm']} | {f(x['on_hit'])} (n={x['n_hit']}) | {f(x['on_miss'])} (n={x['n_miss']}) | "
+                   f"{x['quoted']} of {x['n']} |")
+    out += ["", "A low score when retrieved means the model does not use its passages; a low score only when "
+            "missed means retrieval is the bottleneck. \"Quoting\": the answer's first 60 characters appear in a "
+            "retrieved passage."]
+    return out
 
 
 def measurement_notes(results: dict) -> list[str]:
@@ -289,7 +329,10 @@ def measurement_notes(results: dict) -> list[str]:
         j = (a.get("cost") or {}).get("judge")
         if j:
             out.append(f"{name} · judge `{j['model']}`: {j['input_tokens']:,} prompt + {j['output_tokens']:,} completion "
-                       f"tokens in {j['seconds']:.0f} s" + (f", ${j['usd']:.4f}" if "usd" in j else ""))
+                       f"tokens in {j['seconds']:.0f} s" + (f", ${j['usd']:.4f}" if "usd" in j else "")
+                       + ("; failed judge calls (after retries): " + ", ".join(
+                           f"{k} ×{v}" for k, v in sorted(j["errors"].items(), key=lambda kv: -kv[1]))
+                          if j.get("errors") else ""))
     return out
 
 
