@@ -67,6 +67,44 @@ def test_judge_scores_through_a_loopback_server_with_retries_and_unmeasured_rows
     assert math.isnan(scores[3])  # unparseable judge output: unmeasured, not 0
     assert backend.failed >= 2  # 500s happened, and retries still measured every parseable row
     assert run.input_tokens > 0 and run.output_tokens > 0
+    assert sum(run.errors.values()) >= 1  # the GARBLE row's failure, counted by kind instead of printed
+
+
+def test_closing_the_local_server_refuses_queued_requests_and_waits_for_the_current_one():
+    import time
+
+    from toolkit.openai_server import SerialBackend, ServerClosing
+
+    done = []
+
+    def slow(messages, n, temperature, max_tokens, stop):
+        time.sleep(0.5)
+        done.append(messages)
+        return [("ok", 1, 1)]
+
+    backend = SerialBackend(slow)
+    first = threading.Thread(target=backend, args=("first", 1, 0.0, 8, []))
+    refused = []
+
+    def queued():
+        try:
+            backend("second", 1, 0.0, 8, [])
+        except ServerClosing:
+            refused.append(True)
+
+    second = threading.Thread(target=queued)
+    first.start()
+    time.sleep(0.1)
+    second.start()
+    time.sleep(0.1)
+    t0 = time.perf_counter()
+    backend.close()
+    assert time.perf_counter() - t0 > 0.2  # waited for the request in flight
+    first.join()
+    second.join()
+    assert done == ["first"] and refused == [True]
+    with pytest.raises(ServerClosing):
+        backend("third", 1, 0.0, 8, [])
 
 
 def test_judge_metrics_without_a_judge_are_not_measured(tiny_suite_path, tmp_path):
@@ -100,11 +138,12 @@ def test_local_judge_model_served_on_loopback_end_to_end(tiny_suite_path, tiny_l
     assert "could not be scored" in rag["not_measured"]["faithfulness"]
     judge_cost = rag["cost"]["judge"]
     assert judge_cost["input_tokens"] > 0 and judge_cost["usd"] > 0
+    assert sum(judge_cost["errors"].values()) > 0
     assert res["strategies"]["zero_shot"]["not_measured"]["faithfulness"] == "this arm retrieves no passages"
     assert "api_usd_per_1k_queries" in rag["cost"]
     samples = [json.loads(l) for l in (run.path / "samples.jsonl").read_text().splitlines()]
     assert sum(1 for s in samples if s["strategy"] == "rag" and s["scores"]["faithfulness"] is None) == 6
     md, _ = render_run(run.path)
     text = md.read_text()
-    assert "Not measured" in text and "could not be scored" in text
+    assert "Not measured" in text and "could not be scored" in text and "failed judge calls" in text
 

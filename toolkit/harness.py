@@ -156,6 +156,7 @@ def run_arm(name: str, stype: str, cfg, ctx, data, test: list[Example], run: Run
     not_measured = {m: r for m in wanted if (r := not_measured_reason(m, suite.judge, strategy.retrieves))}
     judged = [m for m in wanted if m not in not_measured]
     judge_usage = np.zeros(3)  # input tokens, output tokens, seconds
+    judge_errors: dict[str, int] = {}
     t1 = time.perf_counter()
     with task_bar(f"{name}: answering" + (f" ({len(cached)} cached)" if cached else ""), len(test)) as advance:
         for i in range(0, len(test), step):
@@ -177,7 +178,7 @@ def run_arm(name: str, stype: str, cfg, ctx, data, test: list[Example], run: Run
                     add_answer_nll(strategy, chunk, scores, cache, fp)
                 if judged:
                     judge_usage += add_judge_scores(ctx.judge(), judged, strategy.retrieves, chunk, chunk_preds,
-                                                    scores, cache, fp)
+                                                    scores, cache, fp, judge_errors)
             elif suite.task == "regression":
                 scores = M.score_regression(chunk, chunk_preds)
             else:
@@ -227,6 +228,8 @@ def run_arm(name: str, stype: str, cfg, ctx, data, test: list[Example], run: Run
     if judged:
         result["cost"]["judge"] = {"input_tokens": int(judge_usage[0]), "output_tokens": int(judge_usage[1]),
                                    "seconds": round(float(judge_usage[2]), 3), "model": suite.judge.model}
+        if judge_errors:
+            result["cost"]["judge"]["errors"] = judge_errors
         usd = token_usd(suite.prices, judge_usage[0], judge_usage[1])
         if usd is not None:
             result["cost"]["judge"]["usd"] = usd
@@ -271,9 +274,10 @@ def add_answer_nll(strategy, chunk: list[Example], scores: list[dict], cache: Pr
 
 
 def add_judge_scores(judge, metrics: list[str], retrieves: bool, chunk: list[Example], preds, scores: list[dict],
-                     cache: PredictionCache, fp: str) -> np.ndarray:
+                     cache: PredictionCache, fp: str, errors: dict[str, int] | None = None) -> np.ndarray:
     """ragas judged scores into each example's scores. Measured values are cached by arm
-    fingerprint and judge; unmeasured (NaN) rows are asked again on the next run."""
+    fingerprint and judge; unmeasured (NaN) rows are asked again on the next run. The
+    judge's failures, by kind, are added to `errors`."""
     key = f"{fp}:judge:{content_hash({**judge.fingerprint, 'metrics': metrics})}"
     have = cache.get_many(key, [e.id for e in chunk])
     todo = [i for i, e in enumerate(chunk) if e.id not in have]
@@ -282,6 +286,9 @@ def add_judge_scores(judge, metrics: list[str], retrieves: bool, chunk: list[Exa
         t0 = time.perf_counter()
         jr = judge.score([chunk[i] for i in todo], [preds[i] for i in todo], metrics, retrieves=retrieves)
         usage[:] = (jr.input_tokens, jr.output_tokens, time.perf_counter() - t0)
+        for k, v in jr.errors.items():
+            if errors is not None:
+                errors[k] = errors.get(k, 0) + v
         done = {chunk[i].id: row for i, row in zip(todo, jr.rows) if all(v == v for v in row.values())}
         cache.put_many(key, done)
         have.update({chunk[i].id: row for i, row in zip(todo, jr.rows)})

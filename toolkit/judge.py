@@ -11,10 +11,12 @@ samples.jsonl; it is not dropped and not scored as 0.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import re
 import warnings
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 # metric -> (ragas class, needs retrieved contexts, needs a reference answer)
@@ -43,7 +45,36 @@ class JudgeRun:
     rows: list[dict[str, float]]  # per example: metric -> score, NaN when unmeasured
     input_tokens: int = 0
     output_tokens: int = 0
-    errors: list[str] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)  # ragas' logged failures, by exception name
+
+
+class _Failures(logging.Handler):
+    """Counts the failures ragas logs (one line per failed parse or request, and it retries)
+    instead of letting them print: each unscored row is reported as unmeasured, and the
+    kinds of failure are summed up once in the report."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.counts: dict[str, int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        m = re.search(r"Exception raised in Job\[\d+\]: (\w+)", msg)
+        if m:
+            self.counts[m.group(1)] = self.counts.get(m.group(1), 0) + 1
+
+
+@contextmanager
+def _ragas_failures_counted():
+    log = logging.getLogger("ragas")
+    h, before = _Failures(), log.propagate
+    log.addHandler(h)
+    log.propagate = False
+    try:
+        yield h.counts
+    finally:
+        log.removeHandler(h)
+        log.propagate = before
 
 
 class Judge:
@@ -76,7 +107,9 @@ class Judge:
             from toolkit.openai_server import LoopbackServer, create_app, generator_backend
 
             gen = Generator.load(GeneratorConfig(model=self.cfg.model))
-            server = self._stack.enter_context(LoopbackServer(create_app(generator_backend(gen), self.cfg.model)))
+            backend = generator_backend(gen)
+            server = self._stack.enter_context(LoopbackServer(create_app(backend, self.cfg.model)))
+            self._stack.callback(backend.close)  # runs first on close: refuse queued requests, finish the current one
             self._base_url = server.base_url
         key = os.environ.get(self.cfg.api_key_env, "") if self.cfg.api_key_env else ""
         chat = ChatOpenAI(base_url=self._base_url, model=self.cfg.model, api_key=key or "not-needed",
@@ -104,11 +137,12 @@ class Judge:
             warnings.simplefilter("ignore")
             objs = [getattr(rm, JUDGE_METRICS[m][0])() for m in wanted]
         names = {m: o.name for m, o in zip(wanted, objs)}
-        result = evaluate(EvaluationDataset(samples=samples), metrics=objs, llm=self._llm, embeddings=self._emb,
-                          run_config=RunConfig(max_workers=self.cfg.concurrency, max_retries=self.cfg.max_retries,
-                                               timeout=self.cfg.timeout_s),
-                          token_usage_parser=get_token_usage_for_openai, raise_exceptions=False,
-                          show_progress=False, allow_nest_asyncio=True)
+        with _ragas_failures_counted() as failures:
+            result = evaluate(EvaluationDataset(samples=samples), metrics=objs, llm=self._llm, embeddings=self._emb,
+                              run_config=RunConfig(max_workers=self.cfg.concurrency, max_retries=self.cfg.max_retries,
+                                                   timeout=self.cfg.timeout_s),
+                              token_usage_parser=get_token_usage_for_openai, raise_exceptions=False,
+                              show_progress=False, allow_nest_asyncio=True)
         for row, scored in zip(rows, result.scores):
             for m in wanted:
                 v = scored.get(names[m])
@@ -119,7 +153,7 @@ class Judge:
             usage = None
         usage = usage if not isinstance(usage, list) else None
         return JudgeRun(rows, input_tokens=int(getattr(usage, "input_tokens", 0) or 0),
-                        output_tokens=int(getattr(usage, "output_tokens", 0) or 0))
+                        output_tokens=int(getattr(usage, "output_tokens", 0) or 0), errors=dict(failures))
 
     def close(self) -> None:
         self._stack.close()

@@ -20,20 +20,45 @@ from pydantic import BaseModel
 Backend = Callable[[list[dict], int, float, int, list[str]], list[tuple[str, int, int]]]
 
 
-def generator_backend(generator) -> Backend:
-    """Serve a toolkit.generation.Generator (one request at a time: the model is not re-entrant)."""
-    lock = threading.Lock()
+class ServerClosing(RuntimeError):
+    """The server is shutting down: a queued request is refused (HTTP 503)."""
+
+
+class SerialBackend:
+    """Runs one completion at a time (the model is not re-entrant). close() refuses queued
+    requests and waits for the one in flight: a daemon thread still inside torch when the
+    interpreter exits aborts the whole process ("terminate called without an active
+    exception"), and a client that timed out leaves requests queued behind it."""
+
+    def __init__(self, complete: Backend):
+        self._complete, self._lock, self._closed = complete, threading.Lock(), threading.Event()
+
+    def __call__(self, messages, n, temperature, max_tokens, stop):
+        if self._closed.is_set():
+            raise ServerClosing()
+        with self._lock:
+            if self._closed.is_set():
+                raise ServerClosing()
+            return self._complete(messages, n, temperature, max_tokens, stop)
+
+    def close(self, timeout: float = 600) -> None:
+        self._closed.set()
+        if self._lock.acquire(timeout=timeout):
+            self._lock.release()
+
+
+def generator_backend(generator) -> SerialBackend:
+    """Serve a toolkit.generation.Generator, one request at a time."""
 
     def complete(messages, n, temperature, max_tokens, stop):
         cfg = generator.cfg.model_copy(update={"temperature": temperature, "max_new_tokens": max_tokens,
                                                "stop": stop, "batch_size": max(1, n)})
         from toolkit.generation import Generator
         g = Generator(cfg, generator.model, generator.tokenizer, generator.ref, generator.device)
-        with lock:
-            outs = g.generate([messages] * n, description="judge")
+        outs = g.generate([messages] * n, description="judge")
         return [(o.text, o.prompt_tokens, o.completion_tokens) for o in outs]
 
-    return complete
+    return SerialBackend(complete)
 
 
 class ChatRequest(BaseModel):
@@ -61,8 +86,11 @@ def create_app(backend: Backend, model_name: str):
             raise HTTPException(400, "messages must not be empty")
         msgs = [{"role": m.get("role", "user"), "content": _text(m.get("content"))} for m in req.messages]
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        outs = backend(msgs, max(1, min(req.n, 16)), float(req.temperature or 0.0),
-                       int(req.max_completion_tokens or req.max_tokens or 256), stop)
+        try:
+            outs = backend(msgs, max(1, min(req.n, 16)), float(req.temperature or 0.0),
+                           int(req.max_completion_tokens or req.max_tokens or 256), stop)
+        except ServerClosing:
+            raise HTTPException(503, "the server is shutting down") from None
         prompt_tokens = outs[0][1] if outs else 0
         completion_tokens = sum(o[2] for o in outs)
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
