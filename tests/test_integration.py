@@ -357,6 +357,7 @@ def test_seeds_repeat_the_comparison_and_report_mean_and_std(tmp_path, tiny_llam
     assert f1["n_seeds"] == 2 and f1["mean"] == pytest.approx(sum(f1["values"]) / 2)
     assert f1["std"] == pytest.approx(abs(f1["values"][0] - f1["values"][1]) / 2 ** 0.5)
     assert "± " in (out / "seeds.md").read_text()
+    assert summary["same_test_set"] is False and "its own split" in (out / "seeds.md").read_text()
 
 
 def test_classification_reports_the_majority_baseline(tmp_path, tiny_llama):

@@ -137,3 +137,19 @@ def test_retrieval_split_separates_missed_passages_from_unread_ones():
     (r,) = retrieval_split(samples, "token_f1", ["rag", "zero_shot"])
     assert r == {"arm": "rag", "n_hit": 2, "n_miss": 1, "on_hit": 0.75, "on_miss": 0.0, "quoted": 1, "n": 3}
     assert not quotes_passage("", [passage]) and quotes_passage("Kestlewick  works.", [passage])
+
+
+def test_seeds_summary_says_whether_the_test_set_was_shared(tmp_path):
+    from toolkit.seeds import render, summarise
+
+    runs = []
+    for seed, acc in ((0, 0.5), (1, 0.7)):
+        d = tmp_path / f"seed-{seed}"
+        d.mkdir()
+        (d / "samples.jsonl").write_text("".join(json.dumps({"id": i, "strategy": "few_shot"}) + "\n" for i in "ab"))
+        runs.append((seed, d, {"status": "success", "metrics_order": ["accuracy"],
+                               "strategies": {"few_shot": {"metrics": {"accuracy": {"mean": acc}}}}}))
+    summary = summarise(runs)
+    assert summary["same_test_set"] is True
+    assert summary["arms"]["few_shot"]["accuracy"]["std"] == pytest.approx(0.1414, abs=1e-4)
+    assert "same in every seed" in render(summary)

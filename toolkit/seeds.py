@@ -84,15 +84,28 @@ def summarise(runs: list[tuple[int, Path, dict]]) -> dict[str, Any]:
             d["mean"] = float(x.mean())
             d["std"] = float(x.std(ddof=1)) if len(x) > 1 else 0.0
             d["n_seeds"] = len(x)
+    tests = [_test_ids(p) for _, p, _ in runs]
     return {"seeds": [s for s, _, _ in runs], "runs": [str(p) for _, p, _ in runs], "metrics_order": order,
-            "statuses": {str(s): r["status"] for s, _, r in runs}, "arms": arms}
+            "statuses": {str(s): r["status"] for s, _, r in runs}, "arms": arms,
+            "same_test_set": len(tests) > 1 and all(t == tests[0] for t in tests)}
+
+
+def _test_ids(run_path: Path) -> frozenset[str]:
+    samples = Path(run_path) / "samples.jsonl"
+    if not samples.exists():
+        return frozenset()
+    return frozenset(json.loads(line)["id"] for line in samples.read_text().splitlines() if line.strip())
 
 
 def render(summary: dict) -> str:
     metrics = [m for m in summary["metrics_order"] if any(m in a for a in summary["arms"].values())]
+    varied = ("The test examples were the same in every seed (the data's own test split), so the spread comes "
+              "from few-shot choice, train subsampling and training alone." if summary.get("same_test_set") else
+              "Each seed drew its own split, so the spread includes which examples were tested.")
     lines = [f"# Across {len(summary['seeds'])} seeds ({', '.join(map(str, summary['seeds']))})", "",
              "Mean ± standard deviation of each arm's score across seeds (each seed is a full run: split, "
-             "few-shot choice and training seed change). Per-seed reports: "
+             "few-shot choice and training seed change where the suite leaves them to chance). " + varied
+             + " Per-seed reports: "
              + ", ".join(f"[seed {s}](seed-{s}/report.html)" for s in summary["seeds"]) + ".", "",
              "| arm | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for arm, per in summary["arms"].items():
