@@ -283,6 +283,10 @@ def add_judge_scores(judge, metrics: list[str], retrieves: bool, chunk: list[Exa
     todo = [i for i, e in enumerate(chunk) if e.id not in have]
     usage = np.zeros(3)
     if todo:
+        # one judged row takes several judge calls (seconds each on a local CPU model): say
+        # what the answering bar is waiting for
+        log(f"  judging {len(todo)} answers × {len(metrics)} metrics with {judge.cfg.model} "
+            f"({judge.cfg.concurrency} requests at a time)")
         t0 = time.perf_counter()
         jr = judge.score([chunk[i] for i in todo], [preds[i] for i in todo], metrics, retrieves=retrieves)
         usage[:] = (jr.input_tokens, jr.output_tokens, time.perf_counter() - t0)
