@@ -290,8 +290,8 @@ def add_judge_scores(judge, metrics: list[str], retrieves: bool, chunk: list[Exa
         t0 = time.perf_counter()
         jr = judge.score([chunk[i] for i in todo], [preds[i] for i in todo], metrics, retrieves=retrieves)
         usage[:] = (jr.input_tokens, jr.output_tokens, time.perf_counter() - t0)
-        for k, v in jr.errors.items():
-            if errors is not None:
+        if errors is not None:
+            for k, v in jr.errors.items():
                 errors[k] = errors.get(k, 0) + v
         done = {chunk[i].id: row for i, row in zip(todo, jr.rows) if all(v == v for v in row.values())}
         cache.put_many(key, done)

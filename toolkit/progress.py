@@ -49,12 +49,23 @@ def status(message: str):
 
 
 @contextlib.contextmanager
+def drawn(make_bar):
+    """Yields the bar `make_bar()` builds, started, or None when quiet or inside another live
+    display; the bar is stopped on the way out, also when the body raises."""
+    if quiet or _outer[0]:
+        yield None
+        return
+    with live_region(), make_bar() as p:
+        yield p
+
+
+@contextlib.contextmanager
 def task_bar(description: str, total: int):
     """A progress bar; yields advance(n). Inside another bar it draws nothing."""
-    if quiet or _outer[0]:
-        yield lambda n=1: None
-        return
-    with live_region(), progress() as p:
+    with drawn(progress) as p:
+        if p is None:
+            yield lambda n=1: None
+            return
         t = p.add_task(description, total=total)
         yield lambda n=1: p.advance(t, n)
 

@@ -90,14 +90,12 @@ def _rich_callback(total_steps: int, label: str):
         def shown(self):
             """The bar, for the duration of trainer.train(); stopped even when training raises.
             Bars opened inside it (validation answers for a task metric) draw nothing."""
-            if progress.quiet or progress._outer[0]:
-                yield
-                return
-            with progress.live_region(), Progress(
+            with progress.drawn(lambda: Progress(
                     TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
-                    TimeRemainingColumn(), console=console) as p:
-                self.p, self.t = p, p.add_task(label, total=total_steps, info="")
+                    TimeRemainingColumn(), console=console)) as p:
+                if p is not None:
+                    self.p, self.t = p, p.add_task(label, total=total_steps, info="")
                 try:
                     yield
                 finally:
