@@ -170,6 +170,30 @@ def main() -> None:
     print(f"speed-up {ratio:.2f}x   validation loss change {dloss:+.1%}")
     if args.json:
         args.json.write_text(json.dumps({"plain": plain, "adaptbench": ours, "ratio": ratio}, indent=2))
+    print(f"cpu: {cpu_name()}")
+    print(f"precision: plain {plain['dtype']}, adaptbench {ours['dtype']}")
+    print(f"plain_tokens_per_s: {plain['tokens_per_s']:.1f}")
+    print(f"adaptbench_tokens_per_s: {ours['tokens_per_s']:.1f}")
+    print(f"plain_peak_mem_gib: {plain['peak_mem_gib']:.2f}")
+    print(f"adaptbench_peak_mem_gib: {ours['peak_mem_gib']:.2f}")
+    print(f"val_loss_change_pct: {dloss * 100:+.2f}")
+    print(f"speedup: {ratio:.2f}")
+
+
+def cpu_name() -> str:
+    """The CPU model and whether it has native bf16 (the figures depend on both)."""
+    import platform
+
+    from toolkit.models import cpu_supports_bf16
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores, native bf16: {'yes' if cpu_supports_bf16() else 'no'}"
 
 
 if __name__ == "__main__":

@@ -46,6 +46,12 @@ class Prediction:
         return cls(**d)
 
 
+# prompt key/value caches a generator keeps for the likelihood requests that follow its answers
+# (toolkit.generation.PrefixStore): a harness chunk of 32 RAG prompts of ~280 tokens is ~410 MB
+# in float32 for SmolLM2-135M
+PREFIX_CACHE_MB = 512
+
+
 @dataclass
 class Context:
     """What the harness hands every strategy."""
@@ -57,13 +63,15 @@ class Context:
     run_dir: Path | None  # the run directory (strategies may keep small artifacts there); None while
     # the processes of a distributed launch train together
     generator_device: str = "cpu"
+    generator_dtype: str = "float32"  # resolved (never 'auto'): answers differ between precisions
     _shared: dict[str, Any] = field(default_factory=dict)
 
     def base_generator(self):
         """The base model, loaded once and shared by the arms that do not change it."""
         if "generator" not in self._shared:
             from toolkit.generation import Generator
-            self._shared["generator"] = Generator.load(self.suite.generator, self.generator_ref)
+            self._shared["generator"] = Generator.load(self.suite.generator, self.generator_ref,
+                                                       prefix_cache_mb=PREFIX_CACHE_MB)
         return self._shared["generator"]
 
     def judge(self):
@@ -108,9 +116,22 @@ class Strategy(ABC):
         g = s.generator
         return {"type": self.type, "config": self.config.model_dump(), "task": s.task,
                 "classification_mode": s.classification_mode,
-                "instruction": s.instruction, "labels": self.ctx.labels, "model": self.ctx.generator_ref.fingerprint,
-                "generation": {"max_new_tokens": g.max_new_tokens, "stop": g.stop, "temperature": g.temperature,
-                               "dtype": g.dtype}}
+                "instruction": s.instruction, "labels": self.ctx.labels, "model": self.model_identity(),
+                "generation": {"max_new_tokens": g.max_new_tokens, "stop": g.stop, "temperature": g.temperature}}
+
+    def model_identity(self, *, base: bool = False) -> dict[str, Any]:
+        """The weights that answer (the base model's, or with `base=False` the arm's own),
+        their precision and the kind of device: what makes two models' outputs differ."""
+        c = self.ctx
+        return {"weights": c.generator_ref.fingerprint, "dtype": c.generator_dtype,
+                "device": c.generator_device.split(":")[0]}
+
+    def order(self, queries: list[Query]) -> list[Query]:
+        """The queries in the order to answer them: longest prompt first over the whole
+        split, so each generation batch holds prompts of similar length (less padding)."""
+        prompts, _ = self.prompts_once(queries)
+        size = [sum(len(m.get("content", "")) for m in p) for p in prompts]
+        return [q for _, q in sorted(zip(size, queries), key=lambda x: -x[0])]
 
     def prepare(self, train: list[Example], validation: list[Example]) -> None:
         """Expensive, cacheable work. Default: nothing."""

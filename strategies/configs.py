@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class StrategyConfig(BaseModel):
@@ -40,6 +40,12 @@ class RetrievalConfig(StrategyConfig):
     chunk_overlap: int = Field(32, ge=0, description="Overlap in tokens between consecutive chunks.")
     top_k: int = Field(3, ge=1, le=50, description="Passages retrieved per question and put in the prompt.")
 
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> "RetrievalConfig":
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})")
+        return self
+
 
 class RagConfig(RetrievalConfig):
     """Retrieved passages from the knowledge base in the prompt (llama-index + Chroma)."""
@@ -60,7 +66,7 @@ class SearchConfig(StrategyConfig):
     trials: int | None = Field(None, ge=1, description="Random search: how many combinations (grid: at most this many).")
     space: dict[str, list] = Field(description=(
         f"Setting -> values to try, e.g. {{learning_rate: [5.0e-4, 2.0e-3], r: [8, 16]}}. Settings: {', '.join(TUNABLE)}."))
-    seed: int = Field(0, description="Seed of the random choice of combinations.")
+    seed: int = Field(0, ge=0, description="Seed of the random choice of combinations.")
 
     @model_validator(mode="after")
     def _valid_space(self) -> "SearchConfig":
@@ -84,7 +90,7 @@ class AugmentConfig(StrategyConfig):
     paraphrases: int = Field(2, ge=1, le=16, description="Paraphrases per training example.")
     temperature: float = Field(0.7, gt=0, le=2, description="Sampling temperature of the paraphrasing model.")
     model: str | None = Field(None, description="Paraphrasing model (default: the suite's generator).")
-    seed: int = Field(0, description="Sampling seed; paraphrases are cached per seed.")
+    seed: int = Field(0, ge=0, description="Sampling seed; paraphrases are cached per seed.")
 
 
 class FinetuneConfig(StrategyConfig):
@@ -129,11 +135,29 @@ class FinetuneConfig(StrategyConfig):
     augment: AugmentConfig | None = Field(None, description=(
         "Paraphrased copies of the training questions, written by the suite's generator (knowledge injection)."))
     max_train_examples: int | None = Field(None, ge=1, description="Train on at most this many examples (seeded subsample).")
-    seed: int | None = Field(None, description="Training seed (defaults to the suite seed).")
+    seed: int | None = Field(None, ge=0, description="Training seed (defaults to the suite seed).")
     search: SearchConfig | None = Field(None, description="Hyperparameter search over a few settings (optional).")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _modules(cls, v: list[str] | str) -> list[str] | str:
+        if isinstance(v, str):
+            if v != "all-linear":
+                raise ValueError(f"'{v}': give 'all-linear' or a list of module names such as [q_proj, v_proj]")
+        elif not v or not all(isinstance(m, str) and m.strip() for m in v):
+            raise ValueError("give at least one module name, e.g. [q_proj, v_proj]")
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> "FinetuneConfig":
+        if self.search:  # every value of the space must be a valid setting, caught now rather than at trial k
+            for k, values in self.search.space.items():
+                for v in values:
+                    try:
+                        type(self).model_validate({**self.model_dump(exclude={"search"}), k: v})
+                    except ValidationError as e:
+                        raise ValueError(f"search.space.{k}: {v!r} is not a valid value: "
+                                         f"{e.errors()[0]['msg']}") from None
         if self.eval_strategy == "steps" and not self.eval_steps:
             raise ValueError("eval_strategy: steps needs eval_steps")
         if (self.early_stopping_patience or self.load_best_model_at_end) and self.eval_strategy == "no":

@@ -115,9 +115,15 @@ class Finetune(Strategy):
     def fingerprint(self) -> dict:
         return {**super().fingerprint(), "adapter": self.info["adapter_key"]}
 
+    def model_identity(self, *, base: bool = False) -> dict:
+        ident = super().model_identity()
+        return ident if base else {**ident, "adapter": self.info["adapter_key"]}
+
     def model(self):
         if self.generator is None:
-            self.generator = load_finetuned(self.ctx.generator_ref, self.ctx.suite.generator, self.adapter)
+            from strategies.base import PREFIX_CACHE_MB
+            self.generator = load_finetuned(self.ctx.generator_ref, self.ctx.suite.generator, self.adapter,
+                                            prefix_cache_mb=PREFIX_CACHE_MB)
         return self.generator
 
     def prompts(self, queries: list[Query]):

@@ -1,4 +1,7 @@
+import pytest
+
 from toolkit.cache import PredictionCache, content_hash
+from toolkit.errors import UserError
 
 
 def test_content_hash_is_canonical():
@@ -65,9 +68,19 @@ def test_device_and_dtype_choice_on_cpu(monkeypatch):
     from toolkit import models
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("ADAPTBENCH_DTYPE", raising=False)
     assert models.pick_device("auto") == "cpu"
     monkeypatch.setattr(models, "cpu_supports_bf16", lambda: True)
     assert models.pick_dtype("cpu") == torch.bfloat16
     monkeypatch.setattr(models, "cpu_supports_bf16", lambda: False)
     assert models.pick_dtype("cpu") == torch.float32
     assert models.pick_dtype("cpu", "float16") == torch.float16
+    # $ADAPTBENCH_DTYPE decides what 'auto' means (float32 on a bf16 CPU computes what a CPU
+    # without bf16 computes); an explicit setting in the suite still wins
+    monkeypatch.setattr(models, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setenv("ADAPTBENCH_DTYPE", "float32")
+    assert models.pick_dtype("cpu") == torch.float32
+    assert models.pick_dtype("cpu", "bfloat16") == torch.bfloat16
+    monkeypatch.setenv("ADAPTBENCH_DTYPE", "fp8")
+    with pytest.raises(UserError, match="ADAPTBENCH_DTYPE"):
+        models.pick_dtype("cpu")

@@ -239,6 +239,43 @@ def test_answer_nll_matches_the_models_own_loss(tiny_llama):
         assert nll == pytest.approx(float(loss) * n, rel=1e-4)
 
 
+def test_prefilled_prompts_serve_generation_and_the_likelihood_that_follows(tiny_llama):
+    """generate() prefills each prompt once and keeps its keys/values: the answers equal
+    plain transformers generate(), and the gold-answer likelihood asked next reuses the
+    prompt instead of running it again, with the same numbers as a fresh computation."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from toolkit.config import GeneratorConfig
+    from toolkit.generation import Generator
+    from toolkit.models import ModelRef, load_tokenizer
+
+    tok = load_tokenizer(str(tiny_llama))
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    cfg = GeneratorConfig(model=str(tiny_llama), batch_size=3, max_new_tokens=6, stop=[])
+    ref = ModelRef("tiny", str(tiny_llama), "x")
+    kept = Generator(cfg, model, tok, ref, "cpu", prefix_cache_mb=64)
+    fresh = Generator(cfg, model, tok, ref, "cpu")
+    prompts = [[{"role": "user", "content": "q " * n}] for n in (2, 9, 5, 14, 3)]
+    targets = ["a b", "c", "d e f g", "h i", "j"]
+    outs = kept.generate(prompts)
+    tok.padding_side = "left"
+    for p, o in zip(prompts, outs):  # one at a time: no padding at all
+        enc = tok([kept.render(p)], return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            ref_ids = model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+        assert o.text == tok.decode(ref_ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert kept.prefixes.hits == 0
+    reused = kept.answer_nll(prompts, targets)
+    assert kept.prefixes.hits == len(prompts) and kept.prefixes.misses == 0
+    again = fresh.answer_nll(prompts, targets)
+    assert [n for n, _ in reused] == pytest.approx([n for n, _ in again], rel=1e-4)
+    assert [n for _, n in reused] == [len(tok(t + tok.eos_token, add_special_tokens=False)["input_ids"]) for t in targets]
+    small = Generator(cfg, model, tok, ref, "cpu", prefix_cache_mb=0)
+    small.generate(prompts)
+    assert small.prefixes.bytes == 0  # disabled: nothing kept
+
+
 def test_classification_by_label_likelihood_never_unmapped(tmp_path, tiny_llama):
     from tests.conftest import write_jsonl
 

@@ -64,16 +64,18 @@ def test_map_to_label():
     assert M.map_to_label("no idea", labels) is None
 
 
+class P:  # a prediction, as score_classification reads it
+    def __init__(self, o):
+        self.output = o
+
+
+class E:  # an example, as score_classification reads it
+    def __init__(self, l):
+        self.label = l
+
+
 def test_classification_aggregate_matches_sklearn():
     from sklearn.metrics import f1_score
-
-    class P:
-        def __init__(self, o):
-            self.output = o
-
-    class E:
-        def __init__(self, l):
-            self.label = l
 
     labels = ["a", "b", "c"]
     gold = ["a", "a", "b", "c", "c", "b"]
@@ -98,6 +100,36 @@ def test_macro_prf_matches_sklearn_and_ci_contains_point():
     assert ours == pytest.approx(ref)
     v = M.bootstrap_statistic(300, lambda idx: M.macro_prf(y_true[idx], y_pred[idx], 7)[2], seed=0)
     assert v.ci_low <= v.mean <= v.ci_high and v.ci_high - v.ci_low < 0.2
+
+
+def test_macro_scores_equal_sklearn_when_the_sample_lacks_labels():
+    """A --limit sample (or a small test split) covers only some of the suite's labels:
+    labels absent from both gold and predictions must not enter the macro average as 0."""
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    labels = [f"intent_{i:03d}" for i in range(150)]
+    rng = np.random.default_rng(0)
+    gold = [labels[i] for i in rng.integers(0, 75, 150)]  # the sample holds only the first 75 intents
+    outs = [g if rng.random() < 0.6 else (labels[rng.integers(0, 150)] if rng.random() < 0.8 else "no idea")
+            for g in gold]
+    rows = M.score_classification([E(g) for g in gold], [P(o) for o in outs], labels=labels)
+    agg, _ = M.aggregate_classification(rows, gold, labels=labels, metrics=["macro_precision", "macro_recall",
+                                                                            "macro_f1"], seed=0)
+    mapped = [r["mapped_label"] or "(unmapped)" for r in rows]
+    present = sorted(set(gold) | {m for m in mapped if m != "(unmapped)"})
+    assert 75 < len(present) < 150
+    for name, fn in (("macro_precision", precision_score), ("macro_recall", recall_score), ("macro_f1", f1_score)):
+        ref = fn(gold, mapped, labels=present, average="macro", zero_division=0)
+        assert agg[name].mean == pytest.approx(ref, abs=1e-12), name
+        assert agg[name].ci_low <= agg[name].mean <= agg[name].ci_high
+    # without unmapped outputs, the labels present are exactly what sklearn takes by default
+    ok = [i for i, m in enumerate(mapped) if m != "(unmapped)"]
+    y_t, y_p = np.array([labels.index(gold[i]) for i in ok]), np.array([labels.index(mapped[i]) for i in ok])
+    assert M.macro_prf(y_t, y_p, 150)[2] == pytest.approx(f1_score(y_t, y_p, average="macro", zero_division=0))
+    # the bootstrap resamples the same definition: each resample averages over its own labels
+    idx = rng.integers(0, len(ok), len(ok))
+    assert M.macro_prf(y_t[idx], y_p[idx], 150)[2] == pytest.approx(
+        f1_score(y_t[idx], y_p[idx], average="macro", zero_division=0))
 
 
 def test_regression_scores_count_parse_failures_and_match_sklearn():

@@ -46,6 +46,45 @@ def test_packed_batch_trains_on_the_same_loss_as_padded_batches(tiny_llama):
         assert torch.allclose(alone, inside[start:start + len(alone)], atol=1e-4)
 
 
+def test_answer_only_logits_give_the_full_loss_and_gradients(tiny_llama):
+    """The LM head at the answer positions only (left-padded rows, or packed rows) gives the
+    same loss and LoRA gradients as full logits on right-padded rows: the work it skips is
+    work the loss never looked at."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
+
+    from toolkit.models import load_tokenizer
+    from toolkit.training import AnswerLogitsOnly, TrainItem, tokenize_item
+
+    tok = load_tokenizer(str(tiny_llama))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, attn_implementation="sdpa", dtype=torch.float32)
+    model.config.use_cache = False
+    model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False,
+                                             task_type="CAUSAL_LM"))
+    items = [TrainItem([{"role": "user", "content": "q " * n}], "answer " * (n % 3 + 1)) for n in (3, 11, 7, 20)]
+    feats = [tokenize_item(tok, t, 256) for t in items]
+    tok.padding_side = "right"
+    full = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)(feats)
+
+    def loss_and_grads(batch):
+        model.zero_grad()
+        out = model(**batch)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    ref, ref_grads = loss_and_grads(full)
+    for packed in (False, True):
+        batch = AnswerLogitsOnly(tok, packed=packed)(feats)
+        out, grads = loss_and_grads(batch)
+        width = batch["input_ids"].shape[1]
+        assert out.logits.shape[1] < (width // 4 if not packed else width // 3), out.logits.shape  # far fewer positions
+        assert torch.allclose(out.loss, ref.loss, atol=1e-5), (packed, out.loss, ref.loss)
+        for n, g in ref_grads.items():
+            assert torch.allclose(grads[n], g, atol=1e-5, rtol=1e-4), (packed, n)
+
+
 def test_padding_free_metric_early_stopping_and_augmentation(tiny_suite_path, tmp_path):
     set_arms(tiny_suite_path, {
         "finetune": {"num_train_epochs": 4, "per_device_train_batch_size": 4, "learning_rate": 5.0e-3, "r": 4,

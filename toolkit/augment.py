@@ -11,12 +11,13 @@ stays part of the arm's setup cost.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
 from dataclasses import replace
 
-from toolkit.cache import cache_root, content_hash
+from toolkit.cache import cache_root, content_hash, locked
 from toolkit.data import Example, normalize_text
 
 SYSTEM = "You reword questions. Keep every name and number. Never answer the question."
@@ -62,7 +63,8 @@ def _keep(raw: list[str], original: str) -> list[str]:
 
 def paraphrase(examples: list[Example], cfg, ctx) -> tuple[list[Example], dict]:
     """The examples plus their paraphrased copies (ids `<id>#p<k>`), and info for the report."""
-    from toolkit.distributed import main_first
+    from toolkit.distributed import is_distributed, main_first
+    from toolkit.runs import atomic_write
     from toolkit.models import resolve_generator
 
     ref = resolve_generator(cfg.model) if cfg.model else ctx.generator_ref
@@ -70,15 +72,14 @@ def paraphrase(examples: list[Example], cfg, ctx) -> tuple[list[Example], dict]:
     key = content_hash({"model": ref.fingerprint, "inputs": inputs, "n": cfg.paraphrases, "temperature": cfg.temperature,
                         "seed": cfg.seed, "prompt": _messages("{text}"), "format": AUGMENT_FORMAT})
     path = cache_root() / "augment" / f"{key}.json"
-    with main_first():  # several processes: the first writes, the others read
+    # several processes of one launch: the first writes, the others read; several runs sharing
+    # the cache: one writes under the lock, the others wait and read
+    with main_first(), (locked(path) if not is_distributed() else contextlib.nullcontext()):
         if path.exists():
             stored, cached = json.loads(path.read_text()), True
         else:
             stored, cached = _generate(inputs, cfg, ctx, ref), False
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(stored))
-            tmp.replace(path)
+            atomic_write(path, json.dumps(stored))
     # the raw generations are cached; the filter runs on every use, so it can improve without regenerating
     kept = [_keep(raw, e.input) for e, raw in zip(examples, stored["raw"])]
     out = list(examples)

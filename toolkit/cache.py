@@ -16,8 +16,20 @@ import json
 import os
 import sqlite3
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+@contextmanager
+def locked(artifact: Path):
+    """An inter-process lock beside a cache artifact (`<artifact>.lock`, filelock): runs that
+    share a cache (parallel CI jobs, teammates) build each artifact once, and the others wait
+    for it and then read it. Inside, build into a temporary name and publish with a rename."""
+    from filelock import FileLock
+    artifact.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(artifact) + ".lock"):
+        yield
 
 
 def cache_root() -> Path:
@@ -59,14 +71,23 @@ class PredictionCache:
     def __init__(self, path: Path | None = None):
         self.path = path or cache_root() / "predictions.sqlite"
         self._lock = threading.Lock()
-        self.db = sqlite3.connect(self.path, check_same_thread=False)
-        self.db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY)")
-        done = {r[0] for r in self.db.execute("SELECT name FROM _migrations")}
-        for name, sql in self.SCHEMA:  # named, append-only migrations
-            if name not in done:
-                self.db.execute(sql)
-                self.db.execute("INSERT INTO _migrations VALUES (?)", (name,))
-        self.db.commit()
+        # Several runs may share the cache: WAL lets readers and one writer work at once, and
+        # a writer waits (up to 60 s) for another's commit instead of failing with "locked".
+        self.db = sqlite3.connect(self.path, check_same_thread=False, timeout=60, isolation_level=None)
+        self.db.execute("PRAGMA busy_timeout = 60000")
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("BEGIN IMMEDIATE")  # one process at a time applies the migrations
+        try:
+            self.db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY)")
+            done = {r[0] for r in self.db.execute("SELECT name FROM _migrations")}
+            for name, sql in self.SCHEMA:  # named, append-only migrations
+                if name not in done:
+                    self.db.execute(sql)
+                    self.db.execute("INSERT INTO _migrations VALUES (?)", (name,))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def get_many(self, fingerprint: str, ids: list[str]) -> dict[str, dict]:
         out: dict[str, dict] = {}
@@ -80,9 +101,14 @@ class PredictionCache:
 
     def put_many(self, fingerprint: str, records: dict[str, dict]) -> None:
         with self._lock:
-            self.db.executemany("INSERT OR REPLACE INTO predictions (fingerprint, example_id, record) VALUES (?,?,?)",
-                                [(fingerprint, k, json.dumps(v)) for k, v in records.items()])
-            self.db.commit()
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.executemany("INSERT OR REPLACE INTO predictions (fingerprint, example_id, record) VALUES (?,?,?)",
+                                    [(fingerprint, k, json.dumps(v)) for k, v in records.items()])
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         self.db.close()

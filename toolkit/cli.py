@@ -29,8 +29,16 @@ exit codes: 0 success, 1 internal failure, 2 bad input (one line naming file, li
 """
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """Bad flags get the one-line error and exit code 2 every other bad input gets
+    (argparse's default prints the whole usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineErrors(
         prog="adaptbench", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Prompt, retrieve or fine-tune? Runs the same task, on the same split, through every "
                     "approach and reports quality (with 95% CIs), cost and a recommendation side by side.")
@@ -44,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "($ADAPTBENCH_CACHE, default ~/.cache/adaptbench): an unchanged rerun takes seconds.")
     r.add_argument("suite", type=Path, help="suite YAML file, e.g. eval_suites/demo.yaml")
     r.add_argument("--strategies", "-s", help="comma-separated arms to run (default: all arms of the suite)")
-    r.add_argument("--limit", "-n", type=int, help="score only the first N test examples (quick checks)")
+    r.add_argument("--limit", "-n", type=int, help="score a random sample of N test examples (seeded by the suite's "
+                   "seed, stratified by label for label tasks; the report says so): quick checks")
     r.add_argument("--out", "-o", type=Path, help="run directory (default: reports/<suite>-<timestamp>)")
     r.add_argument("--data-dir", type=Path, help="where {data_dir} in the suite points (default: $ADAPTBENCH_DATA_DIR)")
     r.add_argument("--weights", help="decision weights, e.g. quality=0.7,latency=0.1 (criteria: quality, latency, "
@@ -121,19 +130,27 @@ def cmd_run(args) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise UserError("must be at least 1", field="--limit")
+    if args.seeds < 1:
+        raise UserError("must be at least 1", field="--seeds")
+    _check_data_dir(args.data_dir)
+    weights = parse_weights(args.weights) or None
     ls = load_suite(args.suite, args.data_dir)
     if args.judge_url or args.judge_model or args.judge_key_env:
+        from pydantic import ValidationError
+
         from toolkit.config import JudgeConfig
         base = ls.suite.judge.model_dump() if ls.suite.judge else {}
         model = args.judge_model or base.get("model")
         if not model:
             raise UserError("say which judge model to use", field="--judge-model")
-        ls.suite.judge = JudgeConfig(**{**base, "model": model, "base_url": args.judge_url or base.get("base_url"),
-                                        "api_key_env": args.judge_key_env or base.get("api_key_env")})
+        try:
+            ls.suite.judge = JudgeConfig(**{**base, "model": model, "base_url": args.judge_url or base.get("base_url"),
+                                            "api_key_env": args.judge_key_env or base.get("api_key_env")})
+        except ValidationError as e:
+            err = e.errors()[0]
+            flag = {"base_url": "--judge-url", "model": "--judge-model", "api_key_env": "--judge-key-env"}
+            raise UserError(err["msg"].removeprefix("Value error, "), field=flag.get(str(err["loc"][0]), "judge")) from None
     only = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
-    weights = parse_weights(args.weights) or None
-    if args.seeds < 1:
-        raise UserError("must be at least 1", field="--seeds")
     if args.seeds > 1:
         return _run_seeds(ls, args, only)
     run, results = run_suite(ls, only=only, limit=args.limit, out=args.out)
@@ -171,12 +188,20 @@ def _run_seeds(ls, args, only) -> int:
     return 0 if all(s == "success" for s in summary["statuses"].values()) else 1
 
 
+def _check_data_dir(d: Path | None) -> None:
+    if d is not None and not d.is_dir():
+        raise UserError("not a folder" if d.exists() else "folder not found", file=d, field="--data-dir")
+
+
 def cmd_validate(args) -> int:
     from toolkit.config import load_suite
+    from toolkit.preflight import check_suite
     from toolkit.suite_data import load_task_data
 
+    _check_data_dir(args.data_dir)
     ls = load_suite(args.suite, args.data_dir)
     data = load_task_data(ls)
+    check_suite(ls, data, ls.arms)
     sizes = data.splits.sizes()
     print(f"{args.suite}: ok · task {ls.suite.task} · arms {', '.join(ls.arms)} · "
           f"train {sizes['train']} / validation {sizes['validation']} / test {sizes['test']}"

@@ -7,13 +7,14 @@ validate`, `ls` and `--help` go through it.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from toolkit.errors import UserError
+from toolkit.errors import UserError, read_utf8
 
 TaskType = Literal["qa", "classification", "multiple_choice", "regression"]
 LABEL_TASKS = ("classification", "multiple_choice")  # one label per example, scored by accuracy
@@ -53,6 +54,11 @@ class EmbedderConfig(StrictModel):
     batch_size: int = Field(64, ge=1, description="Texts embedded together.")
 
 
+# adaptbench's names for what a data row holds, which `fields:` maps a file's own columns to
+MAPPABLE_FIELDS = ("input", "question", "target", "answer", "label", "id", "context_ids", "choices", "metadata",
+                   "prompt", "completion", "messages")
+
+
 class FileSpec(StrictModel):
     path: str = Field(description="Data file, relative to the suite file; may start with {data_dir}/.")
     format: Literal["jsonl", "csv", "tsv"] | None = Field(None, description="Inferred from the extension when omitted.")
@@ -60,11 +66,26 @@ class FileSpec(StrictModel):
         "Map adaptbench fields (input, target, label, id, context_ids) to the file's column names, "
         "e.g. {input: text, label: category}."))
 
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, v: dict[str, str]) -> dict[str, str]:
+        for ours in v:
+            if ours not in MAPPABLE_FIELDS:
+                raise ValueError(f"'{ours}' is not a field adaptbench reads (map one of: {', '.join(MAPPABLE_FIELDS)})")
+        return v
+
 
 class SplitConfig(StrictModel):
     validation: float = Field(0.1, ge=0.0, lt=1.0, description="Share of `file` held out for validation.")
     test: float = Field(0.2, gt=0.0, lt=1.0, description="Share of `file` held out for test.")
-    seed: int = Field(0, description="Seed of the split (stratified by label for classification).")
+    seed: int = Field(0, ge=0, description="Seed of the split (stratified by label for classification).")
+
+    @model_validator(mode="after")
+    def _leaves_train(self) -> "SplitConfig":
+        if self.validation + self.test >= 1.0:
+            raise ValueError(f"validation ({self.validation}) and test ({self.test}) must sum to less than 1, "
+                             "leaving a share for train")
+        return self
 
 
 class DataConfig(StrictModel):
@@ -127,6 +148,39 @@ class JudgeConfig(StrictModel):
     timeout_s: int = Field(120, ge=1, description="Seconds before one judge request is abandoned.")
     max_tokens: int = Field(512, ge=16, description="Completion budget of one judge request.")
 
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_url(v)
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("name the judge model")
+        return v
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise ValueError(f"'{v}' is not an environment variable name (the key itself never goes in the suite)")
+        return v
+
+
+def check_url(v: str) -> None:
+    """An http(s) URL with a host, e.g. http://localhost:8000/v1; ValueError otherwise."""
+    from urllib.parse import urlparse
+    try:
+        u = urlparse(v)
+        u.port  # noqa: B018 -- raises on a port that is not a number
+    except ValueError:
+        raise ValueError(f"'{v}' is not a URL (expected e.g. http://localhost:8000/v1)") from None
+    if u.scheme not in ("http", "https") or not u.hostname or " " in v:
+        raise ValueError(f"'{v}' is not an http(s) URL (expected e.g. http://localhost:8000/v1)")
+
 
 class DecisionConfig(StrictModel):
     weights: dict[str, float] = Field(default_factory=dict, description=(
@@ -142,13 +196,15 @@ class DecisionConfig(StrictModel):
                 raise ValueError(f"unknown criterion '{k}' (choose from: {', '.join(DEFAULT_WEIGHTS)})")
             if w < 0:
                 raise ValueError("weights must be >= 0")
+        if sum({**DEFAULT_WEIGHTS, **v}.values()) <= 0:
+            raise ValueError("at least one weight must be above 0")
         return v
 
 
 class Suite(StrictModel):
     """A task: data, knowledge base, scoring, and the strategies to compare on it."""
 
-    version: int = Field(1, description="Suite format version.")
+    version: Literal[1] = Field(1, description="Suite format version (1).")
     name: str = Field(description="Short name; used in run directory names.")
     description: str = Field("", description="One or two sentences shown in the report.")
     task: TaskType = Field(description=(
@@ -171,7 +227,7 @@ class Suite(StrictModel):
         "Arms to compare: name -> settings. The name is the strategy type unless `type:` says otherwise "
         "(so `rag_k5: {type: rag, top_k: 5}` adds a second RAG arm)."))
     metrics: list[str] | None = Field(None, description="Metrics to report; defaults depend on the task type.")
-    seed: int = Field(0, description="Seed for subsampling, few-shot choice and training.")
+    seed: int = Field(0, ge=0, description="Seed for subsampling, few-shot choice and training.")
     decision: DecisionConfig = Field(default_factory=DecisionConfig, description="How the report picks its recommendation.")
     judge: JudgeConfig | None = Field(None, description=(
         "The LLM judge for faithfulness, answer_relevancy, llm_context_precision, llm_context_recall and "
@@ -197,6 +253,29 @@ class Suite(StrictModel):
             raise ValueError("list at least one strategy")
         return v
 
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if len(v) < 2:
+                raise ValueError("list at least two labels")
+            seen = set()
+            for lab in v:
+                if not lab.strip():
+                    raise ValueError("labels must be non-empty")
+                if lab in seen:
+                    raise ValueError(f"label '{lab}' is listed twice")
+                seen.add(lab)
+        return v
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_once(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            twice = next(m for m in v if v.count(m) > 1)
+            raise ValueError(f"metric '{twice}' is listed twice")
+        return v
+
     @property
     def has_labels(self) -> bool:
         return self.task in LABEL_TASKS
@@ -217,6 +296,15 @@ class LoadedSuite(BaseModel):
 
     def resolve(self, p: str, field: str) -> Path:
         return resolve_path(p, self.path, self.data_dir, field)
+
+    def where(self, *loc: str | int) -> dict:
+        """file, line and field of a setting in the suite file, for a UserError."""
+        try:
+            root = yaml.compose(read_utf8(self.path, "suite file"))
+        except (UserError, yaml.YAMLError):
+            root = None
+        return {"file": self.path, "line": _line_of(root, loc) if root is not None else None,
+                "field": ".".join(str(x) for x in loc) or None}
 
 
 def resolve_path(p: str, suite_path: Path, data_dir: Path | None, field: str) -> Path:
@@ -253,13 +341,31 @@ def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
     return line
 
 
+def _no_duplicate_keys(node: yaml.Node | None, path: Path, where: tuple = ()) -> None:
+    """YAML lets a later key silently replace an earlier one (two `zero_shot:` arms, say):
+    an error here, naming both lines."""
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for k, v in node.value:
+            name = str(k.value)
+            if name in first:
+                field = ".".join((*where, name))
+                raise UserError(f"duplicate key '{name}' (first given at line {first[name]}); each key may appear once",
+                                file=path, line=k.start_mark.line + 1, field=field)
+            first[name] = k.start_mark.line + 1
+            _no_duplicate_keys(v, path, (*where, name))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _no_duplicate_keys(v, path, (*where, str(i)))
+
+
 def _raise_validation(err: ValidationError, path: Path, root: yaml.Node | None, prefix: tuple = ()) -> None:
     first = err.errors()[0]
     loc = prefix + tuple(x for x in first["loc"] if not (isinstance(x, str) and x.startswith("function-")))
     # pydantic adds union-member names (e.g. 'FileSpec') to loc; drop capitalised class names
     loc = tuple(x for x in loc if not (isinstance(x, str) and x[:1].isupper()))
     field = ".".join(str(x) for x in loc) or None
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown field (check the spelling; `adaptbench validate --help` lists the fields)"
     elif first["type"] == "missing":
@@ -272,9 +378,7 @@ def load_suite(path: str | Path, data_dir: str | Path | None = None) -> LoadedSu
     from strategies.registry import STRATEGY_TYPES, config_class
 
     path = Path(path)
-    if not path.exists():
-        raise UserError("suite file not found", file=path)
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path, "suite file")
     try:
         root = yaml.compose(text)
         raw = yaml.safe_load(text)
@@ -283,6 +387,7 @@ def load_suite(path: str | Path, data_dir: str | Path | None = None) -> LoadedSu
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise UserError(f"malformed YAML: {problem}", file=path,
                         line=mark.line + 1 if mark else None) from None
+    _no_duplicate_keys(root, path)
     if not isinstance(raw, dict):
         raise UserError("a suite file must be a YAML mapping (name:, task:, data:, strategies: ...)", file=path, line=1)
     try:

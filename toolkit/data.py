@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import random
 import re
@@ -20,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolkit.errors import UserError
+from toolkit.errors import UserError, read_utf8
 
 INPUT_KEYS = ("question", "input", "text", "query")
 TARGET_KEYS = ("answer", "target", "output", "response")
@@ -206,26 +207,34 @@ def example_from_row(row: Any, *, origin: tuple[Path, int], task: str,
 
 def read_examples(path: Path, *, task: str, fmt: str | None = None,
                   fields: dict[str, str] | None = None) -> list[Example]:
-    if not path.exists():
-        raise UserError("data file not found", file=path)
     fmt = fmt or {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}.get(path.suffix.lower())
-    if fmt is None:
+    if fmt is None and path.exists():
         raise UserError("unknown data format (use .jsonl, .csv or .tsv, or set `format:`)", file=path)
+    text = read_utf8(path, "data file")
     out: list[Example] = []
-    with path.open(encoding="utf-8") as f:
-        if fmt == "jsonl":
-            for n, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    row = json.loads(raw)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"malformed JSON: {e.msg} (column {e.colno})", file=path, line=n) from None
+    if fmt == "jsonl":
+        for n, raw in enumerate(text.splitlines(), 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise UserError(f"malformed JSON: {e.msg} (column {e.colno})", file=path, line=n) from None
+            except RecursionError:
+                raise UserError("malformed JSON: nested too deeply", file=path, line=n) from None
+            out.append(example_from_row(row, origin=(path, n), task=task, fields=fields))
+    else:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="," if fmt == "csv" else "\t")
+        try:
+            for row in reader:
+                # the line a row starts on (a quoted field may span lines); line 1 is the header
+                n = reader.line_num - sum(v.count("\n") for v in row.values() if isinstance(v, str))
+                if None in row:
+                    raise UserError(f"{len(reader.fieldnames or [])} columns in the header but more in this row",
+                                    file=path, line=n)
                 out.append(example_from_row(row, origin=(path, n), task=task, fields=fields))
-        else:
-            reader = csv.DictReader(f, delimiter="," if fmt == "csv" else "\t")
-            for n, row in enumerate(reader, 2):  # line 1 is the header
-                out.append(example_from_row(row, origin=(path, n), task=task, fields=fields))
+        except csv.Error as e:
+            raise UserError(f"malformed {fmt.upper()}: {e}", file=path, line=reader.line_num) from None
     if not out:
         raise UserError("no examples in file", file=path)
     return out
@@ -242,9 +251,12 @@ def dedup(examples: list[Example]) -> tuple[list[Example], int]:
     return kept, len(examples) - len(kept)
 
 
-def _stratify_ok(labels: list[str | None], n_small: int) -> bool:
+def stratify_ok(labels: list[str | None], n_part: int) -> bool:
+    """Whether a stratified split of `labels` into n_part and the rest is possible: every
+    label twice or more, and both parts at least as large as the number of labels."""
     counts = Counter(labels)
-    return None not in counts and min(counts.values()) >= 2 and n_small >= len(counts)
+    return (None not in counts and min(counts.values()) >= 2
+            and min(n_part, len(labels) - n_part) >= len(counts))
 
 
 def split_examples(examples: list[Example], *, fractions: tuple[float, float], seed: int,
@@ -255,13 +267,13 @@ def split_examples(examples: list[Example], *, fractions: tuple[float, float], s
     val_frac, test_frac = fractions
     labels = [e.label for e in examples]
     n_test = max(1, round(len(examples) * test_frac))
-    strat = labels if stratify and _stratify_ok(labels, n_test) else None
+    strat = labels if stratify and stratify_ok(labels, n_test) else None
     rest, test = train_test_split(examples, test_size=n_test, random_state=seed, stratify=strat)
     if val_frac <= 0:
         return rest, [], test
     n_val = max(1, round(len(examples) * val_frac))
     labels = [e.label for e in rest]
-    strat = labels if stratify and _stratify_ok(labels, n_val) else None
+    strat = labels if stratify and stratify_ok(labels, n_val) else None
     train, val = train_test_split(rest, test_size=n_val, random_state=seed, stratify=strat)
     return train, val, test
 
@@ -272,7 +284,7 @@ def subsample(examples: list[Example], n: int | None, *, seed: int, stratify: bo
     from sklearn.model_selection import train_test_split
 
     labels = [e.label for e in examples]
-    strat = labels if stratify and _stratify_ok(labels, n) else None
+    strat = labels if stratify and stratify_ok(labels, n) else None
     kept, _ = train_test_split(examples, train_size=n, random_state=seed, stratify=strat)
     return kept
 

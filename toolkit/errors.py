@@ -31,3 +31,24 @@ class UserError(Exception):
 
 class MissingModelError(UserError):
     """A bundled model package is not installed."""
+
+
+def read_utf8(path: Path, what: str = "file") -> str:
+    """A user's text file as str (a leading byte-order mark is dropped), or a UserError that
+    names the line of the first byte that is not UTF-8, or says the path is a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"is a folder, not a {what}", file=path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{what} not found", file=path) from None
+    except OSError as e:
+        raise UserError(f"cannot read the {what}: {e.strerror}", file=path) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise UserError(f"not valid UTF-8 (byte 0x{data[e.start]:02x} at column {col}); save the {what} as UTF-8, "
+                        f"e.g. iconv -f latin1 -t utf-8", file=path, line=line) from None

@@ -14,9 +14,8 @@ from toolkit.errors import UserError
 
 
 def export(run_dir: Path, arm: str, out: Path, *, merge: bool) -> Path:
-    if not (run_dir / "results.json").exists():
-        raise UserError("not a run directory (no results.json)", file=run_dir)
-    results = json.loads((run_dir / "results.json").read_text())
+    from toolkit.runs import load_run
+    results, _ = load_run(run_dir)
     r = results["strategies"].get(arm)
     if r is None:
         raise UserError(f"no arm '{arm}' in this run (arms: {', '.join(results['strategies'])})", field="--strategy")
@@ -26,8 +25,8 @@ def export(run_dir: Path, arm: str, out: Path, *, merge: bool) -> Path:
     folder = run_dir / info["adapter_dir"] if info.get("adapter_dir") else cache_root() / "adapters" / info["adapter_key"]
     if not folder.exists():
         raise UserError(f"the trained weights are gone from {folder} (cache cleared?); rerun the suite", field="--strategy")
-    if out.exists() and any(out.iterdir()):
-        raise UserError("output folder exists and is not empty", file=out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError("exists and is not an empty folder", file=out, field="OUT")
 
     from toolkit.config import GeneratorConfig
     from toolkit.models import load_tokenizer, resolve_generator

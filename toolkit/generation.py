@@ -4,6 +4,7 @@ token counts and latency."""
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from toolkit.config import GeneratorConfig
@@ -36,18 +37,54 @@ def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+class PrefixStore:
+    """Key/value caches of the prompts a generator prefilled last, by token ids (prefix
+    caching, as vLLM does it, within one process). The harness scores the gold answer's
+    likelihood (perplexity) under the very prompt the arm just answered: with the prompt's
+    keys and values kept, that costs a forward pass over the few answer tokens instead of
+    the whole prompt again. Least recently used entries go first past `max_bytes`."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._kv: OrderedDict[tuple[int, ...], list] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def put(self, key: tuple[int, ...], kv: list) -> None:
+        if self.max_bytes <= 0:
+            return
+        size = sum(k.nbytes + v.nbytes for k, v in kv)
+        if key in self._kv:
+            self.bytes -= sum(k.nbytes + v.nbytes for k, v in self._kv.pop(key))
+        self._kv[key] = kv
+        self.bytes += size
+        while self.bytes > self.max_bytes and self._kv:
+            _, old = self._kv.popitem(last=False)
+            self.bytes -= sum(k.nbytes + v.nbytes for k, v in old)
+
+    def get(self, key: tuple[int, ...]) -> list | None:
+        kv = self._kv.get(key)
+        if kv is None:
+            self.misses += 1
+            return None
+        self._kv.move_to_end(key)
+        self.hits += 1
+        return kv
+
+
 class Generator:
     """A causal LM and its tokenizer, answering batches of chat prompts."""
 
-    def __init__(self, cfg: GeneratorConfig, model, tokenizer, ref: ModelRef, device: str):
+    def __init__(self, cfg: GeneratorConfig, model, tokenizer, ref: ModelRef, device: str, *,
+                 prefix_cache_mb: int = 0):
         self.cfg, self.model, self.tokenizer, self.ref, self.device = cfg, model, tokenizer, ref, device
+        self.prefixes = PrefixStore(prefix_cache_mb << 20)
 
     @classmethod
-    def load(cls, cfg: GeneratorConfig, ref: ModelRef | None = None) -> "Generator":
+    def load(cls, cfg: GeneratorConfig, ref: ModelRef | None = None, *, prefix_cache_mb: int = 0) -> "Generator":
         ref = ref or resolve_generator(cfg.model)
         device = pick_device(cfg.device)
         model = load_causal_lm(ref, device, pick_dtype(device, cfg.dtype))
-        return cls(cfg, model, load_tokenizer(ref.path), ref, device).warm_up()
+        return cls(cfg, model, load_tokenizer(ref.path), ref, device, prefix_cache_mb=prefix_cache_mb).warm_up()
 
     def warm_up(self) -> "Generator":
         """One tiny generation, so one-off kernel set-up is not billed to the first answers' latency."""
@@ -63,36 +100,85 @@ class Generator:
     def count_tokens(self, messages: Messages) -> int:
         return len(self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"])
 
+    def _prefill(self, rows: list[list[int]]):
+        """One forward pass over every row but its last token (left-padded, position ids
+        counting real tokens only): the batch's key/value cache, ids and attention mask.
+        The last token is left for `generate` or the answer continuation to process."""
+        import torch
+        pad = self.tokenizer.pad_token_id
+        width = max(map(len, rows))
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            out = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
+                             use_cache=True, logits_to_keep=1)
+        return out.past_key_values, ids, mask
+
+    @staticmethod
+    def _row_kv(cache, b: int, n: int) -> list:
+        """Row b's keys and values of its n real prefix tokens (left padding dropped), per layer."""
+        return [(layer.keys[b, :, layer.keys.shape[2] - n:].clone(), layer.values[b, :, layer.values.shape[2] - n:].clone())
+                for layer in cache.layers]
+
     def answer_nll(self, prompts: list[Messages], targets: list[str]) -> list[tuple[float, int]]:
         """Summed negative log-likelihood (nats) of each target answer (plus end-of-turn) given
         its prompt, and the number of answer tokens: the loglikelihood request of
-        lm-evaluation-harness, used for perplexity."""
+        lm-evaluation-harness, used for perplexity. A prompt this generator just answered
+        reuses its keys and values (PrefixStore); the others are prefilled here."""
         import torch
+        from transformers import DynamicCache
 
         from toolkit.training import TrainItem, tokenize_item
 
         tok = self.tokenizer
-        items = [tokenize_item(tok, TrainItem(p, t), 4096) for p, t in zip(prompts, targets)]
-        out: list[tuple[float, int]] = []
         pad = tok.pad_token_id
-        for b in range(0, len(items), self.cfg.batch_size):
-            batch = items[b:b + self.cfg.batch_size]
-            width = max(len(x["input_ids"]) for x in batch)
-            ids = torch.tensor([x["input_ids"] + [pad] * (width - len(x["input_ids"])) for x in batch], device=self.device)
-            mask = torch.tensor([[1] * len(x["input_ids"]) + [0] * (width - len(x["input_ids"])) for x in batch], device=self.device)
-            labels = torch.tensor([x["labels"] + [-100] * (width - len(x["labels"])) for x in batch], device=self.device)
-            tgt = labels[:, 1:]
-            keep = tgt != -100
+        items = []
+        for p, t in zip(prompts, targets):
+            x = tokenize_item(tok, TrainItem(p, t), 4096)
+            n_prompt = sum(1 for v in x["labels"] if v == -100)
+            if n_prompt < 2:
+                raise ValueError("a prompt needs at least two tokens")
+            items.append((x["input_ids"][:n_prompt], x["input_ids"][n_prompt:]))
+        out: list[tuple[float, int] | None] = [None] * len(items)
+        order = sorted(range(len(items)), key=lambda i: -len(items[i][0]))
+        for b0 in range(0, len(order), self.cfg.batch_size):
+            idx = order[b0:b0 + self.cfg.batch_size]
+            kvs = {i: self.prefixes.get(tuple(items[i][0][:-1])) for i in idx}
+            missing = [i for i in idx if kvs[i] is None]
+            if missing:
+                cache, _, _ = self._prefill([items[i][0] for i in missing])
+                for j, i in enumerate(missing):
+                    kvs[i] = self._row_kv(cache, j, len(items[i][0]) - 1)
+            lens = [len(items[i][0]) - 1 for i in idx]
+            width = max(lens)
+            cache = DynamicCache()
+            for layer in range(len(kvs[idx[0]])):
+                k0, v0 = kvs[idx[0]][layer]
+                keys = k0.new_zeros((len(idx), k0.shape[0], width, k0.shape[2]))
+                values = v0.new_zeros((len(idx), v0.shape[0], width, v0.shape[2]))
+                for j, i in enumerate(idx):
+                    k, v = kvs[i][layer]
+                    keys[j, :, width - k.shape[1]:] = k
+                    values[j, :, width - v.shape[1]:] = v
+                cache.update(keys, values, layer)
+            # the continuation: the prompt's last token, then the answer but its last token;
+            # its logits predict every answer token
+            conts = [[items[i][0][-1]] + items[i][1][:-1] for i in idx]
+            cw = max(map(len, conts))
+            cont = torch.tensor([c + [pad] * (cw - len(c)) for c in conts], device=self.device)
+            cmask = torch.tensor([[1] * len(c) + [0] * (cw - len(c)) for c in conts], device=self.device)
+            pmask = torch.tensor([[0] * (width - n) + [1] * n for n in lens], device=self.device)
+            pos = torch.tensor(lens, device=self.device)[:, None] + torch.arange(cw, device=self.device)[None]
+            tgt = torch.tensor([items[i][1] + [pad] * (cw - len(items[i][1])) for i in idx], device=self.device)
             with torch.inference_mode():
-                # the LM head only at answer positions: full-vocabulary logits for every prompt
-                # token would cost ~1 GB per batch (49k vocabulary) and most of the time
-                hidden = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
-                logp = torch.log_softmax(self.model.get_output_embeddings()(hidden[keep]).float(), dim=-1)
-            token_lp = logp.gather(-1, tgt[keep].unsqueeze(-1)).squeeze(-1)
-            per_row = torch.zeros(len(batch), device=token_lp.device).index_add_(
-                0, keep.nonzero()[:, 0], token_lp)
-            out += [(float(-per_row[i]), int(keep[i].sum())) for i in range(len(batch))]
-        return out
+                logits = self.model(input_ids=cont, attention_mask=torch.cat([pmask, cmask], 1), position_ids=pos,
+                                    past_key_values=cache, use_cache=True).logits
+                lp = torch.log_softmax(logits.float(), -1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+            lp = (lp * cmask).sum(1)
+            for j, i in enumerate(idx):
+                out[i] = (float(-lp[j]), len(items[i][1]))
+        return out  # type: ignore[return-value]
 
     def choice_nll(self, prompts: list[Messages], choices: list[str]) -> list[list[float]]:
         """Summed NLL of every choice (plus end-of-turn) as the answer to each prompt. The
@@ -130,7 +216,8 @@ class Generator:
         tok, cfg = self.tokenizer, self.cfg
         tok.padding_side = "left"
         texts = [self.render(p) for p in prompts]
-        lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        lengths = [len(x) for x in ids]
         order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # similar lengths batch together
         out: list[Generation | None] = [None] * len(texts)
         stop = [s for s in cfg.stop if s]
@@ -150,12 +237,24 @@ class Generator:
         with task_bar(description, len(texts)) as advance:
             for b in range(0, len(order), cfg.batch_size):
                 idx = order[b:b + cfg.batch_size]
-                enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-                start = enc["input_ids"].shape[1]
+                rows = [ids[i] for i in idx]
                 t0 = time.perf_counter()
+                if min(map(len, rows)) > 1:
+                    # the prompts but their last token in one forward pass, kept for the likelihood
+                    # request that may follow (PrefixStore); generate() continues from that cache
+                    cache, input_ids, mask = self._prefill(rows)
+                    if self.prefixes.max_bytes:
+                        for j, r in enumerate(rows):
+                            self.prefixes.put(tuple(r[:-1]), self._row_kv(cache, j, len(r) - 1))
+                    enc = {"input_ids": input_ids, "attention_mask": mask, "past_key_values": cache}
+                else:  # a one-token prompt has no prefix to prefill
+                    enc = dict(tok([texts[i] for i in idx], return_tensors="pt", padding=True,
+                                   add_special_tokens=False).to(self.device))
+                start = enc["input_ids"].shape[1]
                 with torch.inference_mode():
                     gen = self.model.generate(
-                        **enc, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.temperature > 0,
+                        **enc,
+                        max_new_tokens=cfg.max_new_tokens, do_sample=cfg.temperature > 0,
                         temperature=cfg.temperature if cfg.temperature > 0 else None, top_p=None, top_k=None,
                         pad_token_id=tok.pad_token_id, stopping_criteria=StoppingCriteriaList([StopOnStrings(start)]),
                     )

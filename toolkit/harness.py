@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from toolkit import distributed as D
+from toolkit import preflight
 from toolkit.cache import PredictionCache, content_hash
 from toolkit.config import LoadedSuite
 from toolkit.data import Example
@@ -18,7 +19,7 @@ from toolkit.errors import UserError
 from toolkit.progress import log, task_bar
 from toolkit.runs import RunDir, environment, now_iso
 
-CHUNK_BATCHES = 4  # answers are cached and appended to samples.jsonl every 4 generation batches
+CHUNK_BATCHES = 2  # answers are cached and appended to samples.jsonl every 2 generation batches
 
 
 def select_arms(ls: LoadedSuite, only: list[str] | None) -> dict[str, tuple[str, Any]]:
@@ -29,6 +30,19 @@ def select_arms(ls: LoadedSuite, only: list[str] | None) -> dict[str, tuple[str,
         raise UserError(f"'{unknown[0]}' is not an arm of this suite (arms: {', '.join(ls.arms)})",
                         file=ls.path, field="--strategies")
     return {a: ls.arms[a] for a in only}
+
+
+def limit_test(test: list[Example], limit: int | None, *, seed: int, stratify: bool) -> tuple[list[Example], list[str]]:
+    """`--limit N`: a seeded sample of N test examples (stratified by label for label tasks),
+    in file order, and a note saying so. The first N lines would be biased whenever a file
+    is sorted (by label, by source, by difficulty)."""
+    if not limit or limit >= len(test):
+        return test, []
+    from toolkit.data import stratify_ok, subsample
+    keep = {e.id for e in subsample(test, limit, seed=seed, stratify=stratify)}
+    strat = ", stratified by label" if stratify and stratify_ok([e.label for e in test], limit) else ""
+    return [e for e in test if e.id in keep], [
+        f"--limit {limit}: scored a random sample of {limit} of the {len(test)} test examples (seed {seed}{strat})"]
 
 
 def resolved_config(ls: LoadedSuite, arms: dict, limit: int | None) -> dict:
@@ -49,11 +63,14 @@ def run_suite(ls: LoadedSuite, *, only: list[str] | None = None, limit: int | No
 
     suite = ls.suite
     arms = select_arms(ls, only)
-    # Everything that can be wrong with the input is checked before the run directory exists.
+    # Everything that can be wrong with the input is checked before a model loads or the
+    # run directory exists.
     data = load_task_data(ls)
-    test = data.splits.test[:limit] if limit else data.splits.test
-    if any(ls.arms[a][0] in ("few_shot", "finetune", "rag_finetune") for a in arms) and not data.splits.train:
-        raise UserError("the train split is empty", file=ls.path, field="data.train")
+    preflight.check_suite(ls, data, arms)
+    preflight.check_out(out, reports_root)
+    preflight.check_cache()
+    preflight.check_models(ls, arms)
+    test, limit_note = limit_test(data.splits.test, limit, seed=suite.seed, stratify=suite.has_labels)
     ref = resolve_generator(suite.generator.model)
     device = pick_device(suite.generator.device)
     dtype = str(pick_dtype(device, suite.generator.dtype)).replace("torch.", "")
@@ -63,7 +80,7 @@ def run_suite(ls: LoadedSuite, *, only: list[str] | None = None, limit: int | No
         # alone then answers and writes, finding the adapters in the cache.
         D.init()
         train_together(arms, Context(suite=suite, labels=data.labels, kb=data.kb, generator_ref=ref,
-                                     run_dir=None, generator_device=device), data)
+                                     run_dir=None, generator_device=device, generator_dtype=dtype), data)
         D.go_solo()
         if not D.is_main():
             return None, {}
@@ -75,7 +92,7 @@ def run_suite(ls: LoadedSuite, *, only: list[str] | None = None, limit: int | No
         "suite": suite.name, "status": "started", "started": now_iso(), "task": suite.task,
         "description": suite.description, "generator": suite.generator.model, "embedder": suite.embedder.model,
         "device": device, "dtype": dtype,
-        "data": {**data.splits.sizes(), "test_scored": len(test), "notes": data.splits.notes,
+        "data": {**data.splits.sizes(), "test_scored": len(test), "notes": data.splits.notes + limit_note,
                  "knowledge_base_documents": len(data.kb.documents) if data.kb else 0},
         "metrics_order": suite.metric_names, "strategies": {},
     }
@@ -90,7 +107,7 @@ def run_suite(ls: LoadedSuite, *, only: list[str] | None = None, limit: int | No
         f"{len(data.splits.validation)} validation · {len(arms)} arms · {device}/{dtype} · run dir {run.path}")
 
     ctx = Context(suite=suite, labels=data.labels, kb=data.kb, generator_ref=ref, run_dir=run.path,
-                  generator_device=device)
+                  generator_device=device, generator_dtype=dtype)
     cache = PredictionCache()
     try:
         for name, (stype, cfg) in arms.items():
@@ -148,7 +165,7 @@ def run_arm(name: str, stype: str, cfg, ctx, data, test: list[Example], run: Run
 
     from strategies.base import Prediction
     preds: dict[str, Prediction] = {eid: Prediction.from_dict(r) for eid, r in cached.items()}
-    rows: list[dict] = []
+    rows_by_id: dict[str, dict] = {}
     doc_text = {d.id: d.text for d in ctx.kb.documents} if ctx.kb else None
     step = suite.generator.batch_size * CHUNK_BATCHES
     from toolkit.judge import JUDGE_METRICS, not_measured_reason
@@ -158,9 +175,14 @@ def run_arm(name: str, stype: str, cfg, ctx, data, test: list[Example], run: Run
     judge_usage = np.zeros(3)  # input tokens, output tokens, seconds
     judge_errors: dict[str, int] = {}
     t1 = time.perf_counter()
+    # cached answers first; then the rest sorted by prompt length over the whole split, so
+    # every generation batch holds prompts of similar length (less padding)
+    pending = [e for e in test if e.id not in preds]
+    by_id = {e.id: e for e in test}
+    sequence = [e for e in test if e.id in preds] + [by_id[q.id] for q in strategy.order([e.to_query() for e in pending])]
     with task_bar(f"{name}: answering" + (f" ({len(cached)} cached)" if cached else ""), len(test)) as advance:
-        for i in range(0, len(test), step):
-            chunk = test[i:i + step]
+        for i in range(0, len(sequence), step):
+            chunk = sequence[i:i + step]
             todo = [e for e in chunk if e.id not in preds]
             if todo:
                 new = strategy.answer([e.to_query() for e in todo])
@@ -183,10 +205,11 @@ def run_arm(name: str, stype: str, cfg, ctx, data, test: list[Example], run: Run
                 scores = M.score_regression(chunk, chunk_preds)
             else:
                 scores = M.score_classification(chunk, chunk_preds, labels=ctx.labels)
-            rows += scores
+            rows_by_id.update({e.id: sc for e, sc in zip(chunk, scores)})
             run.append_samples([sample_row(name, e, p, s, e.id in cached) for e, p, s in zip(chunk, chunk_preds, scores)])
             advance(len(chunk))
     answer_s = time.perf_counter() - t1
+    rows = [rows_by_id[e.id] for e in test]  # test order: aggregation pairs rows with gold labels
 
     result: dict[str, Any] = {"type": stype, "status": "success", "fingerprint": fp}
     if suite.task == "qa":
@@ -256,21 +279,25 @@ def token_usd(prices, input_tokens: float, output_tokens: float) -> float | None
 
 def add_answer_nll(strategy, chunk: list[Example], scores: list[dict], cache: PredictionCache, fp: str) -> None:
     """Gold-answer NLL under the arm's prompts and model (and, for trained arms, the base
-    model) into each example's scores; cached like answers. The scorer owns the targets."""
-    kinds = ["answer_nll"] + (["base_answer_nll"] if strategy.trains else [])
-    for kind in kinds:
-        key = f"{fp}:{kind}"
-        have = cache.get_many(key, [e.id for e in chunk])
-        todo = [e for e in chunk if e.id not in have]
+    model) into each example's scores. The scorer owns the targets. Cached by content: the
+    model's identity, the prompt and the answer, so arms that put the same prompt to the
+    same model share it (finetune's base-model perplexity is zero_shot's perplexity)."""
+    queries = [e.to_query() for e in chunk]
+    prompts, _ = strategy.prompts_once(queries)
+    keys = [content_hash({"prompt": p, "target": e.target}) for p, e in zip(prompts, chunk)]
+    for kind in ["answer_nll"] + (["base_answer_nll"] if strategy.trains else []):
+        base = kind == "base_answer_nll"
+        where = "nll:" + content_hash(strategy.model_identity(base=base))
+        have = cache.get_many(where, keys)
+        todo = [j for j, k in enumerate(keys) if k not in have]
         if todo:
-            got = strategy.loglikelihood([e.to_query() for e in todo], [e.target for e in todo],
-                                         base=kind == "base_answer_nll")
-            new = {e.id: {"nll": n, "tokens": t} for e, (n, t) in zip(todo, got)}
-            cache.put_many(key, new)
+            got = strategy.loglikelihood([queries[j] for j in todo], [chunk[j].target for j in todo], base=base)
+            new = {keys[j]: {"nll": n, "tokens": t} for j, (n, t) in zip(todo, got)}
+            cache.put_many(where, new)
             have.update(new)
-        for e, s in zip(chunk, scores):
-            s[kind] = have[e.id]["nll"]
-            s["answer_tokens"] = have[e.id]["tokens"]
+        for k, s in zip(keys, scores):
+            s[kind] = have[k]["nll"]
+            s["answer_tokens"] = have[k]["tokens"]
 
 
 def add_judge_scores(judge, metrics: list[str], retrieves: bool, chunk: list[Example], preds, scores: list[dict],

@@ -8,7 +8,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.errors import UserError
+from toolkit.errors import UserError, read_utf8
 
 DOC_SUFFIXES = {".md", ".markdown", ".txt", ".rst"}
 
@@ -37,11 +37,12 @@ class KnowledgeBase:
 
 def read_knowledge_base(folder: Path, *, field: str = "knowledge_base", suite_path: Path | None = None) -> KnowledgeBase:
     if not folder.is_dir():
-        raise UserError(f"knowledge base folder not found: {folder}", file=suite_path, field=field)
+        what = "is a file, not a folder of documents" if folder.exists() else "folder not found"
+        raise UserError(f"knowledge base {what}: {folder}", file=suite_path, field=field)
     docs = []
     for p in sorted(folder.rglob("*")):
         if p.is_file() and p.suffix.lower() in DOC_SUFFIXES:
-            text = p.read_text(encoding="utf-8", errors="replace").strip()
+            text = read_utf8(p, "knowledge-base document").strip()
             if text:
                 docs.append(Document(id=p.relative_to(folder).with_suffix("").as_posix(), text=text))
     if not docs:

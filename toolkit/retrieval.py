@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from toolkit.cache import cache_root, content_hash
+from toolkit.cache import cache_root, content_hash, locked
 from toolkit.config import EmbedderConfig
 from toolkit.kb import KnowledgeBase
 from toolkit.models import embed, load_embedder, load_tokenizer, resolve_embedder
 from toolkit.progress import task_bar
+from toolkit.runs import atomic_write
 
 INDEX_FORMAT = 1  # bump when the way chunks are built changes
 
@@ -40,22 +41,36 @@ class Retriever:
     def _build(self) -> None:
         import chromadb
         from chromadb.config import Settings
-        from llama_index.core import Document, StorageContext, VectorStoreIndex
-        from llama_index.core.node_parser import SentenceSplitter
         from llama_index.vector_stores.chroma import ChromaVectorStore
 
         done = self.folder / "done.json"
         if not done.exists():
-            shutil.rmtree(self.folder, ignore_errors=True)
+            with locked(self.folder):  # concurrent runs on one cache: one builds, the others wait
+                if not done.exists():
+                    self._index()
+        # Chroma initialises its SQLite schema when a client opens a folder: one process at a time
+        with locked(self.folder):
+            client = chromadb.PersistentClient(path=str(self.folder), settings=Settings(anonymized_telemetry=False))
+            collection = client.get_collection("knowledge_base")
+        self._store = ChromaVectorStore(chroma_collection=collection)
+        meta = json.loads(done.read_text())
+        self.n_chunks, self.build_s = meta["chunks"], meta["build_s"]
+
+    def _index(self) -> None:
+        """Chunk, embed and index the knowledge base into the folder; done.json, written last,
+        publishes it (a folder without it is a build that did not finish, and is redone)."""
+        import chromadb
+        from chromadb.config import Settings
+        from llama_index.core import Document, StorageContext, VectorStoreIndex
+        from llama_index.core.node_parser import SentenceSplitter
+        from llama_index.vector_stores.chroma import ChromaVectorStore
+
+        shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
         client = chromadb.PersistentClient(path=str(self.folder), settings=Settings(anonymized_telemetry=False))
         collection = client.get_or_create_collection("knowledge_base", metadata={"hnsw:space": "cosine"})
-        self._store = ChromaVectorStore(chroma_collection=collection)
-        if done.exists():
-            meta = json.loads(done.read_text())
-            self.n_chunks, self.build_s = meta["chunks"], meta["build_s"]
-            return
-        t0 = time.perf_counter()
+        store = ChromaVectorStore(chroma_collection=collection)
 
         tok = load_tokenizer(self.tokenizer_path)
         # Chunk sizes count generator tokens: that is the budget the passages spend in the prompt.
@@ -76,12 +91,10 @@ class Retriever:
                 for n, v in zip(batch, vecs):
                     n.embedding = v.tolist()
                 advance(len(batch))
-        VectorStoreIndex(nodes, storage_context=StorageContext.from_defaults(vector_store=self._store),
-                         embed_model=model)
-        self.n_chunks = len(nodes)
+        VectorStoreIndex(nodes, storage_context=StorageContext.from_defaults(vector_store=store), embed_model=model)
         self.built_now = True
-        self.build_s = time.perf_counter() - t0
-        done.write_text(json.dumps({"chunks": len(nodes), "documents": len(docs), "build_s": self.build_s}))
+        atomic_write(self.folder / "done.json", json.dumps(
+            {"chunks": len(nodes), "documents": len(docs), "build_s": time.perf_counter() - t0}))
 
     def prompts(self, strategy, questions: list[str], top_k: int):
         """(chat prompts with the retrieved passages, the passages) for each question."""

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -80,17 +81,27 @@ class RunDir:
         self.results_file = path / "results.json"
 
     @classmethod
-    def create(cls, out: Path | None, suite_name: str, root: Path) -> "RunDir":
+    def create(cls, out: Path | None, suite_name: str, root: Path, claim: str = "samples.jsonl") -> "RunDir":
+        """A new run directory, claimed atomically: two runs started in the same second
+        (parallel CI jobs) get two directories, and two runs given the same --out cannot
+        both write into it."""
+        from toolkit.errors import UserError
         if out is None:
+            root.mkdir(parents=True, exist_ok=True)
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-            out = root / f"{suite_name}-{stamp}"
-            n = 1
-            while out.exists():
-                n += 1
-                out = root / f"{suite_name}-{stamp}-{n}"
-        if (out / "results.json").exists():
-            raise FileExistsError(out)
-        out.mkdir(parents=True, exist_ok=True)
+            for n in itertools.count(1):
+                out = root / (f"{suite_name}-{stamp}" + (f"-{n}" if n > 1 else ""))
+                try:
+                    out.mkdir()  # atomic: exactly one process creates a given name
+                    break
+                except FileExistsError:
+                    continue
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+        try:  # claim it: a folder another run already claimed is refused
+            (out / claim).open("x").close()
+        except FileExistsError:
+            raise UserError("already holds a run; give a new or empty folder", file=out, field="--out") from None
         return cls(out)
 
     def write_config(self, config: dict) -> None:
@@ -115,9 +126,30 @@ def now_iso() -> str:
 
 
 def load_run(path: Path) -> tuple[dict, list[dict]]:
-    results = json.loads((path / "results.json").read_text(encoding="utf-8"))
+    """results.json and samples.jsonl of a run directory; a damaged file is a UserError
+    naming it (and the line), not a traceback."""
+    from toolkit.errors import UserError, read_utf8
+
+    path = Path(path)
+    if not (path / "results.json").is_file():
+        raise UserError("not a run directory (no results.json)", file=path)
+    try:
+        results = json.loads(read_utf8(path / "results.json", "results file"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"damaged results file: {e.msg}", file=path / "results.json", line=e.lineno) from None
+    if not isinstance(results, dict) or not isinstance(results.get("strategies"), dict):
+        raise UserError("not an adaptbench results file (no strategies)", file=path / "results.json")
     samples = []
     if (path / "samples.jsonl").exists():
-        with (path / "samples.jsonl").open(encoding="utf-8") as f:
-            samples = [json.loads(line) for line in f if line.strip()]
+        lines = read_utf8(path / "samples.jsonl", "samples file").splitlines()
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                samples.append(json.loads(line))
+            except json.JSONDecodeError:
+                if n == len(lines):  # a run killed mid-write leaves one partial last line: keep what is whole
+                    break
+                raise UserError("damaged samples file (a line that is not JSON)", file=path / "samples.jsonl",
+                                line=n) from None
     return results, samples

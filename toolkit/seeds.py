@@ -44,11 +44,16 @@ def run_seeds(ls: LoadedSuite, n: int, *, only=None, limit=None, out: Path | Non
     from toolkit.report import render_run
     from toolkit.suite_data import load_task_data
 
-    select_arms(ls, only)
-    load_task_data(ls)  # bad input fails here, before any directory exists
+    from toolkit import preflight
+    arms = select_arms(ls, only)
+    data = load_task_data(ls)  # bad input fails here, before any directory exists
+    preflight.check_suite(ls, data, arms)
+    preflight.check_out(out, reports_root)
+    preflight.check_cache()
+    preflight.check_models(ls, arms)
     parent = Path(out) if out else None
     if D.is_main():
-        parent = RunDir.create(out, ls.suite.name + f"-{n}seeds", reports_root).path
+        parent = RunDir.create(out, ls.suite.name + f"-{n}seeds", reports_root, claim="seeds.json").path
     runs = []
     for k in range(n):
         seed = ls.suite.seed + k

@@ -7,6 +7,7 @@ an unchanged rerun reuses it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -15,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolkit.cache import cache_root, content_hash
+from toolkit.cache import cache_root, content_hash, locked
 from toolkit.config import GeneratorConfig
 from toolkit.generation import Generator, Messages, render_chat
 from toolkit.models import ModelRef, load_causal_lm, load_tokenizer, pick_device, pick_dtype
 from toolkit.errors import UserError
 from toolkit.progress import console
 
-ADAPTER_FORMAT = 1  # bump when the training recipe changes in a way settings do not capture
+ADAPTER_FORMAT = 2  # bump when the training recipe changes in a way settings do not capture
 
 
 @dataclass
@@ -34,9 +35,11 @@ class TrainItem:
 def adapter_key(ref: ModelRef, train: list[TrainItem], validation: list[TrainItem], settings: dict, gen: GeneratorConfig) -> str:
     from toolkit.distributed import world_size
     extra = {"world_size": world_size()} if world_size() > 1 else {}  # N processes: N times the global batch
+    device = pick_device(gen.device)
+    dtype = str(pick_dtype(device, gen.dtype)).replace("torch.", "")  # resolved: bf16 and fp32 train differently
     return content_hash({"base": ref.fingerprint, "train": [(t.messages, t.target) for t in train],
                          "validation": [(t.messages, t.target) for t in validation], "settings": settings,
-                         "dtype": gen.dtype, "format": ADAPTER_FORMAT, **extra})
+                         "dtype": dtype, "device": device.split(":")[0], "format": ADAPTER_FORMAT, **extra})
 
 
 def flash_attention_available(device: str) -> bool:
@@ -44,26 +47,70 @@ def flash_attention_available(device: str) -> bool:
     return device.startswith("cuda") and importlib.util.find_spec("flash_attn") is not None
 
 
+class AnswerLogitsOnly:
+    """Batches whose LM head runs only where the loss looks: at the answer tokens.
+
+    The loss ignores every prompt position, yet a plain causal-LM forward computes
+    full-vocabulary logits there too (49k x hidden per token, then a float32 copy for the
+    loss and its gradient): with ~200-token prompts and ~6-token answers that is most of the
+    LM head's work and the largest tensors of the step. transformers' `logits_to_keep`
+    computes logits only for the positions asked for, and the model's own loss is used.
+
+    Padded batches are padded on the left, so every row's answer ends at the last position
+    and `logits_to_keep` is one number (the longest answer + 1); position ids count real
+    tokens only, as at generation time. Packed rows (padding-free) keep the exact positions
+    that predict an answer token, with the matching `shift_labels`.
+    """
+
+    def __init__(self, tok, *, packed: bool, pad_to_multiple_of: int = 8):
+        self.pad, self.packed, self.multiple = tok.pad_token_id, packed, pad_to_multiple_of
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+        if self.packed:
+            from transformers import DataCollatorWithFlattening
+            batch = DataCollatorWithFlattening(return_tensors="pt")(features)
+            labels = batch["labels"][0]
+            keep = (labels[1:] != -100).nonzero()[:, 0]  # positions whose next token is an answer token
+            batch["logits_to_keep"] = keep
+            batch["shift_labels"] = labels[keep + 1].unsqueeze(0)
+            return batch
+        width = max(len(f["input_ids"]) for f in features)
+        width = -(-width // self.multiple) * self.multiple
+        ids, mask, labels = [], [], []
+        for f in features:
+            n = width - len(f["input_ids"])
+            ids.append([self.pad] * n + list(f["input_ids"]))
+            mask.append([0] * n + [1] * len(f["input_ids"]))
+            labels.append([-100] * n + list(f["labels"]))
+        mask_t = torch.tensor(mask)
+        labels_t = torch.tensor(labels)
+        answer = (labels_t != -100).int()
+        first = torch.where(answer.any(1), answer.argmax(1), torch.full((len(features),), width - 1))
+        keep = int(width - first.min()) + 1  # the longest answer, plus the position that predicts its first token
+        keep = min(keep, width)
+        return {"input_ids": torch.tensor(ids), "attention_mask": mask_t,
+                "position_ids": (mask_t.cumsum(1) - 1).clamp(min=0), "labels": labels_t[:, -keep:],
+                "logits_to_keep": keep}
+
+
 def batching_recipe(tok, device: str, padding_free: bool | str) -> tuple[Any, dict, str]:
     """(collator, TrainingArguments extras, attention implementation) of adaptbench's batching.
 
-    Padding-free (transformers' DataCollatorWithFlattening: one row per batch, position ids
-    restarting at every example, no attention mask) when FlashAttention-2 is installed, whose
-    variable-length kernel keeps examples apart at no cost. Without it the packed row still
-    trains correctly (SDPA gets a block-diagonal mask built from the position ids), but that
-    mask costs O(total length²): on CPU it measured 225 tok/s against 310-420 tok/s for
-    length-grouped padded batches, so 'auto' packs only with FlashAttention-2 and otherwise
-    batches examples of similar length, padded to a multiple of 8.
+    Padding-free (one row per batch, position ids restarting at every example, no attention
+    mask, as transformers' DataCollatorWithFlattening builds it) when FlashAttention-2 is
+    installed, whose variable-length kernel keeps examples apart at no cost. Without it the
+    packed row still trains correctly (SDPA gets a block-diagonal mask built from the position
+    ids), but that mask costs O(total length²): on CPU it measured 225 tok/s against 310-420
+    tok/s for length-grouped padded batches, so 'auto' packs only with FlashAttention-2 and
+    otherwise batches examples of similar length, padded to a multiple of 8. Either way the
+    LM head runs at the answer positions only (AnswerLogitsOnly).
     """
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
-
     fa2 = flash_attention_available(device)
     packed = fa2 if padding_free == "auto" else bool(padding_free)
     attn = "flash_attention_2" if fa2 else "sdpa"
-    if packed:
-        return DataCollatorWithFlattening(), {"train_sampling_strategy": "random"}, attn
-    collator = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100, pad_to_multiple_of=8)
-    return collator, {"train_sampling_strategy": "group_by_length"}, attn
+    collator = AnswerLogitsOnly(tok, packed=packed)
+    return collator, {"train_sampling_strategy": "random" if packed else "group_by_length"}, attn
 
 
 def tokenize_item(tok, item: TrainItem, max_len: int) -> dict[str, list[int]]:
@@ -186,8 +233,19 @@ def train_model(ref: ModelRef, gen_cfg: GeneratorConfig, train: list[TrainItem],
     folder = cache_root() / "adapters" / key
     info_file = folder / "train_info.json"
     if info_file.exists():
-        info = json.loads(info_file.read_text())
-        return folder, {**info, "cached": True}
+        return folder, {**json.loads(info_file.read_text()), "cached": True}
+    # Runs sharing a cache train each adapter once: the others wait here, then reuse it. (The
+    # processes of one distributed launch train together instead, so they take no lock.)
+    with (locked(folder) if not D.is_distributed() else contextlib.nullcontext()):
+        if info_file.exists():
+            return folder, {**json.loads(info_file.read_text()), "cached": True}
+        return _train(ref, gen_cfg, train, validation, settings, key=key, folder=folder, label=label, seed=seed,
+                      scorer=scorer)
+
+
+def _train(ref: ModelRef, gen_cfg: GeneratorConfig, train: list[TrainItem], validation: list[TrainItem],
+           settings: dict[str, Any], *, key: str, folder: Path, label: str, seed: int, scorer) -> tuple[Path, dict]:
+    from toolkit import distributed as D
 
     import torch
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments, set_seed
@@ -259,7 +317,7 @@ def train_model(ref: ModelRef, gen_cfg: GeneratorConfig, train: list[TrainItem],
             "initial_eval_loss": initial.get("eval_loss"),
             "best_eval_loss": min(evals) if evals else None, "final_eval_loss": evals[-1] if evals else None,
             "tokens_per_s": tokens / train_s if train_s else None, "processes": D.world_size(),
-            "padding_free": type(collator).__name__ == "DataCollatorWithFlattening",
+            "padding_free": collator.packed,
             "attention": attn, "trainable_params": int(n_trainable), "device": device,
             "dtype": str(dtype).replace("torch.", ""), "history": history, "settings": settings, "adapter_key": key}
     if metric != "loss":
@@ -293,7 +351,7 @@ def merged_model(ref: ModelRef, gen_cfg: GeneratorConfig, adapter: Path):
     return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().eval(), device
 
 
-def load_finetuned(ref: ModelRef, gen_cfg: GeneratorConfig, adapter: Path) -> Generator:
+def load_finetuned(ref: ModelRef, gen_cfg: GeneratorConfig, adapter: Path, *, prefix_cache_mb: int = 0) -> Generator:
     """A fresh base model with the adapter merged in (merging avoids LoRA overhead per token)."""
     model, device = merged_model(ref, gen_cfg, adapter)
-    return Generator(gen_cfg, model, load_tokenizer(ref.path), ref, device).warm_up()
+    return Generator(gen_cfg, model, load_tokenizer(ref.path), ref, device, prefix_cache_mb=prefix_cache_mb).warm_up()
