@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """LoRA fine-tuning throughput: plain Hugging Face Trainer (default padding, random
-order, fp32 weights) vs adaptbench's recipe (toolkit.training.batching_recipe:
-padding-free packed rows with FlashAttention-2 when installed, else length-grouped
-batches padded to a multiple of 8; bf16 weights where the device has bf16; SDPA),
-on the same model, data and number of epochs, measured side by side in one run.
+order, fp32 weights, full-vocabulary logits at every position) vs adaptbench's recipe
+(toolkit.training.batching_recipe: padding-free packed rows with FlashAttention-2 when
+installed, else length-grouped left-padded batches; the LM head at the answer positions
+only; bf16 weights where the device has bf16, as `ADAPTBENCH_DTYPE` allows; SDPA), on the
+same model, data and number of epochs, measured side by side in one run.
+
+    ADAPTBENCH_DTYPE=float32 python benchmarks/finetune_throughput.py   # what a CPU without bf16 does
 
     python benchmarks/finetune_throughput.py                     # bundled SmolLM2-135M, CPU or GPU
     python benchmarks/finetune_throughput.py --shape llama-1b     # random weights shaped like a 1B Llama (GPU)
@@ -12,7 +15,9 @@ Prints real (non-padding) tokens/s of each, the ratio, peak memory, final valida
 loss, and MFU. FLOPs per trained token for LoRA ≈ 4·N (forward 2N + input-gradient 2N;
 frozen weights get no weight-gradient) + 12·L·s·d for attention scores (forward and
 backward, s = sequence length, d = hidden size); MFU = achieved FLOP/s / peak FLOP/s
-(peak from --peak-tflops; defaults: H100 989, H200 989 bf16 dense; none on CPU).
+(peak from --peak-tflops; defaults: H100 989, H200 989 bf16 dense; none on CPU). Both
+recipes are credited with the same FLOPs per token (the LM head at every position), so
+adaptbench's figure is useful work per second. Ends with `name: value` lines.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ Instruments) whose product facts no pretrained model can know.
 
 Deterministic (seeded): running it again rewrites the same files.
   knowledge_bases/halcyra/        one document per product + company documents
-  eval_suites/demo/train.jsonl    OpenAI chat format, one question per fact
-  eval_suites/demo/validation.jsonl  a second paraphrase for a subset of facts
+  eval_suites/demo/train.jsonl    OpenAI chat format, one question per fact of the
+                                  products asked about
+  eval_suites/demo/validation.jsonl  a second paraphrase for a subset of those facts
   eval_suites/demo/test.jsonl     question/answer with gold context_ids; a third
                                   paraphrase of every fact, never a copy of a
                                   training question
@@ -35,6 +36,12 @@ FAMILIES = {  # family -> what the instrument does
     "Dunlin": "groundwater pressure logger lowered into boreholes",
 }
 MODELS = [10, 20, 40, 60]
+# Questions are asked about 24 of the 40 products (4 facts each: 96 train, 96 test); the other
+# 16 are documented only, so retrieval still searches all 44 documents. Sized so that `make
+# demo` (all five arms, two of them trained) stays within 10 minutes on a 2-core CPU.
+QA_PRODUCTS = 24
+VALIDATION = 24
+INSTRUCTION = "Reply with the answer only, in a few words."
 FIRST = ["Idris", "Maren", "Tobiah", "Oona", "Caspar", "Linnea", "Anselm", "Petra", "Rufus", "Sigrid", "Elio", "Vesna",
          "Bram", "Ilse", "Joaquin", "Thea", "Lorcan", "Noor", "Ambrose", "Kaia"]
 LAST = ["Vallon", "Ashgrove", "Quenby", "Tolliver", "Marchetti", "Okonkwo-Hale", "Rasmussen", "Delacroix-Wynn",
@@ -118,12 +125,14 @@ def main() -> None:
     for doc_id, text in COMPANY_DOCS.items():
         (KB / f"{doc_id}.md").write_text(text)
 
-    system = ("You answer questions about Halcyra Field Instruments products. "
-              "Reply with the answer only, in a few words.")
+    system = INSTRUCTION
     train, val, test = [], [], []
+    asked = set(random.Random(SEED).sample([n for n, _, _ in facts_all], QA_PRODUCTS))
     for name, family, facts in facts_all:
         doc_id = f"products/{name.lower().replace(' ', '-')}"
         (KB / f"{doc_id}.md").write_text(product_doc(rng, name, family, facts))
+        if name not in asked:  # documented, but no question is asked about it: a distractor for retrieval
+            continue
         full = f"Halcyra {name}"
         for attr, (t_train, t_val, t_test) in TEMPLATES.items():
             ans = facts[attr]
@@ -136,7 +145,7 @@ def main() -> None:
                          "answer": ans, "context_ids": [doc_id], "metadata": meta})
             val.append({"id": f"val-{doc_id.split('/')[1]}-{attr}", "question": t_val.format(p=full),
                         "answer": ans, "context_ids": [doc_id], "metadata": meta})
-    val = random.Random(SEED).sample(val, 40)
+    val = random.Random(SEED).sample(val, VALIDATION)
     for fname, rows in (("train", train), ("validation", val), ("test", test)):
         with (SUITE / f"{fname}.jsonl").open("w") as f:
             for r in rows:

@@ -32,7 +32,7 @@ BASE = """\
 def test_bundled_suites_validate():
     ls = load_suite(REPO / "eval_suites" / "demo.yaml")
     assert set(ls.arms) == {"zero_shot", "few_shot", "rag", "finetune", "rag_finetune"}
-    assert ls.arms["rag"][1].top_k == 3
+    assert ls.arms["rag"][1].top_k == ls.arms["rag_finetune"][1].top_k == 2  # the same retrieval, trained or not
     assert ls.arms["finetune"][1].learning_rate == pytest.approx(2e-3)
 
 

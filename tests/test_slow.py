@@ -37,13 +37,14 @@ def test_real_smollm2_zero_shot_and_rag_on_demo(tmp_path, monkeypatch):
     assert rag["metrics"]["hit_at_k"]["mean"] >= 0.5
     samples = [json.loads(line) for line in (run.path / "samples.jsonl").read_text().splitlines()]
     rag_rows = [s for s in samples if s["strategy"] == "rag"]
-    assert len(rag_rows) == 8 and all(len(s["contexts"]) == 3 for s in rag_rows)
+    top_k = ls.arms["rag"][1].top_k
+    assert len(rag_rows) == 8 and all(len(s["contexts"]) == top_k for s in rag_rows)
     assert all(s["output"].strip() for s in samples)
-    # three ~85-token product documents in every RAG prompt
-    assert rag["cost"]["prompt_tokens_mean"] > zs["cost"]["prompt_tokens_mean"] + 150
+    # top_k product documents of ~90 tokens each in every RAG prompt
+    assert rag["cost"]["prompt_tokens_mean"] > zs["cost"]["prompt_tokens_mean"] + 80 * top_k
     # The facts are fictional: without the documents the gold answer is very unlikely, with
     # them it is written in the prompt. Measured in float32 on the whole demo test split:
-    # perplexity of the gold answers 147 (zero_shot) vs 12 (rag); over 5,000 random sets of 8
+    # perplexity of the gold answers 177 (zero_shot) vs 16 (rag); over 5,000 random sets of 8
     # questions the ratio was below 2 in under 1% (the sample here is fixed by the seed, and
     # float32 makes its numbers the same on every CPU).
     ppl_zs, ppl_rag = zs["metrics"]["perplexity"]["mean"], rag["metrics"]["perplexity"]["mean"]

@@ -32,9 +32,10 @@ def locked(artifact: Path):
         yield
 
 
-def cache_root() -> Path:
+def cache_root(create: bool = True) -> Path:
     root = Path(os.environ.get("ADAPTBENCH_CACHE") or Path.home() / ".cache" / "adaptbench").expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    if create:
+        root.mkdir(parents=True, exist_ok=True)
     return root
 
 

@@ -35,7 +35,7 @@ def bundled_file(name: str, kind: str = "generator") -> Path:
 def dequantised_folder(name: str) -> Path:
     """Where the bundled GGUF generator's dequantised safetensors copy lives in the cache."""
     gguf = bundled_file(name, "generator")
-    return cache_root() / "models" / f"{name}-{content_hash([name, gguf.name, gguf.stat().st_size])}"
+    return cache_root(create=False) / "models" / f"{name}-{content_hash([name, gguf.name, gguf.stat().st_size])}"
 
 
 def _package_file(package: str, inner: str, install: str, what: str) -> Path:
