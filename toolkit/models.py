@@ -130,7 +130,7 @@ def dequantise_gguf(gguf: Path, folder: Path) -> None:
     safetensors: a model loaded with gguf_file= keeps a GGUF quantizer that Trainer
     and save_pretrained refuse; the plain copy loads in ~0.3 s instead of ~20 s."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from toolkit.progress import status
 
@@ -138,7 +138,7 @@ def dequantise_gguf(gguf: Path, folder: Path) -> None:
         src, name = str(gguf.parent), gguf.name
         tok = AutoTokenizer.from_pretrained(src, gguf_file=name)
         quant = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
-        cfg = AutoConfig.from_pretrained(src, gguf_file=name).to_dict()
+        cfg = quant.config.to_dict()  # not AutoConfig(gguf_file=...): a third parse of the file costs ~3 s
         cfg.pop("quantization_config", None)
         config = type(quant.config).from_dict(cfg)
         plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
