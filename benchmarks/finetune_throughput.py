@@ -3,8 +3,8 @@
 order, fp32 weights, full-vocabulary logits at every position) vs adaptbench's recipe
 (toolkit.training.batching_recipe: padding-free packed rows with FlashAttention-2 when
 installed, else length-grouped left-padded batches; the LM head at the answer positions
-only; bf16 weights where the device has bf16, as `ADAPTBENCH_DTYPE` allows; SDPA), on the
-same model, data and number of epochs, measured side by side in one run.
+only; bf16 weights where the device has bf16, as `ADAPTBENCH_DTYPE` allows; SDPA; freed
+activations kept mapped, as `adaptbench` sets glibc's malloc at start), on the same model, data and number of epochs, measured side by side in one run.
 
     ADAPTBENCH_DTYPE=float32 python benchmarks/finetune_throughput.py   # what a CPU without bf16 does
 
@@ -84,12 +84,14 @@ def run(args, recipe: str, items, val_items) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
 
-    from toolkit.models import pick_device, pick_dtype
+    from toolkit.models import keep_freed_memory, pick_device, pick_dtype
     from toolkit.training import batching_recipe, flash_attention_available, tokenize_item
 
     set_seed(0)
     device = pick_device("auto")
     ours = recipe == "adaptbench"
+    if ours:  # as `adaptbench` does at start: freed activations stay mapped (no page faults per step)
+        keep_freed_memory()
     dtype = pick_dtype(device) if ours else torch.float32
     model, tok = load_model(args, dtype, device,
                             "flash_attention_2" if ours and flash_attention_available(device) else "sdpa")

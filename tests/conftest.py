@@ -57,6 +57,19 @@ def tiny_llama(tmp_path_factory) -> Path:
     return out
 
 
+# The smallest valid suite: tests add or replace lines to make it wrong in one place.
+MINIMAL_SUITE = """\
+name: t
+task: qa
+instruction: Answer.
+data:
+  train: train.jsonl
+  test: test.jsonl
+strategies:
+  zero_shot: {}
+"""
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -12,19 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import MINIMAL_SUITE as SUITE
 from tests.conftest import REPO, write_jsonl
 from toolkit.cli import main
-
-SUITE = """\
-name: t
-task: qa
-instruction: Answer.
-data:
-  train: train.jsonl
-  test: test.jsonl
-strategies:
-  zero_shot: {}
-"""
 
 
 def cli(argv: list[str], capsys) -> tuple[int, list[str]]:
@@ -65,7 +55,7 @@ def assert_refused(code: int, lines: list[str], expect: list[str], out: Path, ca
     assert not any(p.is_file() for p in cache.rglob("*")), "something was written to the cache"
 
 
-# (id, suite text, expected words in the one line); lines counted in SUITE above
+# (id, suite text, expected words in the one line); lines counted in SUITE (conftest.MINIMAL_SUITE)
 SUITE_CASES = [
     ("duplicate-arm", SUITE + "  zero_shot: {}\n", ["s.yaml:9:", "strategies.zero_shot", "duplicate key"]),
     ("duplicate-top-key", SUITE + "task: classification\n", ["s.yaml:9:", "task", "duplicate key", "line 2"]),

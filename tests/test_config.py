@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import MINIMAL_SUITE
 from toolkit.config import load_suite
 from toolkit.errors import UserError
 
@@ -17,16 +18,7 @@ def write(tmp_path, text: str) -> Path:
     return p
 
 
-BASE = """\
-    name: t
-    task: qa
-    instruction: Answer.
-    data:
-      train: train.jsonl
-      test: test.jsonl
-    strategies:
-      zero_shot: {}
-    """.rstrip(" ")
+BASE = textwrap.indent(MINIMAL_SUITE, "    ")  # write() dedents
 
 
 def test_bundled_suites_validate():

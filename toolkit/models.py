@@ -82,6 +82,28 @@ def dtype_override() -> str | None:
     return v
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed blocks for reuse instead of handing them back to the
+    kernel. By default it unmaps or trims the multi-megabyte activations of every training
+    step and faults the pages in again on the next: ~280k page faults and 1.8 s of kernel
+    time per step of 8 RAG-length rows on 2 cores, 10-13% of the step. This is what
+    MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ in the environment would do, set from
+    inside the process because they must be set before it starts. jemalloc or tcmalloc
+    (LD_PRELOAD) would do it too, but are not on every machine. Linux with glibc only."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest
+                and libc.mallopt(m_trim_threshold, 1 << 30) and libc.mallopt(m_top_pad, 256 << 20))
+
+
 def pick_dtype(device: str, pref: str = "auto"):
     import torch
     if pref == "auto":
