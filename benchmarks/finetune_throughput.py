@@ -4,7 +4,8 @@ order, fp32 weights, full-vocabulary logits at every position) vs adaptbench's r
 (toolkit.training.batching_recipe: padding-free packed rows with FlashAttention-2 when
 installed, else length-grouped left-padded batches; the LM head at the answer positions
 only; bf16 weights where the device has bf16, as `ADAPTBENCH_DTYPE` allows; SDPA; freed
-activations kept mapped, as `adaptbench` sets glibc's malloc at start), on the same model, data and number of epochs, measured side by side in one run.
+activations kept mapped, as `adaptbench` sets glibc's malloc at start), on the same model,
+data and number of epochs, measured side by side in one run.
 
     ADAPTBENCH_DTYPE=float32 python benchmarks/finetune_throughput.py   # what a CPU without bf16 does
 

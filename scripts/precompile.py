@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+OWN = ("toolkit", "strategies", "tests")  # the project's packages: nothing to warm there
 
 # Reached through transformers' lazy auto classes or chromadb's settings, not named in our code.
 EXTRA = [
@@ -44,7 +45,8 @@ EXTRA = [
 
 
 def named_modules(folders: list[Path]) -> set[str]:
-    """(module, attribute-or-None) names imported anywhere in the given source folders."""
+    """Every third-party import in the given source folders, as "module" (`import module`)
+    or "module:name" (`from module import name`); the project's own packages are left out."""
     names: set[str] = set()
     for folder in folders:
         for path in folder.rglob("*.py"):
@@ -54,7 +56,7 @@ def named_modules(folders: list[Path]) -> set[str]:
                     names.update(a.name for a in node.names)
                 elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                     names.update(f"{node.module}:{a.name}" for a in node.names)
-    return names
+    return {n for n in names if n.split(":")[0].split(".")[0] not in OWN}
 
 
 def warm(name: str) -> bool:
@@ -73,10 +75,9 @@ def warm(name: str) -> bool:
 
 def main() -> None:
     t0 = time.perf_counter()
-    own = named_modules([ROOT / d for d in ("toolkit", "strategies", "tests", "benchmarks")])
-    own = {n for n in own if n.partition(":")[0].split(".")[0] not in {"toolkit", "strategies", "tests"}}
+    names = named_modules([ROOT / d for d in (*OWN, "benchmarks")])
     warnings.simplefilter("ignore")
-    done = sum(warm(n) for n in sorted(own) + EXTRA)
+    done = sum(warm(n) for n in sorted(names) + EXTRA)
     compiled = sum(1 for m in list(sys.modules.values()) if getattr(m, "__cached__", None))
     print(f"precompiled {compiled} modules behind {done} imports in {time.perf_counter() - t0:.0f} s")
 
