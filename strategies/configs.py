@@ -8,7 +8,7 @@ Names follow what users know: `num_fewshot` (lm-evaluation-harness), `r`,
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -16,6 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 class StrategyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     needs_knowledge_base: ClassVar[bool] = False
+    trains_locally: ClassVar[bool] = False
+
+    generator: dict[str, Any] | None = Field(None, description=(
+        "This arm's own generator, as settings on top of the suite's `generator:` (e.g. `{backend: openai, "
+        "base_url: ..., model: gpt-4o-mini, api_key_env: OPENAI_API_KEY}`), so one suite can compare a hosted "
+        "model with a local one on the same split."))
 
 
 class ZeroShotConfig(StrategyConfig):
@@ -95,6 +101,8 @@ class AugmentConfig(StrategyConfig):
 
 class FinetuneConfig(StrategyConfig):
     """LoRA (or full) fine-tuning on the train split with the Hugging Face Trainer."""
+
+    trains_locally: ClassVar[bool] = True
 
     method: Literal["lora", "full", "qlora"] = Field("lora", description=(
         "'lora': low-rank adapters (peft); 'full': every weight; 'qlora': LoRA on a 4-bit base "

@@ -19,33 +19,33 @@ class FewShot(Strategy):
         self.pool_vecs = None
         t0 = time.perf_counter()
         if self.config.selection == "similarity":
-            self.pool_vecs = embed(self.ctx.suite.embedder.model, [e.input for e in train],
-                                   self.ctx.suite.embedder.batch_size)
+            self.pool_vecs = embed(self.res.suite.embedder.model, [e.input for e in train],
+                                   self.res.suite.embedder.batch_size)
         self.info = {"pool_size": len(train), "build_s": {"embed_pool": time.perf_counter() - t0}}
 
     def fingerprint(self) -> dict:
         fp = super().fingerprint()
         fp["pool"] = sorted((e.id, e.input, e.target) for e in self.pool)
-        fp["embedder"] = resolve_embedder(self.ctx.suite.embedder.model).fingerprint
-        fp["seed"] = self.ctx.suite.seed
+        fp["embedder"] = resolve_embedder(self.res.suite.embedder.model).fingerprint
+        fp["seed"] = self.res.suite.seed
         return fp
 
     def choose(self, queries: list[Query]) -> list[list[Example]]:
         k = min(self.config.num_fewshot, len(self.pool))
         if self.config.selection == "random":
-            return [random.Random(f"{self.ctx.suite.seed}:{q.id}").sample(self.pool, k) for q in queries]
-        qv = embed(self.ctx.suite.embedder.model, [q.input for q in queries], self.ctx.suite.embedder.batch_size)
+            return [random.Random(f"{self.res.suite.seed}:{q.id}").sample(self.pool, k) for q in queries]
+        qv = embed(self.res.suite.embedder.model, [q.input for q in queries], self.res.suite.embedder.batch_size)
         sims = qv @ self.pool_vecs.T
         # most similar last: nearest to the question in the prompt
         return [[self.pool[j] for j in reversed(row.argsort()[::-1][:k].tolist())] for row in sims]
 
     def prompts(self, queries: list[Query]):
-        gen = self.ctx.base_generator()
+        be = self.backend()
         prompts = []
         for q, shots in zip(queries, self.choose(queries)):
             pairs = [(e.input, e.target) for e in shots]
             msgs = self.messages(q.input, shots=pairs)
-            while len(pairs) > 0 and gen.count_tokens(msgs) > self.config.max_prompt_tokens:
+            while len(pairs) > 0 and be.count_tokens(msgs) > self.config.max_prompt_tokens:
                 pairs = pairs[1:]  # drop the least similar (first) example
                 msgs = self.messages(q.input, shots=pairs)
             prompts.append(msgs)

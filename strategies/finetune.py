@@ -9,7 +9,8 @@ import shutil
 
 from strategies.base import Strategy
 from toolkit.data import Example, Query, subsample
-from toolkit.training import TrainItem, load_finetuned, train_model
+from toolkit.chat import TrainItem
+from toolkit.training import train_model
 
 TRAIN_SETTINGS = ("method", "r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate", "num_train_epochs",
                   "per_device_train_batch_size", "gradient_accumulation_steps", "warmup_ratio", "weight_decay",
@@ -25,31 +26,30 @@ class Finetune(Strategy):
         return [TrainItem(self.messages(e.input), e.target) for e in examples]
 
     def prepare(self, train: list[Example], validation: list[Example]) -> None:
-        seed = self.config.seed if self.config.seed is not None else self.ctx.suite.seed
+        seed = self.config.seed if self.config.seed is not None else self.res.suite.seed
         train = subsample(train, self.config.max_train_examples, seed=seed,
-                          stratify=self.ctx.suite.has_labels)
+                          stratify=self.res.suite.has_labels)
         settings = {k: getattr(self.config, k) for k in TRAIN_SETTINGS}
         augment_info = {}
         if self.config.augment:
             from toolkit.augment import paraphrase
-            train, augment_info = paraphrase(train, self.config.augment, self.ctx)
+            train, augment_info = paraphrase(train, self.config.augment, self.res, self.gen_cfg)
         items, val_items = self.train_items(train), self.train_items(validation)
         if self.config.search:
             self.adapter, self.info = self.search(settings, items, val_items, seed)
         else:
-            self.adapter, self.info = train_model(self.ctx.generator_ref, self.ctx.suite.generator, items, val_items,
+            self.adapter, self.info = train_model(self.res.ref(self.gen_cfg), self.gen_cfg, items, val_items,
                                                   settings, label=f"{self.name}: training", seed=seed,
                                                   scorer=self.scorer())
             self.info["build_s"] = {"training": self.info["train_s"]}
         if augment_info:
             self.info = {**self.info, "augment": augment_info,
                          "build_s": {"paraphrasing": augment_info["paraphrase_s"], **self.info["build_s"]}}
-        if self.ctx.run_dir and (self.adapter / "adapter_config.json").exists():  # LoRA adapters are small: keep one with the run
-            dest = self.ctx.run_dir / "adapters" / self.name
+        if self.res.run_dir and (self.adapter / "adapter_config.json").exists():  # LoRA adapters are small: keep one with the run
+            dest = self.res.run_dir / "adapters" / self.name
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(self.adapter, dest)
-            self.info["adapter_dir"] = str(dest.relative_to(self.ctx.run_dir))
-        self.generator = None
+            self.info["adapter_dir"] = str(dest.relative_to(self.res.run_dir))
 
     def search(self, settings: dict, items, val_items, seed: int):
         """Train every trial (each cached by content hash), keep the best by
@@ -69,7 +69,7 @@ class Finetune(Strategy):
             combos = combos[:sc.trials]
         trials = []
         for i, params in enumerate(combos, 1):
-            folder, info = train_model(self.ctx.generator_ref, self.ctx.suite.generator, items, val_items,
+            folder, info = train_model(self.res.ref(self.gen_cfg), self.gen_cfg, items, val_items,
                                        {**settings, **params}, seed=seed, scorer=self.scorer(),
                                        label=f"{self.name}: trial {i}/{len(combos)} {params}")
             trials.append((params, folder, info))
@@ -93,7 +93,7 @@ class Finetune(Strategy):
             return None
         from toolkit import metrics as M
 
-        labels = self.ctx.labels
+        labels = self.res.labels
 
         def score(outputs: list[str], items: list[TrainItem]) -> float:
             golds = [t.target for t in items]
@@ -112,19 +112,9 @@ class Finetune(Strategy):
 
         return score
 
-    def fingerprint(self) -> dict:
-        return {**super().fingerprint(), "adapter": self.info["adapter_key"]}
-
-    def model_identity(self, *, base: bool = False) -> dict:
-        ident = super().model_identity()
-        return ident if base else {**ident, "adapter": self.info["adapter_key"]}
-
-    def model(self):
-        if self.generator is None:
-            from strategies.base import PREFIX_CACHE_MB
-            self.generator = load_finetuned(self.ctx.generator_ref, self.ctx.suite.generator, self.adapter,
-                                            prefix_cache_mb=PREFIX_CACHE_MB)
-        return self.generator
+    def backend(self):
+        """The base model with this arm's adapter merged in (loaded on the first uncached request)."""
+        return self.res.backend(self.gen_cfg, adapter=self.adapter, adapter_key=self.info["adapter_key"])
 
     def prompts(self, queries: list[Query]):
         return [self.messages(q.input) for q in queries], [[] for _ in queries]

@@ -12,7 +12,7 @@ class Rag(Strategy):
     retrieves = True
 
     def prepare(self, train: list[Example], validation: list[Example]) -> None:
-        self.retriever = self.ctx.retriever(self.config.chunk_size, self.config.chunk_overlap)
+        self.retriever = self.res.retriever(self.config.chunk_size, self.config.chunk_overlap)
         self.retriever.build()
         self.info = {"index_key": self.retriever.key, "chunks": self.retriever.n_chunks,
                      "index_cached": not self.retriever.built_now, "build_s": {"index": self.retriever.build_s}}
@@ -21,4 +21,5 @@ class Rag(Strategy):
         return {**super().fingerprint(), "index": self.retriever.key}
 
     def prompts(self, queries: list[Query]):
-        return self.retriever.prompts(self, [q.input for q in queries], self.config.top_k)
+        contexts = self.retriever.retrieve([q.input for q in queries], self.config.top_k)
+        return [self.messages(q.input, passages=[p.text for p in c]) for q, c in zip(queries, contexts)], contexts

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from strategies.finetune import Finetune
 from toolkit.data import Example, Query
-from toolkit.training import TrainItem
+from toolkit.chat import TrainItem
 
 
 class RagFinetune(Finetune):
@@ -14,18 +14,23 @@ class RagFinetune(Finetune):
     retrieves = True
 
     def prepare(self, train: list[Example], validation: list[Example]) -> None:
-        self.retriever = self.ctx.retriever(self.config.chunk_size, self.config.chunk_overlap)
+        self.retriever = self.res.retriever(self.config.chunk_size, self.config.chunk_overlap)
         self.retriever.build()
         super().prepare(train, validation)
         self.info = {**self.info, "index_key": self.retriever.key, "chunks": self.retriever.n_chunks,
                      "build_s": {"index": self.retriever.build_s, **self.info["build_s"]}}
 
+    def with_passages(self, questions: list[str]):
+        """(prompts with the passages retrieved for each question, the passages)."""
+        contexts = self.retriever.retrieve(questions, self.config.top_k)
+        return [self.messages(q, passages=[p.text for p in c]) for q, c in zip(questions, contexts)], contexts
+
     def train_items(self, examples: list[Example]) -> list[TrainItem]:
-        prompts, _ = self.retriever.prompts(self, [e.input for e in examples], self.config.top_k)
+        prompts, _ = self.with_passages([e.input for e in examples])
         return [TrainItem(m, e.target) for m, e in zip(prompts, examples)]
 
     def fingerprint(self) -> dict:
         return {**super().fingerprint(), "index": self.retriever.key}
 
     def prompts(self, queries: list[Query]):
-        return self.retriever.prompts(self, [q.input for q in queries], self.config.top_k)
+        return self.with_passages([q.input for q in queries])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 
 from strategies import configs
+from strategies.configs import BEST_MODEL_METRICS  # noqa: F401 -- what toolkit may know of strategy settings
 
 STRATEGY_TYPES: dict[str, tuple[str, type[configs.StrategyConfig]]] = {
     "zero_shot": ("strategies.zero_shot:ZeroShot", configs.ZeroShotConfig),

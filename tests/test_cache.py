@@ -23,31 +23,6 @@ def test_prediction_cache_roundtrip(tmp_path):
     assert again.get_many("fp1", ["x"]) == {"x": {"output": "A"}}
 
 
-def _fingerprint(suite_text_changes: dict, tiny_llama, tmp_path):
-    import yaml
-
-    from strategies.base import Context
-    from strategies.registry import strategy_class
-    from toolkit.config import load_suite
-    from toolkit.models import resolve_generator
-
-    suite = {"name": "t", "task": "qa", "instruction": "Answer.", "data": {"train": "a.jsonl", "test": "b.jsonl"},
-             "generator": {"model": str(tiny_llama), **suite_text_changes}, "strategies": {"zero_shot": {}}}
-    p = tmp_path / "s.yaml"
-    p.write_text(yaml.safe_dump(suite))
-    ls = load_suite(p)
-    ctx = Context(suite=ls.suite, labels=None, kb=None, generator_ref=resolve_generator(str(tiny_llama)), run_dir=tmp_path)
-    stype, cfg = ls.arms["zero_shot"]
-    return content_hash(strategy_class(stype)("zero_shot", cfg, ctx).fingerprint())
-
-
-def test_fingerprint_ignores_batch_size_but_not_generation_settings(tiny_llama, tmp_path):
-    base = _fingerprint({}, tiny_llama, tmp_path)
-    assert _fingerprint({"batch_size": 3}, tiny_llama, tmp_path) == base
-    assert _fingerprint({"max_new_tokens": 5}, tiny_llama, tmp_path) != base
-    assert _fingerprint({"stop": ["."]}, tiny_llama, tmp_path) != base
-
-
 def test_missing_bundled_model_names_the_package(monkeypatch):
     import importlib.util
 

@@ -85,13 +85,13 @@ def test_likelihood_choice_stays_within_the_items_own_options():
     from toolkit.data import Query
 
     class Scores:  # "E" is the most likely label for every prompt
-        def choice_nll(self, prompts, labels):
+        def choice_loglikelihood(self, prompts, labels):
             return [[5.0, 4.0, 3.0, 2.0, 1.0] for _ in prompts]
 
         def count_tokens(self, messages):
             return 1
 
-    me = SimpleNamespace(ctx=SimpleNamespace(labels=["A", "B", "C", "D", "E"]))
+    me = SimpleNamespace(res=SimpleNamespace(labels=["A", "B", "C", "D", "E"]))
     qs = [Query("q1", "two choices", ("A", "B")), Query("q2", "five", ("A", "B", "C", "D", "E")), Query("q3", "x")]
     got = Strategy.most_likely_label(me, Scores(), [[], [], []], qs, [[], [], []])
     assert [p.output for p in got] == ["B", "E", "E"]

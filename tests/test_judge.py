@@ -7,12 +7,12 @@ import threading
 import pytest
 import yaml
 
-from strategies.base import Passage, Prediction
+from toolkit.data import Passage, Prediction
 from toolkit.config import JudgeConfig, load_suite
 from toolkit.data import Example
 from toolkit.harness import run_suite
 from toolkit.judge import Judge
-from toolkit.openai_server import LoopbackServer, create_app
+from toolkit.serving.openai_app import LoopbackServer, create_app
 
 
 def _input_of(prompt: str) -> dict:
@@ -70,25 +70,27 @@ def test_judge_scores_through_a_loopback_server_with_retries_and_unmeasured_rows
     assert sum(run.errors.values()) >= 1  # the GARBLE row's failure, counted by kind instead of printed
 
 
-def test_closing_the_local_server_refuses_queued_requests_and_waits_for_the_current_one():
+def test_closing_the_engine_refuses_queued_requests_and_waits_for_the_batch_in_flight():
     import time
+    from types import SimpleNamespace
 
-    from toolkit.openai_server import SerialBackend, ServerClosing
+    from toolkit.serving.openai_app import Engine, ServerClosing
 
     done = []
 
-    def slow(messages, n, temperature, max_tokens, stop):
-        time.sleep(0.5)
-        done.append(messages)
-        return [("ok", 1, 1)]
+    class Slow:  # a generator that takes half a second per batch
+        def generate(self, prompts, description=None, settings=None):
+            time.sleep(0.5)
+            done.extend(prompts)
+            return [SimpleNamespace(text="ok", prompt_tokens=1, completion_tokens=1) for _ in prompts]
 
-    backend = SerialBackend(slow)
-    first = threading.Thread(target=backend, args=("first", 1, 0.0, 8, []))
+    engine = Engine(Slow(), max_batch=1)
+    first = threading.Thread(target=engine, args=([{"role": "user", "content": "first"}], 1, 0.0, 8, []))
     refused = []
 
     def queued():
         try:
-            backend("second", 1, 0.0, 8, [])
+            engine([{"role": "user", "content": "second"}], 1, 0.0, 8, [])
         except ServerClosing:
             refused.append(True)
 
@@ -98,13 +100,13 @@ def test_closing_the_local_server_refuses_queued_requests_and_waits_for_the_curr
     second.start()
     time.sleep(0.1)
     t0 = time.perf_counter()
-    backend.close()
-    assert time.perf_counter() - t0 > 0.2  # waited for the request in flight
+    engine.close()
+    assert time.perf_counter() - t0 > 0.2  # waited for the batch in flight
     first.join()
     second.join()
-    assert done == ["first"] and refused == [True]
+    assert done == [[{"role": "user", "content": "first"}]] and refused == [True]
     with pytest.raises(ServerClosing):
-        backend("third", 1, 0.0, 8, [])
+        engine([{"role": "user", "content": "third"}], 1, 0.0, 8, [])
 
 
 def test_judge_metrics_without_a_judge_are_not_measured(tiny_suite_path, tmp_path):

@@ -121,6 +121,27 @@ def test_prices_turn_seconds_into_dollars(tmp_path, tiny_llama, scripted):  # no
     assert "$ per 1,000 queries" in html.read_text()
 
 
+@pytest.mark.parametrize("expected, words", [
+    (10_000, "few_shot is within the margin of error and cheaper to set up (6.6 s against 12.7 min), but finetune "
+             "costs less per query and is cheaper from about 304 queries on (10,000 expected)"),
+    (100, "A cheaper choice within the margin of error: few_shot"),
+])
+def test_cheaper_means_cheaper_over_the_expected_volume_with_the_break_even(expected, words):
+    from toolkit.report import recommendation
+
+    # the held-out classification case: few_shot is quick to set up but slow per query
+    res = fake_results({"finetune": (0.81, 762.0, 0.2, 0.108), "few_shot": (0.80, 6.59, 2.6, 2.592)})
+    res["strategies"]["finetune"]["type"], res["strategies"]["few_shot"]["type"] = "finetune", "few_shot"
+    res["expected_queries"], res["expected_queries_is_default"] = expected, expected == 10_000
+    samples = [{"strategy": a, "id": str(i), "scores": {"token_f1": float(i % 2)}}
+               for a in ("finetune", "few_shot") for i in range(40)]  # the same answers: tied
+    text = " ".join(recommendation(res, samples))
+    assert text.startswith("Use finetune") and words in text, text
+    if expected == 100:
+        assert "beyond about 304 queries finetune is cheaper" in text
+    assert ("10,000 expected queries (decision.expected_queries, the default)" in text) == (expected == 10_000)
+
+
 def test_retrieval_split_separates_missed_passages_from_unread_ones():
     from toolkit.report import quotes_passage, retrieval_split
 

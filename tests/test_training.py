@@ -137,19 +137,19 @@ def test_paraphrases_join_the_training_set_with_their_answers(monkeypatch, tmp_p
 
     calls = []
 
-    def fake_generate(inputs, cfg, ctx, ref):  # stands in for the model; the filter and caching are real
+    def fake_generate(inputs, cfg, res, arm_cfg, ref):  # stands in for the model; the filter and caching are real
         calls.append(inputs)
         return {"raw": [[f"{q[:-1]} exactly?", "no question here"] for q in inputs], "seconds": 1.5}
 
     monkeypatch.setattr(augment, "_generate", fake_generate)
     ref = SimpleNamespace(fingerprint="m", name="m")
-    ctx = SimpleNamespace(generator_ref=ref)
+    res = SimpleNamespace(ref=lambda cfg: ref)
     ex = [Example(id=f"e{i}", input=f"Where is the Fir {i} made?", target=f"Town {i}") for i in range(3)]
-    out, info = augment.paraphrase(ex, AugmentConfig(paraphrases=2), ctx)
+    out, info = augment.paraphrase(ex, AugmentConfig(paraphrases=2), res, None)
     assert [e.input for e in out[3:]] == [f"Where is the Fir {i} made exactly?" for i in range(3)]
     assert [e.target for e in out[3:]] == ["Town 0", "Town 1", "Town 2"] and out[3].id == "e0#p1"
     assert info["paraphrases_added"] == 3 and info["paraphrases_rejected"] == 3 and not info["paraphrases_cached"]
-    _, again = augment.paraphrase(ex, AugmentConfig(paraphrases=2), ctx)
+    _, again = augment.paraphrase(ex, AugmentConfig(paraphrases=2), res, None)
     assert again["paraphrases_cached"] and len(calls) == 1
 
 

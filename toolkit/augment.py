@@ -61,13 +61,13 @@ def _keep(raw: list[str], original: str) -> list[str]:
     return keep
 
 
-def paraphrase(examples: list[Example], cfg, ctx) -> tuple[list[Example], dict]:
+def paraphrase(examples: list[Example], cfg, res, gen_cfg) -> tuple[list[Example], dict]:
     """The examples plus their paraphrased copies (ids `<id>#p<k>`), and info for the report."""
     from toolkit.distributed import is_distributed, main_first
     from toolkit.runs import atomic_write
     from toolkit.models import resolve_generator
 
-    ref = resolve_generator(cfg.model) if cfg.model else ctx.generator_ref
+    ref = resolve_generator(cfg.model) if cfg.model else res.ref(gen_cfg)
     inputs = [e.input for e in examples]
     key = content_hash({"model": ref.fingerprint, "inputs": inputs, "n": cfg.paraphrases, "temperature": cfg.temperature,
                         "seed": cfg.seed, "prompt": _messages("{text}"), "format": AUGMENT_FORMAT})
@@ -78,7 +78,7 @@ def paraphrase(examples: list[Example], cfg, ctx) -> tuple[list[Example], dict]:
         if path.exists():
             stored, cached = json.loads(path.read_text()), True
         else:
-            stored, cached = _generate(inputs, cfg, ctx, ref), False
+            stored, cached = _generate(inputs, cfg, res, gen_cfg, ref), False
             atomic_write(path, json.dumps(stored))
     # the raw generations are cached; the filter runs on every use, so it can improve without regenerating
     kept = [_keep(raw, e.input) for e, raw in zip(examples, stored["raw"])]
@@ -94,14 +94,14 @@ def paraphrase(examples: list[Example], cfg, ctx) -> tuple[list[Example], dict]:
     return out, info
 
 
-def _generate(inputs: list[str], cfg, ctx, ref) -> dict:
+def _generate(inputs: list[str], cfg, res, arm_cfg, ref) -> dict:
     import torch
 
     from toolkit.generation import Generator
 
-    gen_cfg = ctx.suite.generator.model_copy(update={
+    gen_cfg = arm_cfg.model_copy(update={
         "temperature": cfg.temperature, "max_new_tokens": 64, "stop": ["\n"], "model": ref.name})
-    base = ctx.base_generator() if ref is ctx.generator_ref else Generator.load(gen_cfg, ref)
+    base = res.local_generator(arm_cfg) if not cfg.model else Generator.load(gen_cfg, ref)
     gen = Generator(gen_cfg, base.model, base.tokenizer, base.ref, base.device)
     prompts = [_messages(t) for t in inputs for _ in range(cfg.paraphrases)]
     torch.manual_seed(cfg.seed)

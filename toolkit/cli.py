@@ -22,6 +22,8 @@ examples:
   adaptbench runs                                           past runs with their headline numbers
   adaptbench export reports/demo-... --strategy finetune --merge out/model
                                                             the fine-tuned model as a plain transformers folder
+  adaptbench serve --model smollm2-135m-instruct --port 8000
+                                                            a base model behind an OpenAI-compatible API
   adaptbench ls                                             strategies, loaders, bundled models, suites
 
 exit codes: 0 success, 1 internal failure, 2 bad input (one line naming file, line and field),
@@ -90,6 +92,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--strategy", "-s", required=True, help="the arm to export, e.g. finetune")
     e.add_argument("--merge", action="store_true", help="merge the adapter into the base model: a plain "
                    "transformers model folder (safetensors + tokenizer); without it, the peft adapter alone")
+
+    sv = sub.add_parser(
+        "serve", help="serve a model over an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Serve a base model over an OpenAI-compatible HTTP API, so any OpenAI client (and an "
+                    "adaptbench arm with `generator: {backend: openai, base_url: http://127.0.0.1:PORT/v1}`) can "
+                    "call it. Concurrent requests are batched. /v1/completions returns prompt log-probabilities "
+                    "with echo and logprobs, so perplexity and likelihood classification work through it. "
+                    "Answers are greedy unless a request sets temperature.",
+        epilog="example:\n  adaptbench serve --model smollm2-135m-instruct --port 8000\n"
+               "  python -c \"import openai; c = openai.OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='x'); "
+               "print(c.chat.completions.create(model='smollm2-135m-instruct', messages=[{'role': 'user', "
+               "'content': 'Hi'}]).choices[0].message.content)\"")
+    sv.add_argument("--model", required=True, help="bundled name (smollm2-135m-instruct), local model folder or "
+                    "Hugging Face id")
+    sv.add_argument("--name", help="the model name clients send (default: --model as given)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    sv.add_argument("--max-batch", type=int, default=16, help="most requests answered together (default 16)")
+    sv.add_argument("--max-wait-ms", type=float, default=25.0,
+                    help="how long a request waits for others to batch with (default 25 ms)")
+    sv.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    sv.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1'...")
 
     rs = sub.add_parser("runs", help="list past runs with their headline numbers")
     rs.add_argument("--root", type=Path, default=Path("reports"), help="where run directories live (default: reports)")
@@ -262,6 +287,19 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    _quiet_libraries()
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"{args.port} is not a port number", field="--port")
+    if args.max_batch < 1:
+        raise UserError("must be at least 1", field="--max-batch")
+    from toolkit.preflight import check_model_name
+    check_model_name(args.model, field="--model")
+    from toolkit.serving.serve import serve_model
+    return serve_model(args.model, name=args.name or args.model, host=args.host, port=args.port,
+                       max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, dtype=args.dtype, device=args.device)
+
+
 def cmd_runs(args) -> int:
     from toolkit.compare import list_runs
     runs = list_runs(args.root)
@@ -311,7 +349,7 @@ def _quiet_libraries() -> None:
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "compare": cmd_compare,
-            "export": cmd_export, "runs": cmd_runs, "ls": cmd_ls}
+            "export": cmd_export, "serve": cmd_serve, "runs": cmd_runs, "ls": cmd_ls}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -74,7 +74,7 @@ def render_compare(cmp: dict, out: Path) -> tuple[Path, Path]:
     from jinja2 import Environment, PackageLoader, select_autoescape
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "compare.json", json.dumps(cmp, indent=2))
-    lines = [f"# adaptbench compare", "", f"Baseline: `{cmp['baseline']}`", "",
+    lines = ["# adaptbench compare", "", f"Baseline: `{cmp['baseline']}`", "",
              "| run | arm | metric | baseline | now | Δ | 95% CI | p | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for r in cmp["rows"]:
         lines.append(f"| {Path(r['run']).name} | {r['arm']} | {r['metric']} | {r['baseline']:.3f} | {r['value']:.3f} | "

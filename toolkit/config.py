@@ -45,6 +45,69 @@ class GeneratorConfig(StrictModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description=(
         "'auto': bfloat16 on CUDA, bfloat16 on CPUs with native bf16 (AVX512-BF16/AMX), else float32."))
     device: str = Field("auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1'...")
+    seed: int | None = Field(None, ge=0, description=(
+        "Seed of sampled answers (temperature > 0). With a seed, sampled answers are cached and reproducible "
+        "(an API passes it on; not every server honours it)."))
+    backend: Literal["transformers", "openai"] = Field("transformers", description=(
+        "'transformers': the model runs here (training needs this). 'openai': any OpenAI-compatible server "
+        "(OpenAI, Azure OpenAI, vLLM, TGI, llama.cpp server, Ollama, `adaptbench serve --model`)."))
+    base_url: str | None = Field(None, description=(
+        "backend: openai. The endpoint, e.g. http://localhost:8000/v1 (vLLM), http://localhost:11434/v1 "
+        "(Ollama); default https://api.openai.com/v1."))
+    api_key_env: str | None = Field(None, description=(
+        "backend: openai. Name of the environment variable that holds the key (the key never goes in the suite)."))
+    concurrency: int = Field(8, ge=1, le=256, description="backend: openai. Requests in flight at once.")
+    max_retries: int = Field(4, ge=0, le=20, description=(
+        "backend: openai. Retries of a request that got 408/409/429/5xx or no connection, with exponential "
+        "backoff that honours Retry-After."))
+    timeout_s: float = Field(120, gt=0, description="backend: openai. Seconds before one request is abandoned.")
+    tokenizer: str | None = Field(None, description=(
+        "backend: openai. A local tokenizer (bundled name, folder or hub id) for the served model: with it, "
+        "prompt budgets count exact tokens and likelihood metrics render the chat prompt for /v1/completions. "
+        "Default: the model name when it resolves locally, else token counts are estimated (4 characters per "
+        "token) and likelihood metrics are not measured."))
+    input_per_1m_tokens: float | None = Field(None, ge=0, description=(
+        "backend: openai. $ per million prompt tokens of this model: the arm's cost per query."))
+    output_per_1m_tokens: float | None = Field(None, ge=0, description=(
+        "backend: openai. $ per million completion tokens of this model."))
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_url(v)
+        return v
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise ValueError(f"'{v}' is not an environment variable name (the key itself never goes in the suite)")
+        return v
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> "GeneratorConfig":
+        if self.backend == "transformers":
+            for f in ("base_url", "api_key_env", "tokenizer", "input_per_1m_tokens", "output_per_1m_tokens"):
+                if getattr(self, f) is not None:
+                    raise ValueError(f"`{f}` is for `backend: openai` (this generator runs locally with transformers)")
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        return self.base_url or "https://api.openai.com/v1"
+
+
+def arm_generator(suite_generator: GeneratorConfig, override: dict | None) -> GeneratorConfig:
+    """An arm's generator: the suite's, with the arm's `generator:` settings on top. Naming
+    another backend starts from that backend's defaults (an API arm does not inherit a local
+    model name)."""
+    if not override:
+        return suite_generator
+    base = suite_generator.model_dump(exclude_unset=True)
+    if override.get("backend", base.get("backend", "transformers")) != base.get("backend", "transformers"):
+        base = {k: v for k, v in base.items() if k in ("max_new_tokens", "stop", "temperature", "seed", "batch_size")}
+    return GeneratorConfig.model_validate({**base, **override})
 
 
 class EmbedderConfig(StrictModel):
@@ -183,6 +246,9 @@ def check_url(v: str) -> None:
 
 
 class DecisionConfig(StrictModel):
+    expected_queries: int = Field(10_000, ge=1, description=(
+        "Queries the chosen arm will answer over the period the decision covers: cost is compared as setup plus "
+        "this many queries, and the report names the volume where a cheap-to-build arm stops being cheaper."))
     weights: dict[str, float] = Field(default_factory=dict, description=(
         "Weights of the recommendation's criteria: quality, latency, cost_per_query, setup, knowledge_update, "
         "data_needed (defaults 0.7, then 0.06 each; normalised to sum to 1)."))
@@ -414,11 +480,19 @@ def load_suite(path: str | Path, data_dir: str | Path | None = None) -> LoadedSu
             raise UserError(f"strategy '{stype}' retrieves from documents: set `knowledge_base`",
                             file=path, line=_line_of(root, ("strategies", arm)), field=f"strategies.{arm}")
         task_of = getattr(cfg, "metric_for_best_model", "loss")
-        from strategies.configs import BEST_MODEL_METRICS
+        from strategies.registry import BEST_MODEL_METRICS
         if BEST_MODEL_METRICS.get(task_of) not in (None, "classification" if suite.task in LABEL_TASKS else suite.task):
             raise UserError(f"metric_for_best_model '{task_of}' is a {BEST_MODEL_METRICS[task_of]} metric; this suite's "
                             f"task is {suite.task}", file=path, line=_line_of(root, ("strategies", arm, "metric_for_best_model")),
                             field=f"strategies.{arm}.metric_for_best_model")
+        try:
+            gen = arm_generator(suite.generator, cfg.generator)
+        except ValidationError as e:
+            _raise_validation(e, path, root, prefix=("strategies", arm, "generator"))
+        if getattr(cfg, "trains_locally", False) and gen.backend != "transformers":
+            raise UserError(f"strategy '{stype}' trains its model here, so its generator needs `backend: transformers`",
+                            file=path, line=_line_of(root, ("strategies", arm, "generator")),
+                            field=f"strategies.{arm}.generator.backend")
         arms[arm] = (stype, cfg)
 
     from toolkit.metrics import KNOWN_METRICS

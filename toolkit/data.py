@@ -60,6 +60,38 @@ class Query:
 
 
 @dataclass
+class Passage:
+    """A retrieved chunk: the document it came from, its text and similarity."""
+
+    doc_id: str
+    text: str
+    score: float
+
+
+@dataclass
+class Prediction:
+    """One answer of an arm to one Query, with what it cost."""
+
+    id: str
+    output: str
+    contexts: list[Passage] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0   # what a caller waited for this answer
+    compute_s: float = 0.0   # the amortised compute of this answer (a batch's time over its size)
+    cached: bool = False     # came from the request cache
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Prediction":
+        d = dict(d)
+        d["contexts"] = [Passage(**c) for c in d.get("contexts", [])]
+        return cls(**d)
+
+
+@dataclass
 class Splits:
     train: list[Example]
     validation: list[Example]

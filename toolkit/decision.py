@@ -13,9 +13,9 @@ DEFAULT_WEIGHTS = {"quality": 0.7, "latency": 0.06, "cost_per_query": 0.06, "set
                    "knowledge_update": 0.06, "data_needed": 0.06}
 CRITERIA_HELP = {
     "quality": "the suite's first metric (higher is better)",
-    "latency": "p50 seconds per answer",
-    "cost_per_query": "amortised compute seconds per answer",
-    "setup": "one-off seconds to build the arm (index, training)",
+    "latency": "seconds one caller waits per answer (an API arm's p50 per request; a local arm's one-at-a-time p50)",
+    "cost_per_query": "$ per answer when every arm is priced, else amortised seconds per answer",
+    "setup": "one-off $ (or seconds) to build the arm (index, training)",
     "knowledge_update": "seconds to absorb new documents (re-index or re-train); zero_shot cannot",
     "data_needed": "labelled examples the arm needs",
 }
@@ -44,6 +44,8 @@ def parse_weights(text: str | None) -> dict[str, float]:
 def criteria(results: dict) -> dict[str, dict[str, float | None]]:
     """arm -> criterion -> raw value (None: the arm cannot do it)."""
     metric = primary_metric(results)
+    ok = {n: r for n, r in results["strategies"].items() if r.get("status") == "success" and metric in r["metrics"]}
+    unit = cost_unit({n: r["cost"] for n, r in ok.items()})
     out = {}
     for name, r in results["strategies"].items():
         if r.get("status") != "success" or metric not in r["metrics"]:
@@ -61,8 +63,10 @@ def criteria(results: dict) -> dict[str, dict[str, float | None]]:
         else:
             update = None  # zero_shot cannot absorb anything new
         data = {"zero_shot": 0, "rag": 0}.get(t, info.get("train_examples", info.get("pool_size", 0)))
-        out[name] = {"quality": quality, "latency": c["latency_p50_s"], "cost_per_query": c["compute_s_per_answer"],
-                     "setup": c["setup_s"], "knowledge_update": update, "data_needed": float(data)}
+        wait = c["latency_p50_s"] if c.get("latency_kind") == "per request" else c.get("single_request_latency_s",
+                                                                                           c["latency_p50_s"])
+        out[name] = {"quality": quality, "latency": wait, "cost_per_query": query_cost(c, unit),
+                     "setup": setup_cost(c, unit), "knowledge_update": update, "data_needed": float(data)}
     return out
 
 
@@ -125,3 +129,44 @@ def sensitivity(results: dict, weights: dict[str, float] | None = None, steps: i
         changes = [(x, win) for i, (x, win) in enumerate(path) if i == 0 or win != path[i - 1][1]]
         rows.append({"criterion": c, "weight": base[c] / (sum(base.values()) or 1.0), "winners": changes})
     return rows
+
+
+# --- cost over a volume ------------------------------------------------------------
+
+DEFAULT_EXPECTED_QUERIES = 10_000
+
+
+def cost_unit(costs: dict[str, dict]) -> str:
+    """'usd' when every arm has a price (API token prices or compute $/h), else 's' (seconds:
+    compute time for a local arm, request time for an API arm)."""
+    return "usd" if costs and all("usd_per_1k_queries" in c and "setup_usd" in c for c in costs.values()) else "s"
+
+
+def setup_cost(c: dict, unit: str) -> float:
+    return c["setup_usd"] if unit == "usd" else c["setup_s"]
+
+
+def query_cost(c: dict, unit: str) -> float:
+    return c["usd_per_1k_queries"] / 1000 if unit == "usd" else c["compute_s_per_answer"]
+
+
+def total_cost(c: dict, n: int, unit: str) -> float:
+    """Setup once plus n answers."""
+    return setup_cost(c, unit) + n * query_cost(c, unit)
+
+
+def break_even(cheap_setup: dict, cheap_query: dict, unit: str) -> float | None:
+    """Queries after which the arm that is cheap per query has paid back its higher setup;
+    None when one arm is cheaper on both counts."""
+    ds = setup_cost(cheap_query, unit) - setup_cost(cheap_setup, unit)
+    dq = query_cost(cheap_setup, unit) - query_cost(cheap_query, unit)
+    if ds <= 0 or dq <= 0:
+        return None
+    return ds / dq
+
+
+def fmt_cost(x: float, unit: str) -> str:
+    if unit == "usd":
+        return f"${x:,.2f}" if x >= 0.01 or x == 0 else f"${x:.4f}"
+    return f"{x:.1f} s" if x < 120 else (f"{x / 60:.1f} min" if x < 7200 else f"{x / 3600:.1f} h")
+

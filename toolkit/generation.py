@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+from toolkit.chat import Messages, cut_at_stop, render_chat
 from toolkit.config import GeneratorConfig
 from toolkit.models import ModelRef, load_causal_lm, load_tokenizer, pick_device, pick_dtype, resolve_generator
 from toolkit.progress import task_bar
-
-Messages = list[dict[str, str]]
-
 
 @dataclass
 class Generation:
@@ -23,18 +22,9 @@ class Generation:
     compute_s: float   # the batch's wall time divided by its size: the amortised cost
 
 
-def render_chat(tokenizer, messages: Messages, *, add_generation_prompt: bool = True) -> str:
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    # Models without a chat template (base models): a plain transcript.
-    text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages)
-    return text + ("Assistant:" if add_generation_prompt else "")
-
-
-def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
-    text = text.lstrip()
-    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
+@contextmanager
+def _no_bar():
+    yield lambda n: None
 
 
 class PrefixStore:
@@ -129,7 +119,7 @@ class Generator:
         import torch
         from transformers import DynamicCache
 
-        from toolkit.training import TrainItem, tokenize_item
+        from toolkit.chat import TrainItem, tokenize_item
 
         tok = self.tokenizer
         pad = tok.pad_token_id
@@ -180,6 +170,22 @@ class Generator:
                 out[i] = (float(-lp[j]), len(items[i][1]))
         return out  # type: ignore[return-value]
 
+    def prompt_logprobs(self, text: str) -> dict:
+        """Log-probability of every token of a text given the tokens before it (the first has
+        none), with each token's string and character offset: what /v1/completions returns
+        with `echo` and `logprobs`."""
+        import torch
+
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        lps: list[float | None] = [None]
+        if len(ids) > 1:
+            with torch.inference_mode():
+                logits = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0, :-1].float()
+            lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:], device=self.device)[:, None])
+            lps += lp[:, 0].tolist()
+        return {"tokens": [text[a:b] for a, b in offsets], "token_logprobs": lps, "text_offset": [a for a, _ in offsets]}
+
     def choice_nll(self, prompts: list[Messages], choices: list[str]) -> list[list[float]]:
         """Summed NLL of every choice (plus end-of-turn) as the answer to each prompt. The
         prompt runs once and its key/value cache is shared by all choices, so 77 labels
@@ -209,13 +215,22 @@ class Generator:
                 advance(1)
         return out
 
-    def generate(self, prompts: list[Messages], *, description: str = "Generating") -> list[Generation]:
+    def generate(self, prompts: list[Messages | str], *, description: str | None = "Generating",
+                 settings=None) -> list[Generation]:
+        """Answers to chat prompts (or prompts already rendered as text), batched by length.
+        `settings` (toolkit.backends.Settings) overrides the config's max_new_tokens, stop,
+        temperature and seed; `description=None` draws no progress bar (the server)."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         tok, cfg = self.tokenizer, self.cfg
+        if settings is not None:
+            cfg = cfg.model_copy(update={"max_new_tokens": settings.max_tokens, "stop": list(settings.stop),
+                                         "temperature": settings.temperature, "seed": settings.seed})
+        if cfg.temperature > 0 and cfg.seed is not None:
+            torch.manual_seed(cfg.seed)
         tok.padding_side = "left"
-        texts = [self.render(p) for p in prompts]
+        texts = [p if isinstance(p, str) else self.render(p) for p in prompts]  # a str is rendered already
         ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
         lengths = [len(x) for x in ids]
         order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # similar lengths batch together
@@ -234,7 +249,7 @@ class Generator:
                 return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
         eos_ids = {i for i in [tok.eos_token_id, tok.pad_token_id] if i is not None}
-        with task_bar(description, len(texts)) as advance:
+        with (task_bar(description, len(texts)) if description else _no_bar()) as advance:
             for b in range(0, len(order), cfg.batch_size):
                 idx = order[b:b + cfg.batch_size]
                 rows = [ids[i] for i in idx]

@@ -19,7 +19,7 @@ from toolkit.errors import UserError
 from toolkit.progress import log, task_bar
 from toolkit.runs import RunDir, environment, now_iso
 
-CHUNK_BATCHES = 2  # answers are cached and appended to samples.jsonl every 2 generation batches
+CHUNK_BATCHES = 2  # a local arm's answers are scored and appended to samples.jsonl every 2 batches
 
 
 def select_arms(ls: LoadedSuite, only: list[str] | None) -> dict[str, tuple[str, Any]]:
@@ -57,30 +57,29 @@ def resolved_config(ls: LoadedSuite, arms: dict, limit: int | None) -> dict:
 
 def run_suite(ls: LoadedSuite, *, only: list[str] | None = None, limit: int | None = None,
               out: Path | None = None, reports_root: Path = Path("reports")) -> tuple[RunDir, dict]:
-    from strategies.base import Context
-    from toolkit.models import pick_device, pick_dtype, resolve_generator
+    from toolkit.models import pick_device, pick_dtype
+    from toolkit.resources import Resources
     from toolkit.suite_data import load_task_data
 
     suite = ls.suite
     arms = select_arms(ls, only)
     # Everything that can be wrong with the input is checked before a model loads or the
-    # run directory exists.
+    # run directory exists; API endpoints answer GET /v1/models first.
     data = load_task_data(ls)
     preflight.check_suite(ls, data, arms)
     preflight.check_out(out, reports_root)
     preflight.check_cache()
     preflight.check_models(ls, arms)
     test, limit_note = limit_test(data.splits.test, limit, seed=suite.seed, stratify=suite.has_labels)
-    ref = resolve_generator(suite.generator.model)
-    device = pick_device(suite.generator.device)
-    dtype = str(pick_dtype(device, suite.generator.dtype)).replace("torch.", "")
+    local = suite.generator.backend == "transformers"
+    device = pick_device(suite.generator.device) if local else "api"
+    dtype = str(pick_dtype(device, suite.generator.dtype)).replace("torch.", "") if local else "api"
 
     if D.is_distributed():
         # Under a launcher every process trains each trained arm together (DDP); process 0
         # alone then answers and writes, finding the adapters in the cache.
         D.init()
-        train_together(arms, Context(suite=suite, labels=data.labels, kb=data.kb, generator_ref=ref,
-                                     run_dir=None, generator_device=device, generator_dtype=dtype), data)
+        train_together(arms, Resources(suite, data.labels, data.kb, None), data)
         D.go_solo()
         if not D.is_main():
             return None, {}
@@ -91,7 +90,8 @@ def run_suite(ls: LoadedSuite, *, only: list[str] | None = None, limit: int | No
     results: dict[str, Any] = {
         "suite": suite.name, "status": "started", "started": now_iso(), "task": suite.task,
         "description": suite.description, "generator": suite.generator.model, "embedder": suite.embedder.model,
-        "device": device, "dtype": dtype,
+        "device": device, "dtype": dtype, "expected_queries": suite.decision.expected_queries,
+        "expected_queries_is_default": "expected_queries" not in suite.decision.model_fields_set,
         "data": {**data.splits.sizes(), "test_scored": len(test), "notes": data.splits.notes + limit_note,
                  "knowledge_base_documents": len(data.kb.documents) if data.kb else 0},
         "metrics_order": suite.metric_names, "strategies": {},
@@ -106,13 +106,12 @@ def run_suite(ls: LoadedSuite, *, only: list[str] | None = None, limit: int | No
     log(f"[bold]{suite.name}[/]: {len(test)} test examples, {len(data.splits.train)} train, "
         f"{len(data.splits.validation)} validation · {len(arms)} arms · {device}/{dtype} · run dir {run.path}")
 
-    ctx = Context(suite=suite, labels=data.labels, kb=data.kb, generator_ref=ref, run_dir=run.path,
-                  generator_device=device, generator_dtype=dtype)
-    cache = PredictionCache()
+    store = PredictionCache()
+    res = Resources(suite, data.labels, data.kb, run.path, store)
     try:
         for name, (stype, cfg) in arms.items():
             try:
-                results["strategies"][name] = run_arm(name, stype, cfg, ctx, data, test, run, cache)
+                results["strategies"][name] = run_arm(name, stype, cfg, res, data, test, run)
             except (UserError, KeyboardInterrupt):
                 raise
             except Exception as e:  # one arm failing must not lose the others
@@ -132,12 +131,12 @@ def run_suite(ls: LoadedSuite, *, only: list[str] | None = None, limit: int | No
     finally:
         results["finished"] = now_iso()
         run.write_results(results)
-        cache.close()
-        ctx.close()
+        res.close()
+        store.close()
     return run, results
 
 
-def train_together(arms: dict, ctx, data) -> None:
+def train_together(arms: dict, res, data) -> None:
     from strategies.registry import strategy_class
 
     for name, (stype, cfg) in arms.items():
@@ -145,80 +144,89 @@ def train_together(arms: dict, ctx, data) -> None:
         if cls.trains:
             if D.is_main():
                 log(f"[bold cyan]▶ {name}[/]: training in {D.world_size()} processes")
-            cls(name, cfg, ctx).prepare(data.splits.train, data.splits.validation)
+            cls(name, cfg, res).prepare(data.splits.train, data.splits.validation)
     D.barrier()
 
 
-def run_arm(name: str, stype: str, cfg, ctx, data, test: list[Example], run: RunDir, cache: PredictionCache) -> dict:
+SINGLE_SAMPLE = 4  # test questions a local arm answers one at a time, for its single-request latency
+
+
+def run_arm(name: str, stype: str, cfg, res, data, test: list[Example], run: RunDir) -> dict:
     from strategies.registry import strategy_class
     from toolkit import metrics as M
+    from toolkit.backends import NotMeasured
+    from toolkit.judge import JUDGE_METRICS, not_measured_reason
 
-    suite = ctx.suite
-    strategy = strategy_class(stype)(name, cfg, ctx)
+    suite = res.suite
+    strategy = strategy_class(stype)(name, cfg, res)
     log(f"[bold cyan]▶ {name}[/]")
     t0 = time.perf_counter()
     strategy.prepare(data.splits.train, data.splits.validation)
     prepare_s = time.perf_counter() - t0
-    fp = content_hash(strategy.fingerprint())
-    sampled = suite.generator.temperature > 0  # never cache sampled generations
-    cached = {} if sampled else cache.get_many(fp, [e.id for e in test])
+    backend = strategy.backend()
+    gen = strategy.gen_cfg
 
-    from strategies.base import Prediction
-    preds: dict[str, Prediction] = {eid: Prediction.from_dict(r) for eid, r in cached.items()}
     rows_by_id: dict[str, dict] = {}
-    doc_text = {d.id: d.text for d in ctx.kb.documents} if ctx.kb else None
-    step = suite.generator.batch_size * CHUNK_BATCHES
-    from toolkit.judge import JUDGE_METRICS, not_measured_reason
+    preds: dict[str, Any] = {}
+    doc_text = {d.id: d.text for d in res.kb.documents} if res.kb else None
+    # answers are scored and appended to samples.jsonl chunk by chunk (a local arm: every two
+    # batches; an API arm: every four rounds of concurrent requests)
+    step = gen.batch_size * CHUNK_BATCHES if backend.batched else gen.concurrency * 4
     wanted = [m for m in suite.metric_names if m in JUDGE_METRICS] if suite.task == "qa" else []
     not_measured = {m: r for m in wanted if (r := not_measured_reason(m, suite.judge, strategy.retrieves))}
     judged = [m for m in wanted if m not in not_measured]
+    likelihood = suite.task == "qa" and "perplexity" in suite.metric_names and strategy.scores_likelihood
     judge_usage = np.zeros(3)  # input tokens, output tokens, seconds
     judge_errors: dict[str, int] = {}
     t1 = time.perf_counter()
-    # cached answers first; then the rest sorted by prompt length over the whole split, so
-    # every generation batch holds prompts of similar length (less padding)
-    pending = [e for e in test if e.id not in preds]
     by_id = {e.id: e for e in test}
-    sequence = [e for e in test if e.id in preds] + [by_id[q.id] for q in strategy.order([e.to_query() for e in pending])]
-    with task_bar(f"{name}: answering" + (f" ({len(cached)} cached)" if cached else ""), len(test)) as advance:
+    # the prompts of the whole split, sorted by length once: every generation batch holds
+    # prompts of similar length (less padding)
+    sequence = [by_id[q.id] for q in strategy.order([e.to_query() for e in test])]
+    with task_bar(f"{name}: answering", len(test)) as advance:
         for i in range(0, len(sequence), step):
             chunk = sequence[i:i + step]
-            todo = [e for e in chunk if e.id not in preds]
-            if todo:
-                new = strategy.answer([e.to_query() for e in todo])
-                if len(new) != len(todo):
-                    raise RuntimeError(f"strategy returned {len(new)} predictions for {len(todo)} queries")
-                for p in new:
-                    preds[p.id] = p
-                if not sampled:
-                    cache.put_many(fp, {p.id: p.to_dict() for p in new})
+            new = strategy.answer([e.to_query() for e in chunk])
+            if len(new) != len(chunk):
+                raise RuntimeError(f"strategy returned {len(new)} predictions for {len(chunk)} queries")
+            preds.update({p.id: p for p in new})
             chunk_preds = [preds[e.id] for e in chunk]
             if suite.task == "qa":
                 scores = M.score_qa(chunk, chunk_preds, metrics=suite.metric_names, doc_text=doc_text,
                                     embedder=suite.embedder.model, retrieves=strategy.retrieves)
-                if "perplexity" in suite.metric_names and strategy.scores_likelihood:
-                    add_answer_nll(strategy, chunk, scores, cache, fp)
+                if likelihood:
+                    try:
+                        add_answer_nll(strategy, chunk, scores)
+                    except NotMeasured as e:
+                        not_measured["perplexity"] = str(e)
+                        likelihood = False
                 if judged:
-                    judge_usage += add_judge_scores(ctx.judge(), judged, strategy.retrieves, chunk, chunk_preds,
-                                                    scores, cache, fp, judge_errors)
+                    judge_usage += add_judge_scores(res.judge(), judged, strategy.retrieves, chunk, chunk_preds,
+                                                    scores, res.store, judge_errors)
             elif suite.task == "regression":
                 scores = M.score_regression(chunk, chunk_preds)
             else:
-                scores = M.score_classification(chunk, chunk_preds, labels=ctx.labels)
+                scores = M.score_classification(chunk, chunk_preds, labels=res.labels)
             rows_by_id.update({e.id: sc for e, sc in zip(chunk, scores)})
-            run.append_samples([sample_row(name, e, p, s, e.id in cached) for e, p, s in zip(chunk, chunk_preds, scores)])
+            run.append_samples([sample_row(name, e, p, s) for e, p, s in zip(chunk, chunk_preds, scores)])
             advance(len(chunk))
     answer_s = time.perf_counter() - t1
+    single = strategy.single_latency([e.to_query() for e in test[:SINGLE_SAMPLE]])
     rows = [rows_by_id[e.id] for e in test]  # test order: aggregation pairs rows with gold labels
+    if "perplexity" in not_measured:
+        for r in rows:
+            r.pop("answer_nll", None)
+            r.pop("base_answer_nll", None)
 
-    result: dict[str, Any] = {"type": stype, "status": "success", "fingerprint": fp}
+    result: dict[str, Any] = {"type": stype, "status": "success", "fingerprint": content_hash(strategy.fingerprint()),
+                              "model": backend.describe()}
     if suite.task == "qa":
         agg = M.aggregate_qa(rows, metrics=suite.metric_names, seed=suite.seed)
     elif suite.task == "regression":
         agg = M.aggregate_regression(rows, metrics=suite.metric_names, seed=suite.seed)
         result["parse_failures"] = int(sum(r["parse_failure_rate"] for r in rows))
     else:
-        agg, confusion = M.aggregate_classification(rows, [e.label for e in test], labels=ctx.labels,
+        agg, confusion = M.aggregate_classification(rows, [e.label for e in test], labels=res.labels,
                                                     metrics=suite.metric_names, seed=suite.seed)
         result["confusion_matrix"] = confusion
     result["metrics"] = {k: v.to_dict() for k, v in agg.items()}
@@ -234,20 +242,7 @@ def run_arm(name: str, stype: str, cfg, ctx, data, test: list[Example], run: Run
     if not_measured:
         result["not_measured"] = not_measured
     result["not_applicable"] = [m for m in suite.metric_names if m not in agg and m not in not_measured]
-    ordered = [preds[e.id] for e in test]
-    lat = np.array([p.latency_s for p in ordered])
-    build = strategy.info.get("build_s") or {}
-    result["cost"] = {
-        "setup_s": round(sum(build.values()), 3) if build else round(prepare_s, 3),
-        "setup_breakdown_s": {k: round(v, 3) for k, v in build.items()},
-        "setup_s_this_run": round(prepare_s, 3),
-        "answer_s_this_run": round(answer_s, 3),
-        "latency_p50_s": float(np.percentile(lat, 50)), "latency_p95_s": float(np.percentile(lat, 95)),
-        "compute_s_per_answer": float(np.mean([p.compute_s for p in ordered])),
-        "prompt_tokens_mean": float(np.mean([p.prompt_tokens for p in ordered])),
-        "completion_tokens_mean": float(np.mean([p.completion_tokens for p in ordered])),
-        "cached_answers": len(cached),
-    }
+    result["cost"] = arm_cost(strategy, [preds[e.id] for e in test], prepare_s, answer_s, single)
     if judged:
         result["cost"]["judge"] = {"input_tokens": int(judge_usage[0]), "output_tokens": int(judge_usage[1]),
                                    "seconds": round(float(judge_usage[2]), 3), "model": suite.judge.model}
@@ -256,18 +251,58 @@ def run_arm(name: str, stype: str, cfg, ctx, data, test: list[Example], run: Run
         usd = token_usd(suite.prices, judge_usage[0], judge_usage[1])
         if usd is not None:
             result["cost"]["judge"]["usd"] = usd
-    usd = token_usd(suite.prices, result["cost"]["prompt_tokens_mean"], result["cost"]["completion_tokens_mean"])
-    if usd is not None:  # what these prompts and answers would cost at an API's token prices
-        result["cost"]["api_usd_per_1k_queries"] = usd * 1000
-    rate = suite.prices.gpu_per_hour if ctx.generator_device.startswith("cuda") else suite.prices.cpu_per_hour
-    if rate is not None:  # measured seconds at the suite's $ per hour
-        result["cost"]["usd_per_hour"] = rate
-        result["cost"]["setup_usd"] = result["cost"]["setup_s"] / 3600 * rate
-        result["cost"]["usd_per_1k_queries"] = result["cost"]["compute_s_per_answer"] * 1000 / 3600 * rate
     result["info"] = {k: v for k, v in strategy.info.items() if k != "build_s"}
     head = ", ".join(f"{k} {v['mean']:.3f}" for k, v in list(result["metrics"].items())[:3])
-    log(f"[green]✓ {name}[/]: {head} · setup {result['cost']['setup_s']:.1f}s · p50 {result['cost']['latency_p50_s']:.2f}s")
+    cached = result["cost"]["cached_answers"]
+    log(f"[green]✓ {name}[/]: {head} · setup {result['cost']['setup_s']:.1f}s · p50 {result['cost']['latency_p50_s']:.2f}s"
+        + (f" · {cached} of {len(test)} answers from the cache" if cached else ""))
     return result
+
+
+def arm_cost(strategy, ordered: list, prepare_s: float, answer_s: float, single: list[float]) -> dict:
+    """Setup, latency, tokens and money of one arm. An API arm's latency is per request (what a
+    caller waits) and its money is tokens at the model's prices; a local arm's latency is its
+    batch wall time, beside a measured one-request latency, and its money is compute time at
+    the suite's $ per hour."""
+    suite, gen = strategy.res.suite, strategy.gen_cfg
+    lat = np.array([p.latency_s for p in ordered])
+    build = strategy.info.get("build_s") or {}
+    cost: dict[str, Any] = {
+        "setup_s": round(sum(build.values()), 3) if build else round(prepare_s, 3),
+        "setup_breakdown_s": {k: round(v, 3) for k, v in build.items()},
+        "setup_s_this_run": round(prepare_s, 3),
+        "answer_s_this_run": round(answer_s, 3),
+        "latency_p50_s": float(np.percentile(lat, 50)), "latency_p95_s": float(np.percentile(lat, 95)),
+        "latency_kind": "per batch" if strategy.backend().batched else "per request",
+        "compute_s_per_answer": float(np.mean([p.compute_s for p in ordered])),
+        "prompt_tokens_mean": float(np.mean([p.prompt_tokens for p in ordered])),
+        "completion_tokens_mean": float(np.mean([p.completion_tokens for p in ordered])),
+        "cached_answers": sum(bool(p.cached) for p in ordered),
+    }
+    if single:
+        cost["single_request_latency_s"] = float(np.median(single))
+        cost["single_request_sample"] = len(single)
+    rate = suite.prices.gpu_per_hour if str(getattr(strategy.backend().backend, "device", "")).startswith("cuda") \
+        else suite.prices.cpu_per_hour
+    if gen.backend == "openai":
+        cost["api_requests_concurrency"] = gen.concurrency
+        if gen.input_per_1m_tokens is not None and gen.output_per_1m_tokens is not None:
+            per_query = (cost["prompt_tokens_mean"] * gen.input_per_1m_tokens
+                         + cost["completion_tokens_mean"] * gen.output_per_1m_tokens) / 1e6
+            cost["usd_per_1k_queries"] = per_query * 1000
+            # what was built here (an index, a few-shot pool) is billed at the local rate, if given
+            cost["setup_usd"] = cost["setup_s"] / 3600 * rate if rate is not None else 0.0
+            cost["usd_source"] = "the model's token prices"
+    else:
+        usd = token_usd(suite.prices, cost["prompt_tokens_mean"], cost["completion_tokens_mean"])
+        if usd is not None:  # what these prompts and answers would cost at an API's token prices
+            cost["api_usd_per_1k_queries"] = usd * 1000
+        if rate is not None:  # measured seconds at the suite's $ per hour
+            cost["usd_per_hour"] = rate
+            cost["setup_usd"] = cost["setup_s"] / 3600 * rate
+            cost["usd_per_1k_queries"] = cost["compute_s_per_answer"] * 1000 / 3600 * rate
+            cost["usd_source"] = f"${rate:g}/h of compute"
+    return cost
 
 
 def token_usd(prices, input_tokens: float, output_tokens: float) -> float | None:
@@ -277,37 +312,32 @@ def token_usd(prices, input_tokens: float, output_tokens: float) -> float | None
     return float(input_tokens * prices.input_per_1m_tokens + output_tokens * prices.output_per_1m_tokens) / 1e6
 
 
-def add_answer_nll(strategy, chunk: list[Example], scores: list[dict], cache: PredictionCache, fp: str) -> None:
+def add_answer_nll(strategy, chunk: list[Example], scores: list[dict]) -> None:
     """Gold-answer NLL under the arm's prompts and model (and, for trained arms, the base
-    model) into each example's scores. The scorer owns the targets. Cached by content: the
-    model's identity, the prompt and the answer, so arms that put the same prompt to the
-    same model share it (finetune's base-model perplexity is zero_shot's perplexity)."""
+    model) into each example's scores. The scorer owns the targets. The backend's request
+    cache keys them on the model, the prompt and the answer, so arms that put the same prompt
+    to the same model share them (finetune's base-model perplexity is zero_shot's)."""
     queries = [e.to_query() for e in chunk]
-    prompts, _ = strategy.prompts_once(queries)
-    keys = [content_hash({"prompt": p, "target": e.target}) for p, e in zip(prompts, chunk)]
+    targets = [e.target for e in chunk]
     for kind in ["answer_nll"] + (["base_answer_nll"] if strategy.trains else []):
-        base = kind == "base_answer_nll"
-        where = "nll:" + content_hash(strategy.model_identity(base=base))
-        have = cache.get_many(where, keys)
-        todo = [j for j, k in enumerate(keys) if k not in have]
-        if todo:
-            got = strategy.loglikelihood([queries[j] for j in todo], [chunk[j].target for j in todo], base=base)
-            new = {keys[j]: {"nll": n, "tokens": t} for j, (n, t) in zip(todo, got)}
-            cache.put_many(where, new)
-            have.update(new)
-        for k, s in zip(keys, scores):
-            s[kind] = have[k]["nll"]
-            s["answer_tokens"] = have[k]["tokens"]
+        got = strategy.loglikelihood(queries, targets, base=kind == "base_answer_nll")
+        for g, s in zip(got, scores):
+            s[kind] = g.nll
+            s["answer_tokens"] = g.tokens
 
 
 def add_judge_scores(judge, metrics: list[str], retrieves: bool, chunk: list[Example], preds, scores: list[dict],
-                     cache: PredictionCache, fp: str, errors: dict[str, int] | None = None) -> np.ndarray:
-    """ragas judged scores into each example's scores. Measured values are cached by arm
-    fingerprint and judge; unmeasured (NaN) rows are asked again on the next run. The
-    judge's failures, by kind, are added to `errors`."""
-    key = f"{fp}:judge:{content_hash({**judge.fingerprint, 'metrics': metrics})}"
-    have = cache.get_many(key, [e.id for e in chunk])
-    todo = [i for i, e in enumerate(chunk) if e.id not in have]
+                     store: PredictionCache, errors: dict[str, int] | None = None) -> np.ndarray:
+    """ragas judged scores into each example's scores. Measured values are cached by what
+    was judged (question, answer text, reference, passages) and the judge and embedder
+    models; unmeasured (NaN) rows are asked again on the next run. The judge's failures, by
+    kind, are added to `errors`."""
+    who = {**judge.fingerprint, "embedder": judge.embedder_name, "metrics": metrics}
+    keys = [content_hash({"judge": who, "question": e.input, "answer": p.output, "reference": e.target,
+                          "passages": [c.text for c in p.contexts] if retrieves else None}, 32)
+            for e, p in zip(chunk, preds)]
+    have = store.get_many("judge", keys)
+    todo = [i for i, k in enumerate(keys) if k not in have]
     usage = np.zeros(3)
     if todo:
         # one judged row takes several judge calls (seconds each on a local CPU model): say
@@ -320,19 +350,18 @@ def add_judge_scores(judge, metrics: list[str], retrieves: bool, chunk: list[Exa
         if errors is not None:
             for k, v in jr.errors.items():
                 errors[k] = errors.get(k, 0) + v
-        done = {chunk[i].id: row for i, row in zip(todo, jr.rows) if all(v == v for v in row.values())}
-        cache.put_many(key, done)
-        have.update({chunk[i].id: row for i, row in zip(todo, jr.rows)})
-    for e, s in zip(chunk, scores):
-        s.update(have[e.id])
+        store.put_many("judge", {keys[i]: row for i, row in zip(todo, jr.rows) if all(v == v for v in row.values())})
+        have.update({keys[i]: row for i, row in zip(todo, jr.rows)})
+    for k, s in zip(keys, scores):
+        s.update(have[k])
     return usage
 
 
-def sample_row(arm: str, e: Example, p, scores: dict, cached: bool) -> dict:
+def sample_row(arm: str, e: Example, p, scores: dict) -> dict:
     return {"strategy": arm, "id": e.id, "input": e.input, "target": e.target, "label": e.label,
             "context_ids": e.context_ids, "metadata": e.metadata, "output": p.output,
             "contexts": [{"doc_id": c.doc_id, "score": round(c.score, 4), "text": c.text} for c in p.contexts],
             "prompt_tokens": p.prompt_tokens, "completion_tokens": p.completion_tokens,
             "latency_s": round(p.latency_s, 4), "compute_s": round(p.compute_s, 4),
             "scores": {k: (None if isinstance(v, float) and v != v else v) for k, v in scores.items()},
-            "cached": cached}
+            "cached": p.cached}

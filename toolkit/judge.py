@@ -104,7 +104,7 @@ class Judge:
         if self._base_url is None:  # a local model: serve it on loopback, then talk HTTP like to any endpoint
             from toolkit.config import GeneratorConfig
             from toolkit.generation import Generator
-            from toolkit.openai_server import LoopbackServer, create_app, generator_backend
+            from toolkit.serving.openai_app import LoopbackServer, create_app, generator_backend
 
             gen = Generator.load(GeneratorConfig(model=self.cfg.model))
             backend = generator_backend(gen)

@@ -43,18 +43,34 @@ def check_suite(ls: LoadedSuite, data, arms: dict[str, tuple[str, Any]]) -> None
 def check_models(ls: LoadedSuite, arms: dict[str, tuple[str, Any]]) -> None:
     """Every model the suite names can be found, the device exists, and LoRA's target
     modules exist in the generator. Imports torch, loads no weights."""
+    from toolkit.config import arm_generator
+    from toolkit.models import dtype_override, pick_device
+
     s = ls.suite
-    check_model_name(s.generator.model, **ls.where("generator", "model"))
     check_model_name(s.embedder.model, kind="embedder", **ls.where("embedder", "model"))
     if s.judge and not s.judge.base_url:
         check_model_name(s.judge.model, **ls.where("judge", "model"))
-    from toolkit.models import dtype_override, pick_device
     dtype_override()  # a bad $ADAPTBENCH_DTYPE
-    try:
-        device = pick_device(s.generator.device)
-    except UserError as e:
-        raise UserError(e.message, **ls.where("generator", "device")) from None
+    checked: set[str] = set()
     for name, (stype, cfg) in arms.items():
+        gen = arm_generator(s.generator, cfg.generator)
+        own = ("strategies", name, "generator") if cfg.generator else ("generator",)
+        if gen.backend == "openai":
+            if gen.tokenizer:
+                check_model_name(gen.tokenizer, **ls.where(*own, "tokenizer"))
+            if gen.model_dump_json() not in checked:  # each endpoint and model once
+                from toolkit.backends.openai_api import check_endpoint
+                try:
+                    check_endpoint(gen, ".".join(own))
+                except UserError as e:
+                    raise UserError(e.message, **ls.where(*own, e.field.rsplit(".", 1)[-1])) from None
+                checked.add(gen.model_dump_json())
+            continue
+        check_model_name(gen.model, **ls.where(*own, "model"))
+        try:
+            device = pick_device(gen.device)
+        except UserError as e:
+            raise UserError(e.message, **ls.where(*own, "device")) from None
         method = getattr(cfg, "method", None)
         if method == "qlora":
             where = ls.where("strategies", name, "method")
@@ -64,7 +80,7 @@ def check_models(ls: LoadedSuite, arms: dict[str, tuple[str, Any]]) -> None:
             if importlib.util.find_spec("bitsandbytes") is None:
                 raise UserError("method: qlora needs bitsandbytes: pip install bitsandbytes", **where)
         if method in ("lora", "qlora") and isinstance(cfg.target_modules, list):
-            check_target_modules(s.generator.model, cfg.target_modules, **ls.where("strategies", name, "target_modules"))
+            check_target_modules(gen.model, cfg.target_modules, **ls.where("strategies", name, "target_modules"))
 
 
 def check_model_name(name: str, *, kind: str = "generator", file=None, line=None, field=None) -> None:

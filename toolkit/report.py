@@ -10,7 +10,8 @@ from typing import Any
 import yaml
 
 from toolkit import figures as F
-from toolkit.decision import CRITERIA_HELP, decide, primary_metric, sensitivity
+from toolkit.decision import (CRITERIA_HELP, DEFAULT_EXPECTED_QUERIES, break_even, cost_unit, decide, fmt_cost,
+                              primary_metric, query_cost, sensitivity, setup_cost, total_cost)
 from toolkit.runs import atomic_write, load_run
 from toolkit.stats import compare_arms
 
@@ -53,6 +54,19 @@ def fmt_interval(m: dict | None, digits: int = 2) -> str:
 def fmt_p(p: float) -> str:
     from toolkit.stats import N_BOOTSTRAP
     return f"<{1 / N_BOOTSTRAP:.1g}" if p == 0 else f"{p:.2g}"
+
+
+def model_label(a: dict) -> str:
+    """'tiny (openai, http://...)' or 'smollm2-135m-instruct + LoRA adapter (transformers, cpu/bfloat16)'."""
+    m = a.get("model")
+    return f"{m['model']} ({m['backend']}, {m['where']})" if m else "—"
+
+
+def alone_s(a: dict) -> float | None:
+    """What one caller waits for one answer: an API arm's per-request p50, a local arm's
+    measured one-at-a-time latency (None for runs older than that measurement)."""
+    c = a["cost"]
+    return c["latency_p50_s"] if c.get("latency_kind") == "per request" else c.get("single_request_latency_s")
 
 
 def fmt_s(x: float | None) -> str:
@@ -101,10 +115,14 @@ def recommendation(results: dict, samples: list[dict], weights: dict[str, float]
     else:
         why = f"under these weights its lower cost outweighs its lower quality ({q(win)})"
     money = (f" (${c['setup_usd']:.2f} once, ${c['usd_per_1k_queries']:.2f} per 1,000 queries at "
-             f"${c['usd_per_hour']:g}/h)") if "usd_per_hour" in c else ""
+             f"{c['usd_source']})") if "usd_per_1k_queries" in c and "setup_usd" in c else ""
+    per = "of compute" if arms[win]["cost"].get("latency_kind") != "per request" else "of API requests"
+    one = alone_s(arms[win])
     out = [f"Use {win}: {why}.",
-           f"It takes {fmt_s(c['setup_s'])} to set up once, then about {fmt_s(c['compute_s_per_answer'] * 1000)} of "
-           f"compute per 1,000 queries{money} (p50 latency {fmt_s(c['latency_p50_s'])} per answer)."]
+           f"It takes {fmt_s(c['setup_s'])} to set up once, then about {fmt_s(c['compute_s_per_answer'] * 1000)} {per} "
+           f"per 1,000 queries{money}" + (f"; one caller waits about {fmt_s(one)} per answer." if one is not None else ".")]
+    n_q = int(results.get("expected_queries") or DEFAULT_EXPECTED_QUERIES)
+    unit = cost_unit({a: arms[a]["cost"] for a in d.raw})
     if win != best:
         dd = diff(best, win)
         bc = arms[best]["cost"]
@@ -113,12 +131,29 @@ def recommendation(results: dict, samples: list[dict], weights: dict[str, float]
         out.append(f"{best} scores highest ({q(best)}), {verdict}, but takes {fmt_s(bc['setup_s'])} to set up and "
                    f"{fmt_s(bc['compute_s_per_answer'] * 1000)} per 1,000 queries.")
     elif tied_with_best:
-        cheap = min(tied_with_best, key=lambda a: (arms[a]["cost"]["setup_s"], arms[a]["cost"]["compute_s_per_answer"]))
+        # cheaper means cheaper over the expected volume (setup plus answers), never on setup alone
+        cheap = min(tied_with_best, key=lambda a: total_cost(arms[a]["cost"], n_q, unit))
         ac = arms[cheap]["cost"]
-        out.append(f"A cheaper choice within the margin of error: {cheap} ({q(cheap)}; setup {fmt_s(ac['setup_s'])}, "
-                   f"{fmt_s(ac['compute_s_per_answer'] * 1000)} per 1,000 queries).")
+        basis = "" if unit == "usd" else " of compute"
+        if total_cost(ac, n_q, unit) < total_cost(c, n_q, unit):
+            be = break_even(ac, c, unit)
+            limit = (f"; beyond about {be:,.0f} queries {win} is cheaper, as its lower cost per query pays back its "
+                     f"setup" if be is not None else "; it is cheaper at any volume")
+            out.append(f"A cheaper choice within the margin of error: {cheap} ({q(cheap)}): "
+                       f"{fmt_cost(total_cost(ac, n_q, unit), unit)}{basis} against {fmt_cost(total_cost(c, n_q, unit), unit)} "
+                       f"for {n_q:,} queries (setup {fmt_cost(setup_cost(ac, unit), unit)}, "
+                       f"{fmt_cost(query_cost(ac, unit) * 1000, unit)} per 1,000 queries){limit}.")
+        else:
+            be = break_even(ac, c, unit)
+            if be is not None:
+                out.append(f"{cheap} is within the margin of error and cheaper to set up "
+                           f"({fmt_cost(setup_cost(ac, unit), unit)} against {fmt_cost(setup_cost(c, unit), unit)}), but "
+                           f"{win} costs less per query and is cheaper from about {be:,.0f} queries on "
+                           f"({n_q:,} expected).")
     top = ", ".join(f"{k.replace('_', ' ')} {v:.0%}" for k, v in sorted(d.weights.items(), key=lambda kv: -kv[1]) if v > 0)
-    out.append(f"(Weights: {top}. The sensitivity table shows when the choice would change.)")
+    volume = (f"{n_q:,} expected queries (decision.expected_queries"
+              + (", the default" if results.get("expected_queries_is_default", True) else "") + ")")
+    out.append(f"(Weights: {top}; costs compared over {volume}. The sensitivity table shows when the choice would change.)")
     return out
 
 
@@ -246,15 +281,16 @@ def terminal_table(results: dict):
     t.add_column("arm", style="bold")
     for m in heads:
         t.add_column(f"{LABELS.get(m, m)}\n(95% CI)", justify="right")
-    for c in ("setup s", "p50 s", "tokens in/out"):
+    for c in ("setup s", "p50 s", "1 request s", "tokens in/out"):
         t.add_column(c, justify="right")
     for name, r in results["strategies"].items():
         if r.get("status") != "success":
-            t.add_row(name, *[f"[red]{r.get('status')}[/]"] + [""] * (len(heads) + 2))
+            t.add_row(name, *[f"[red]{r.get('status')}[/]"] + [""] * (len(heads) + 3))
             continue
-        c = r["cost"]
+        c, one = r["cost"], alone_s(r)
         t.add_row(name, *[fmt_ci(r["metrics"].get(m), 2) for m in heads], f"{c['setup_s']:.1f}",
-                  f"{c['latency_p50_s']:.2f}", f"{c['prompt_tokens_mean']:.0f}/{c['completion_tokens_mean']:.0f}")
+                  f"{c['latency_p50_s']:.2f}", "—" if one is None else f"{one:.2f}",
+                  f"{c['prompt_tokens_mean']:.0f}/{c['completion_tokens_mean']:.0f}")
     return t
 
 
@@ -268,18 +304,22 @@ def render_markdown(ctx: dict) -> str:
     lines += ["**Recommendation.** " + " ".join(ctx["recommendation"]), ""]
     lines += [f"Status: {r['status']} · {r['data']['test_scored']} test examples · generator "
               f"`{r.get('generator')}` on {r.get('device')}/{r.get('dtype')}", ""]
-    lines.append("| arm | " + " | ".join(LABELS.get(m, m) for m in heads) + " | setup s | p50 s | p95 s | tokens in/out |")
-    lines.append("|---" * (len(heads) + 5) + "|")
+    lines.append("| arm | " + " | ".join(LABELS.get(m, m) for m in heads)
+                 + " | setup s | p50 s | p95 s | 1 request s | tokens in/out | model |")
+    lines.append("|---" * (len(heads) + 7) + "|")
     for name, a in r["strategies"].items():
         if a.get("status") != "success":
             lines.append(f"| {name} | {a.get('status')}: {a.get('error', '')} |")
             continue
-        c = a["cost"]
+        c, one = a["cost"], alone_s(a)
         lines.append(f"| {name} | " + " | ".join(fmt_ci(a["metrics"].get(m)) for m in heads) +
                      f" | {c['setup_s']:.1f} | {c['latency_p50_s']:.2f} | {c['latency_p95_s']:.2f} | "
-                     f"{c['prompt_tokens_mean']:.0f}/{c['completion_tokens_mean']:.0f} |")
+                     f"{'—' if one is None else f'{one:.2f}'} | "
+                     f"{c['prompt_tokens_mean']:.0f}/{c['completion_tokens_mean']:.0f} | {model_label(a)} |")
     lines += ["", "Means over the test examples with 95% bootstrap confidence intervals. Setup is the one-off cost "
-              "(index build, training); latency is the wall time of the batch an answer came in.", ""]
+              "(index build, training). Latency p50/p95: for a local model, the wall time of the batch an answer "
+              "came in; for an API model, each request's own time. \"1 request\": what one caller waits for one "
+              "answer (a local model: a few test questions answered one at a time).", ""]
     if r.get("majority_baseline"):
         mb = r["majority_baseline"]
         lines += [f"Majority-class baseline: always answering `{mb['label']}` (the commonest train label) scores "
@@ -340,7 +380,7 @@ def render_html(ctx: dict) -> str:
     from jinja2 import Environment, PackageLoader, select_autoescape
     jenv = Environment(loader=PackageLoader("toolkit", "templates"), autoescape=select_autoescape(["html"]))
     return jenv.get_template("report.html").render(
-        **ctx, labels=LABELS, fmt_p=fmt_p, fmt_ci=fmt_ci, fmt_mean=fmt_mean, fmt_interval=fmt_interval, fmt_s=fmt_s,
+        **ctx, labels=LABELS, fmt_p=fmt_p, alone_s=alone_s, model_label=model_label, fmt_ci=fmt_ci, fmt_mean=fmt_mean, fmt_interval=fmt_interval, fmt_s=fmt_s,
         figures=figures(ctx), ok_cost_usd=any("usd_per_hour" in (a.get("cost") or {}) for a in ctx["r"]["strategies"].values()),
         ok_api_usd=any("api_usd_per_1k_queries" in (a.get("cost") or {}) for a in ctx["r"]["strategies"].values()),
         summaries={n: info_summary(a) for n, a in ctx["r"]["strategies"].items()},

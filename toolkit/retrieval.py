@@ -96,16 +96,11 @@ class Retriever:
         atomic_write(self.folder / "done.json", json.dumps(
             {"chunks": len(nodes), "documents": len(docs), "build_s": time.perf_counter() - t0}))
 
-    def prompts(self, strategy, questions: list[str], top_k: int):
-        """(chat prompts with the retrieved passages, the passages) for each question."""
-        contexts = self.retrieve(questions, top_k)
-        return [strategy.messages(q, passages=[p.text for p in c]) for q, c in zip(questions, contexts)], contexts
-
     def retrieve(self, questions: list[str], top_k: int):
         """Top-k passages per question, best first, as strategies.base.Passage."""
         from llama_index.core.vector_stores import VectorStoreQuery
 
-        from strategies.base import Passage
+        from toolkit.data import Passage
 
         if self._store is None:
             self.build()

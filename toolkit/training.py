@@ -12,24 +12,18 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from toolkit.cache import cache_root, content_hash, locked
 from toolkit.config import GeneratorConfig
-from toolkit.generation import Generator, Messages, render_chat
+from toolkit.chat import TrainItem, tokenize_item  # noqa: F401 -- re-exported for callers of training
+from toolkit.generation import Generator
 from toolkit.models import ModelRef, load_causal_lm, load_tokenizer, pick_device, pick_dtype
 from toolkit.errors import UserError
 from toolkit.progress import console
 
 ADAPTER_FORMAT = 3  # bump when the training recipe changes in a way settings do not capture
-
-
-@dataclass
-class TrainItem:
-    messages: Messages  # the prompt, as the strategy will send it at answer time
-    target: str
 
 
 def adapter_key(ref: ModelRef, train: list[TrainItem], validation: list[TrainItem], settings: dict, gen: GeneratorConfig) -> str:
@@ -113,15 +107,6 @@ def batching_recipe(tok, device: str, padding_free: bool | str) -> tuple[Any, di
     # (benchmarks/finetune_throughput.py in float32 on a 2-core Zen 4: 206 tok/s against 170 unpadded)
     collator = AnswerLogitsOnly(tok, packed=packed)
     return collator, {"train_sampling_strategy": "random" if packed else "group_by_length"}, attn
-
-
-def tokenize_item(tok, item: TrainItem, max_len: int) -> dict[str, list[int]]:
-    prompt = tok(render_chat(tok, item.messages), add_special_tokens=False)["input_ids"]
-    answer = tok(item.target + (tok.eos_token or ""), add_special_tokens=False)["input_ids"]
-    answer = answer[:max_len - 1]
-    prompt = prompt[-(max_len - len(answer)):]  # keep the end of the prompt (the question)
-    ids = prompt + answer
-    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(prompt) + answer}
 
 
 def _rich_callback(total_steps: int, label: str):

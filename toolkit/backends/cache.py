@@ -1,0 +1,70 @@
+"""Requests cached by content: the key is the backend's identity (weights, precision and
+device kind; or endpoint and model name), the rendered request (messages, target) and the
+settings that change the answer. Editing a question, a prompt, a loader option or a setting
+changes the key; an unrelated arm or an example id does not. Sampled generations are
+cached only when a seed makes them reproducible."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from toolkit.backends.base import Backend, Completion, GenRequest, Likelihood, LLRequest
+from toolkit.cache import PredictionCache, content_hash
+from toolkit.chat import Messages
+
+
+class CachedBackend(Backend):
+    def __init__(self, backend: Backend, store: PredictionCache | None):
+        self.backend, self.store = backend, store
+        self.kind, self.batched = backend.kind, backend.batched
+
+    def identity(self) -> dict[str, Any]:
+        return self.backend.identity()
+
+    def describe(self) -> dict[str, str]:
+        return self.backend.describe()
+
+    def count_tokens(self, messages: Messages) -> int:
+        return self.backend.count_tokens(messages)
+
+    def _key(self, **what) -> str:
+        return content_hash({"backend": self.identity(), **what}, 32)
+
+    def _cached(self, kind: str, keys: list[str], compute, decode, encode) -> list:
+        """Results for keys: stored ones, the others computed by `compute(indices)` and stored."""
+        have = self.store.get_many(kind, keys) if self.store else {}
+        todo = [i for i, k in enumerate(keys) if k not in have]
+        fresh = dict(zip(todo, compute(todo))) if todo else {}
+        if self.store and fresh:
+            self.store.put_many(kind, {keys[i]: encode(r) for i, r in fresh.items()})
+        return [fresh[i] if i in fresh else decode(have[k]) for i, k in enumerate(keys)]
+
+    def generate(self, requests: list[GenRequest], *, description: str = "Generating") -> list[Completion]:
+        keys = [self._key(messages=r.messages, settings=r.settings.to_dict()) for r in requests]
+        todo_uncacheable = [i for i, r in enumerate(requests) if not r.settings.reproducible]
+        if todo_uncacheable:  # sampled without a seed: never stored, never reused
+            return self.backend.generate(requests, description=description)
+        return self._cached("gen", keys, lambda idx: self.backend.generate([requests[i] for i in idx], description=description),
+                            lambda d: Completion(**d, cached=True), Completion.to_dict)
+
+    def single(self, request: GenRequest) -> Completion:
+        """A local backend's one-request latency (cached with the answer when reproducible)."""
+        if not request.settings.reproducible:
+            return self.backend.single(request)  # type: ignore[attr-defined]
+        key = self._key(messages=request.messages, settings=request.settings.to_dict(), alone=True)
+        return self._cached("gen", [key], lambda idx: [self.backend.single(request)],  # type: ignore[attr-defined]
+                            lambda d: Completion(**d, cached=True), Completion.to_dict)[0]
+
+    def loglikelihood(self, requests: list[LLRequest]) -> list[Likelihood]:
+        keys = [self._key(messages=r.messages, target=r.target) for r in requests]
+        return self._cached("ll", keys, lambda idx: self.backend.loglikelihood([requests[i] for i in idx]),
+                            lambda d: Likelihood(d["nll"], d["tokens"], cached=True),
+                            lambda x: {"nll": x.nll, "tokens": x.tokens})
+
+    def choice_loglikelihood(self, prompts: list[Messages], choices: list[str]) -> list[list[float]]:
+        keys = [self._key(messages=p, choices=choices) for p in prompts]
+        return self._cached("choices", keys, lambda idx: self.backend.choice_loglikelihood([prompts[i] for i in idx], choices),
+                            lambda d: d["nll"], lambda x: {"nll": x})
+
+    def close(self) -> None:
+        self.backend.close()

@@ -1,0 +1,66 @@
+"""What a run shares between its arms, owned by the harness (and by `serve`): backends
+(one local model loaded once per weights and precision, one client per endpoint), the
+retrievers, the judge and the request cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from toolkit.cache import PredictionCache, content_hash
+from toolkit.config import GeneratorConfig, Suite
+from toolkit.kb import KnowledgeBase
+
+SETTINGS_ONLY = ("max_new_tokens", "stop", "temperature", "seed")  # per request: they never need a second model
+
+
+class Resources:
+    def __init__(self, suite: Suite, labels: list[str] | None, kb: KnowledgeBase | None, run_dir: Path | None,
+                 store: PredictionCache | None = None):
+        self.suite, self.labels, self.kb, self.run_dir, self.store = suite, labels, kb, run_dir, store
+        self._shared: dict[Any, Any] = {}
+
+    def _once(self, key, make):
+        if key not in self._shared:
+            self._shared[key] = make()
+        return self._shared[key]
+
+    def ref(self, cfg: GeneratorConfig):
+        """The local model a transformers generator names (resolved once)."""
+        from toolkit.models import resolve_generator
+        return self._once(("ref", cfg.model), lambda: resolve_generator(cfg.model))
+
+    def backend(self, cfg: GeneratorConfig, *, adapter: Path | None = None, adapter_key: str | None = None):
+        """The cached backend for a generator (plus adapter): one per model, shared by arms."""
+        from toolkit.backends import load_backend
+        from toolkit.backends.cache import CachedBackend
+        ident = content_hash({k: v for k, v in cfg.model_dump().items() if k not in SETTINGS_ONLY})
+        kw = {} if cfg.backend != "transformers" else {"ref": self.ref(cfg), "adapter": adapter, "adapter_key": adapter_key}
+        return self._once(("backend", ident, adapter_key),
+                          lambda: CachedBackend(load_backend(cfg, **kw), self.store))
+
+    def local_generator(self, cfg: GeneratorConfig):
+        """The raw toolkit.generation.Generator of a local base model (loads it)."""
+        return self.backend(cfg).backend.generator
+
+    def retriever(self, chunk_size: int, chunk_overlap: int):
+        def make():
+            from toolkit.retrieval import Retriever
+            g = self.suite.generator
+            ref = self.ref(GeneratorConfig(model=g.model if g.backend == "transformers" else (g.tokenizer or "smollm2-135m-instruct")))
+            return Retriever(self.kb, self.suite.embedder, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
+                             tokenizer_path=ref.path, tokenizer_key=ref.fingerprint)
+        return self._once(("retriever", chunk_size, chunk_overlap), make)
+
+    def judge(self):
+        """The LLM judge of the suite (a local one is loaded and served once per run)."""
+        def make():
+            from toolkit.judge import Judge
+            return Judge(self.suite.judge, self.suite.embedder.model)
+        return self._once("judge", make)
+
+    def close(self) -> None:
+        for key, obj in list(self._shared.items()):
+            if key == "judge" or (isinstance(key, tuple) and key[0] == "backend"):
+                obj.close()
+        self._shared.clear()

@@ -1,0 +1,303 @@
+"""An OpenAI-compatible server (FastAPI) in front of a local model.
+
+It is `adaptbench serve --model`, the HTTP path by which a local judge is called like any
+hosted one, and what the `openai` backend's tests talk to on loopback:
+  GET  /v1/models
+  POST /v1/chat/completions   messages, n, temperature, max_tokens, stop, seed; usage counts
+  POST /v1/completions        prompt (text or list), echo, logprobs (prompt log-probabilities,
+                              as vLLM and llama.cpp return them), max_tokens (0 with echo)
+Concurrent requests are answered together: the engine collects what arrives within 25 ms
+(up to `max_batch`) into one left-padded batch. On a busy 2-core machine a client needs
+that long to turn one answer into its next request: with a 5 ms window, 8 concurrent
+clients made batches of 4 on average; with 25 ms, of 8 (benchmarks/generation_throughput.py).
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ServerClosing(RuntimeError):
+    """The server is shutting down: a queued request is refused (HTTP 503)."""
+
+
+class Engine:
+    """Answers requests for one toolkit.generation.Generator from one worker thread (the
+    model is not re-entrant), batching the requests that wait. close() refuses queued
+    requests and waits for the batch in flight: a daemon thread still inside torch when the
+    interpreter exits aborts the whole process ("terminate called without an active
+    exception"), and a client that timed out leaves requests queued behind it.
+
+    With `background=False` the caller runs the loop itself (`run`), on the main thread:
+    torch's CPU kernels ran 25-40% slower from a second thread on a 2-core machine (OpenMP
+    thread teams), so `adaptbench serve` answers on the main thread and serves HTTP from
+    another."""
+
+    def __init__(self, generator, *, max_batch: int = 16, max_wait_ms: float = 25.0, background: bool = True):
+        self.generator, self.max_batch, self.max_wait = generator, max_batch, max_wait_ms / 1000
+        self._q: queue.Queue = queue.Queue()
+        self._closed = threading.Event()
+        self._model = threading.Lock()
+        self.batches: list[int] = []  # sizes of the batches run (tests, benchmarks)
+        self._worker = None
+        if background:
+            self._worker = threading.Thread(target=self.run, daemon=True, name="engine")
+            self._worker.start()
+
+    # requests
+    def __call__(self, messages, n, temperature, max_tokens, stop, seed=None) -> list[tuple[str, int, int]]:
+        """Chat completions: n answers to one conversation."""
+        return self._wait([self._submit(messages, (max_tokens, tuple(stop), temperature, seed)) for _ in range(n)])
+
+    def complete(self, prompt: str, n, temperature, max_tokens, stop, seed=None) -> list[tuple[str, int, int]]:
+        """Text completions of a prompt that is already rendered."""
+        if max_tokens == 0:
+            return [("", len(self.generator.tokenizer(prompt, add_special_tokens=False)["input_ids"]), 0)] * n
+        return self._wait([self._submit(prompt, (max_tokens, tuple(stop), temperature, seed)) for _ in range(n)])
+
+    def prompt_logprobs(self, text: str) -> dict:
+        if self._closed.is_set():
+            raise ServerClosing()
+        with self._model:
+            return self.generator.prompt_logprobs(text)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.generator.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _submit(self, prompt, settings) -> Future:
+        if self._closed.is_set():
+            raise ServerClosing()
+        f: Future = Future()
+        self._q.put((prompt, settings, f))
+        return f
+
+    @staticmethod
+    def _wait(futures: list[Future]) -> list[tuple[str, int, int]]:
+        return [f.result() for f in futures]
+
+    # the worker
+    def run(self, until=None) -> None:
+        """Answer queued requests until close() (or until `until()` is true)."""
+        from toolkit.backends import Settings
+        while not self._closed.is_set() and not (until and until()):
+            try:
+                batch = [self._q.get(timeout=0.1)]
+            except queue.Empty:
+                continue
+            deadline = time.perf_counter() + self.max_wait
+            while len(batch) < self.max_batch:
+                left = deadline - time.perf_counter()
+                try:
+                    batch.append(self._q.get(timeout=left) if left > 0 else self._q.get_nowait())
+                except queue.Empty:
+                    break
+            groups: dict[tuple, list] = {}
+            for item in batch:
+                groups.setdefault(item[1], []).append(item)
+            for (max_tokens, stop, temperature, seed), items in groups.items():
+                try:
+                    with self._model:
+                        gens = self.generator.generate([p for p, _, _ in items], description=None,
+                                                       settings=Settings(max_tokens, stop, temperature, seed))
+                    self.batches.append(len(items))
+                    for (_, _, f), g in zip(items, gens):
+                        f.set_result((g.text, g.prompt_tokens, g.completion_tokens))
+                except BaseException as e:  # the callers get the error; the worker goes on
+                    for _, _, f in items:
+                        if not f.done():
+                            f.set_exception(e if isinstance(e, Exception) else ServerClosing())
+                    if not isinstance(e, Exception):  # KeyboardInterrupt, SystemExit
+                        raise
+        if self._closed.is_set():
+            self._refuse_queued()
+
+    def _refuse_queued(self) -> None:
+        while True:
+            try:
+                _, _, f = self._q.get_nowait()
+            except queue.Empty:
+                return
+            f.set_exception(ServerClosing())
+
+    def close(self, timeout: float = 600) -> None:
+        self._closed.set()
+        if self._worker is not None:
+            self._worker.join(timeout)
+        self._refuse_queued()
+
+
+def generator_backend(generator, **kw) -> Engine:
+    """Serve a toolkit.generation.Generator."""
+    return Engine(generator, **kw)
+
+
+class ChatRequest(BaseModel):
+    model: str | None = None
+    messages: list[dict[str, Any]]
+    n: int = Field(1, ge=1, le=16)
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+
+
+class CompletionRequest(BaseModel):
+    model: str | None = None
+    prompt: str | list[str]
+    n: int = Field(1, ge=1, le=16)
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(16, ge=0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=5)
+
+
+MAX_TOKENS_CAP = 4096
+
+
+def _error(status: int, message: str, kind: str, param: str | None = None, code: str | None = None):
+    from fastapi.responses import JSONResponse
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
+
+
+def create_app(backend, model_name: str):
+    """`backend` answers chat requests as `backend(messages, n, temperature, max_tokens, stop)`
+    and, where it has them, `complete(...)` and `prompt_logprobs(text)` (an Engine has both).
+    Errors come back as OpenAI's error JSON."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+
+    app = FastAPI(title="adaptbench", description="An OpenAI-compatible API in front of a local model.")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(x) for x in first.get("loc", ())[1:]) or None
+        return _error(400, f"{param or 'request'}: {first.get('msg', 'invalid request')}", "invalid_request_error", param)
+
+    def known(model: str | None):
+        if model not in (None, model_name):
+            return _error(404, f"The model '{model}' does not exist (this server serves '{model_name}')",
+                          "invalid_request_error", "model", "model_not_found")
+        return None
+
+    def stops(stop) -> list[str]:
+        return [stop] if isinstance(stop, str) else list(stop or [])
+
+    @app.get("/v1/models")
+    def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "adaptbench"}]}
+
+    @app.post("/v1/chat/completions")
+    def chat(req: ChatRequest):  # a plain def: FastAPI runs it in a worker thread
+        if (err := known(req.model)) is not None:
+            return err
+        if not req.messages:
+            return _error(400, "messages must not be empty", "invalid_request_error", "messages")
+        msgs = [{"role": m.get("role", "user"), "content": _text(m.get("content"))} for m in req.messages]
+        max_tokens = min(int(req.max_completion_tokens or req.max_tokens or 256), MAX_TOKENS_CAP)
+        try:
+            args = (msgs, req.n, float(req.temperature or 0.0), max_tokens, stops(req.stop))
+            outs = backend(*args, req.seed) if req.seed is not None else backend(*args)
+        except ServerClosing:
+            return _error(503, "the server is shutting down", "server_error")
+        prompt_tokens = outs[0][1] if outs else 0
+        completion_tokens = sum(o[2] for o in outs)
+        return {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
+                "model": model_name,
+                "choices": [{"index": i, "message": {"role": "assistant", "content": text},
+                             "finish_reason": "length" if ct >= max_tokens else "stop"}
+                            for i, (text, _, ct) in enumerate(outs)],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens}}
+
+    @app.post("/v1/completions")
+    def completions(req: CompletionRequest):
+        if (err := known(req.model)) is not None:
+            return err
+        if not hasattr(backend, "complete"):
+            return _error(404, "this server answers chat completions only", "invalid_request_error")
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if not prompts:
+            return _error(400, "prompt must not be empty", "invalid_request_error", "prompt")
+        if req.max_tokens == 0 and not req.echo:
+            return _error(400, "max_tokens 0 needs echo: true", "invalid_request_error", "max_tokens")
+        max_tokens = min(req.max_tokens if req.max_tokens is not None else 16, MAX_TOKENS_CAP)
+        choices, usage = [], [0, 0]
+        try:
+            for p in prompts:
+                outs = backend.complete(p, req.n, float(req.temperature or 0.0), max_tokens, stops(req.stop), req.seed)
+                usage[0] += outs[0][1]
+                for text, _, ct in outs:
+                    usage[1] += ct
+                    full = p + text if req.echo else text
+                    lp = None
+                    if req.logprobs is not None:
+                        # log-probabilities of the whole text, then the part the caller sees
+                        got = backend.prompt_logprobs(p + text)
+                        start = 0 if req.echo else len(p)
+                        keep = [i for i, off in enumerate(got["text_offset"]) if off >= start]
+                        lp = {"tokens": [got["tokens"][i] for i in keep],
+                              "token_logprobs": [got["token_logprobs"][i] for i in keep],
+                              "text_offset": [got["text_offset"][i] - start for i in keep],
+                              "top_logprobs": None}
+                    choices.append({"index": len(choices), "text": full, "logprobs": lp,
+                                    "finish_reason": "length" if max_tokens and ct >= max_tokens else "stop"})
+        except ServerClosing:
+            return _error(503, "the server is shutting down", "server_error")
+        return {"id": f"cmpl-{uuid.uuid4().hex[:12]}", "object": "text_completion", "created": int(time.time()),
+                "model": model_name, "choices": choices,
+                "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}}
+
+    return app
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):  # OpenAI content parts
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return str(content or "")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class LoopbackServer:
+    """Runs an app with uvicorn in a background thread on 127.0.0.1 and a free port."""
+
+    def __init__(self, app, port: int | None = None):
+        import uvicorn
+
+        self.port = port or free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error",
+                                                    access_log=False))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> "LoopbackServer":
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the loopback model server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
