@@ -174,3 +174,24 @@ def test_seeds_summary_says_whether_the_test_set_was_shared(tmp_path):
     assert summary["same_test_set"] is True
     assert summary["arms"]["few_shot"]["accuracy"]["std"] == pytest.approx(0.1414, abs=1e-4)
     assert "same in every seed" in render(summary)
+
+
+def test_corpus_level_metrics_are_compared_by_resampling_examples():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    gold = [["cat", "dog", "fox"][i % 3] for i in range(60)]
+    good = [g if rng.random() < 0.9 else "dog" for g in gold]
+    bad = [g if rng.random() < 0.4 else None for g in gold]  # None: an output mapped to no label
+    samples = [{"strategy": arm, "id": str(i), "label": g,
+                "scores": {"accuracy": float(p == g), "mapped_label": p, "answer_nll": 2.0 + (arm == "bad"),
+                           "answer_tokens": 2}}
+               for arm, preds in (("good", good), ("bad", bad)) for i, (g, p) in enumerate(zip(gold, preds))]
+    [pair] = stats.compare_arms(samples, "macro_f1")
+    expected = (f1_score(gold, good, average="macro")
+                - f1_score(gold, [p or "(none)" for p in bad], labels=["cat", "dog", "fox"], average="macro"))
+    assert pair.diff == pytest.approx(expected, abs=0.02) and pair.a_better and pair.ci_low > 0
+    [ppl] = stats.compare_arms(samples, "perplexity")  # lower is better: "good" (e^1) beats "bad" (e^1.5)
+    assert ppl.diff == pytest.approx(np.exp(1.0) - np.exp(1.5)) and ppl.a_better and not ppl.higher_is_better
+    # a run whose samples lack what a corpus metric needs gets no pair, so no claimed win
+    assert stats.compare_arms([{**s, "scores": {"accuracy": 1.0}} for s in samples], "macro_f1") == []

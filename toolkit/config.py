@@ -19,15 +19,6 @@ from toolkit.errors import UserError, read_utf8
 TaskType = Literal["qa", "classification", "multiple_choice", "regression"]
 LABEL_TASKS = ("classification", "multiple_choice")  # one label per example, scored by accuracy
 
-DEFAULT_METRICS: dict[str, list[str]] = {
-    "qa": ["exact_match", "token_f1", "rouge_l", "contains", "embedding_similarity",
-           "context_recall", "context_precision", "hit_at_k", "mrr", "perplexity"],
-    "classification": ["accuracy", "macro_precision", "macro_recall", "macro_f1", "unmapped_rate"],
-    "multiple_choice": ["accuracy", "unmapped_rate"],
-    "regression": ["mae", "mse", "r2", "parse_failure_rate"],
-}
-
-
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -348,7 +339,8 @@ class Suite(StrictModel):
 
     @property
     def metric_names(self) -> list[str]:
-        return self.metrics or DEFAULT_METRICS[self.task]
+        from toolkit.scoring.registry import default_metrics
+        return self.metrics or default_metrics(self.task)
 
 
 class LoadedSuite(BaseModel):
@@ -495,10 +487,10 @@ def load_suite(path: str | Path, data_dir: str | Path | None = None) -> LoadedSu
                             field=f"strategies.{arm}.generator.backend")
         arms[arm] = (stype, cfg)
 
-    from toolkit.metrics import KNOWN_METRICS
+    from toolkit.scoring.registry import for_task
     for i, m in enumerate(suite.metric_names):
-        if m not in KNOWN_METRICS[suite.task]:
-            raise UserError(f"unknown metric '{m}' for task '{suite.task}' (choose from: {', '.join(KNOWN_METRICS[suite.task])})",
+        if m not in for_task(suite.task):
+            raise UserError(f"unknown metric '{m}' for task '{suite.task}' (choose from: {', '.join(for_task(suite.task))})",
                             file=path, line=_line_of(root, ("metrics", i)), field=f"metrics.{i}")
     if suite.task not in LABEL_TASKS and suite.classification_mode != "generate":
         raise UserError("`classification_mode` is only for task: classification or multiple_choice", file=path,

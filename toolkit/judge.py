@@ -19,14 +19,11 @@ import warnings
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
-# metric -> (ragas class, needs retrieved contexts, needs a reference answer)
+from toolkit.scoring.registry import judged
+
+# metric -> (ragas class, needs retrieved contexts, needs a reference answer), from the registry
 JUDGE_METRICS: dict[str, tuple[str, bool, bool]] = {
-    "faithfulness": ("Faithfulness", True, False),
-    "answer_relevancy": ("ResponseRelevancy", False, False),
-    "llm_context_precision": ("LLMContextPrecisionWithReference", True, True),
-    "llm_context_recall": ("LLMContextRecall", True, True),
-    "factual_correctness": ("FactualCorrectness", False, True),
-}
+    n: (m.ragas, "retrieval" in m.needs, "reference" in m.needs) for n, m in judged().items()}
 
 
 def not_measured_reason(metric: str, judge, retrieves: bool) -> str | None:

@@ -21,19 +21,11 @@ from typing import Any
 
 import numpy as np
 
-# name -> higher_is_better
-KNOWN_METRICS: dict[str, dict[str, bool]] = {
-    "qa": {"exact_match": True, "token_f1": True, "rouge_l": True, "contains": True,
-           "embedding_similarity": True, "context_recall": True, "context_precision": True,
-           "hit_at_k": True, "mrr": True, "perplexity": False,
-           # judged by an LLM through ragas (toolkit.judge)
-           "faithfulness": True, "answer_relevancy": True, "llm_context_precision": True,
-           "llm_context_recall": True, "factual_correctness": True},
-    "classification": {"accuracy": True, "macro_precision": True, "macro_recall": True,
-                       "macro_f1": True, "unmapped_rate": False},
-    "regression": {"mae": False, "mse": False, "r2": True, "parse_failure_rate": False},
-}
-KNOWN_METRICS["multiple_choice"] = KNOWN_METRICS["classification"]
+from toolkit.scoring.registry import METRICS, for_task
+
+# task -> metric -> higher is better (from the registry)
+KNOWN_METRICS: dict[str, dict[str, bool]] = {t: {n: m.higher_is_better for n, m in for_task(t).items()}
+                                             for t in ("qa", "classification", "multiple_choice", "regression")}
 
 NUMBER = re.compile(r"[-+]?(?:\d[\d,]*\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 

@@ -13,18 +13,11 @@ from toolkit import figures as F
 from toolkit.decision import (CRITERIA_HELP, DEFAULT_EXPECTED_QUERIES, break_even, cost_unit, decide, fmt_cost,
                               primary_metric, query_cost, sensitivity, setup_cost, total_cost)
 from toolkit.runs import atomic_write, load_run
+from toolkit.scoring.registry import METRICS
 from toolkit.stats import compare_arms
 
-LABELS = {"exact_match": "Exact match", "token_f1": "Token F1", "rouge_l": "ROUGE-L", "contains": "Contains answer",
-          "embedding_similarity": "Embedding sim.", "context_recall": "Context recall",
-          "context_precision": "Context precision", "hit_at_k": "Hit@k", "mrr": "MRR", "accuracy": "Accuracy",
-          "macro_precision": "Macro precision", "macro_recall": "Macro recall", "macro_f1": "Macro F1",
-          "unmapped_rate": "Unmapped outputs", "perplexity": "Perplexity (gold)",
-          "faithfulness": "Faithfulness (judge)", "answer_relevancy": "Answer relevancy (judge)",
-          "llm_context_precision": "Context precision (judge)", "llm_context_recall": "Context recall (judge)",
-          "factual_correctness": "Factual correctness (judge)", "mae": "MAE", "mse": "MSE", "r2": "R²",
-          "parse_failure_rate": "No number in answer"}
-UNBOUNDED = {"perplexity", "mae", "mse", "r2"}  # not on a 0-1 scale: kept out of the bar chart
+LABELS = {n: m.label for n, m in METRICS.items()}
+UNBOUNDED = {n for n, m in METRICS.items() if not m.bounded}  # not on a 0-1 scale: kept out of the bar chart
 
 
 def ok_arms(results: dict) -> dict[str, dict]:
@@ -107,9 +100,11 @@ def recommendation(results: dict, samples: list[dict], weights: dict[str, float]
     others = [a for a in d.raw if a != win]
     if win == best:
         tied = [a for a in others if (diff(win, a) or (0, 0, 0, False, 1))[3]]
+        unpaired = [a for a in others if diff(win, a) is None]  # never claim a win without paired evidence
         why = (f"it gives the best answers ({q(win)})" +
                (f", though it is statistically tied with {', '.join(tied)}" if tied else
-                (" and beats every other arm with 95% confidence" if others else "")))
+                (f"; no paired comparison with {', '.join(unpaired)} could be made from this run's samples"
+                 if unpaired else (" and beats every other arm with 95% confidence" if others else ""))))
     elif (diff(best, win) or (0, 0, 0, False, 1))[3]:
         why = f"it answers as well as the best arm within the margin of error ({q(win)}) and costs less"
     else:
@@ -329,7 +324,7 @@ def render_markdown(ctx: dict) -> str:
                   "| arm A | arm B | A − B | 95% CI | p | verdict |", "|---|---|---|---|---|---|"]
         for p in ctx["paired"][ctx["metric"]]:
             lines.append(f"| {p['a']} | {p['b']} | {p['diff']:+.3f} | [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}] | "
-                         f"{fmt_p(p['p_bootstrap'])} | {'tied' if p['tied'] else ('A better' if p['diff'] > 0 else 'B better')} |")
+                         f"{fmt_p(p['p_bootstrap'])} | {'tied' if p['tied'] else ('A better' if p['a_better'] else 'B better')} |")
         lines.append("")
     if ctx.get("retrieval_split"):
         lines += retrieval_split_lines(ctx["retrieval_split"], LABELS.get(ctx["metric"], ctx["metric"])) + [""]

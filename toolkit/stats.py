@@ -1,6 +1,8 @@
 """Paired comparisons between arms on the same test examples, computed from a run
 directory's samples.jsonl: paired bootstrap difference (CI and p-value) for every
-metric, and McNemar's exact test for 0/1 metrics."""
+metric, and McNemar's exact test for 0/1 metrics. A metric computed over the whole test
+set (macro-F1, R², perplexity) is compared by resampling examples: each resample
+recomputes it for both arms on the same examples."""
 
 from __future__ import annotations
 
@@ -24,13 +26,18 @@ class Paired:
     ci_high: float
     p_bootstrap: float
     p_mcnemar: float | None = None  # only for 0/1 metrics
+    higher_is_better: bool = True
+
+    @property
+    def a_better(self) -> bool:
+        return not self.tied and (self.diff > 0) == self.higher_is_better
 
     @property
     def tied(self) -> bool:
         return self.ci_low <= 0.0 <= self.ci_high
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "tied": self.tied}
+        return {**asdict(self), "tied": self.tied, "a_better": self.a_better}
 
 
 def per_example(samples: list[dict], metric: str) -> dict[str, dict[str, float]]:
@@ -66,6 +73,11 @@ def mcnemar(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def compare_arms(samples: list[dict], metric: str, arms: list[str] | None = None, *, seed: int = 0) -> list[Paired]:
+    from toolkit.scoring.registry import METRICS
+    m = METRICS.get(metric)
+    hib = m.higher_is_better if m else True
+    if m is not None and m.level == "corpus":
+        return compare_corpus(samples, metric, arms, seed=seed, higher_is_better=hib)
     scores = per_example(samples, metric)
     names = [a for a in (arms or list(scores)) if a in scores]
     out = []
@@ -77,5 +89,67 @@ def compare_arms(samples: list[dict], metric: str, arms: list[str] | None = None
         y = np.array([scores[b][i] for i in ids])
         diff, lo, hi, p = paired_bootstrap(x, y, seed=seed)
         binary = bool(np.isin(np.concatenate([x, y]), [0.0, 1.0]).all())
-        out.append(Paired(a, b, metric, len(ids), diff, lo, hi, p, mcnemar(x, y) if binary else None))
+        out.append(Paired(a, b, metric, len(ids), diff, lo, hi, p, mcnemar(x, y) if binary else None, hib))
+    return out
+
+
+def corpus_statistic(metric: str, rows: list[dict]):
+    """For a corpus-level metric: a function of example indices -> the metric over those rows
+    of one arm, or None when samples.jsonl lacks what it needs (older runs)."""
+    from toolkit.metrics import macro_prf, r_squared
+    sc = [r.get("scores") or {} for r in rows]
+    if metric in ("macro_precision", "macro_recall", "macro_f1"):
+        if any("mapped_label" not in s for s in sc) or any(r.get("label") is None for r in rows):
+            return None
+        names = sorted({r["label"] for r in rows} | {s["mapped_label"] for s in sc if s["mapped_label"] is not None})
+        idx = {n: i for i, n in enumerate(names)}
+        gold = np.array([idx[r["label"]] for r in rows])
+        pred = np.array([idx[s["mapped_label"]] if s["mapped_label"] is not None else -1 for s in sc])
+        k = ("macro_precision", "macro_recall", "macro_f1").index(metric)
+        return lambda i: macro_prf(gold[i], pred[i], len(names))[k]
+    if metric == "perplexity":
+        if any(not isinstance(s.get("answer_nll"), (int, float)) or not s.get("answer_tokens") for s in sc):
+            return None
+        nll = np.array([s["answer_nll"] for s in sc], dtype=float)
+        tok = np.array([s["answer_tokens"] for s in sc], dtype=float)
+        return lambda i: float(np.exp(nll[i].sum() / tok[i].sum()))
+    if metric == "r2":
+        if any("gold_value" not in s for s in sc):
+            return None
+        pred = np.array([s.get("parsed_value") if s.get("parsed_value") is not None else np.nan for s in sc], dtype=float)
+        gold = np.array([s["gold_value"] for s in sc], dtype=float)
+
+        def r2(i):
+            ok = i[~np.isnan(pred[i])]
+            return r_squared(pred[ok], gold[ok]) if len(ok) >= 2 else float("nan")
+        return r2
+    return None
+
+
+def compare_corpus(samples: list[dict], metric: str, arms: list[str] | None = None, *, seed: int = 0,
+                   higher_is_better: bool = True) -> list[Paired]:
+    """Paired bootstrap of a corpus-level metric: the same resampled examples for both arms."""
+    by_arm: dict[str, dict[str, dict]] = {}
+    for s in samples:
+        by_arm.setdefault(s["strategy"], {})[s["id"]] = s
+    names = [a for a in (arms or list(by_arm)) if a in by_arm]
+    out = []
+    for a, b in itertools.combinations(names, 2):
+        ids = sorted(set(by_arm[a]) & set(by_arm[b]))
+        fa = corpus_statistic(metric, [by_arm[a][i] for i in ids]) if ids else None
+        fb = corpus_statistic(metric, [by_arm[b][i] for i in ids]) if ids else None
+        if fa is None or fb is None:
+            continue
+        n = len(ids)
+        every = np.arange(n)
+        diff = fa(every) - fb(every)
+        rng = np.random.default_rng(seed)
+        boot = np.array([fa(i) - fb(i) for i in rng.integers(0, n, (N_BOOTSTRAP, n))])
+        boot = boot[~np.isnan(boot)]
+        if not len(boot) or diff != diff:
+            continue
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        p = 1.0 if np.all(boot == 0) else min(1.0, 2 * min(float((boot <= 0).mean()), float((boot >= 0).mean())))
+        out.append(Paired(a, b, metric, n, float(diff), float(min(lo, diff)), float(max(hi, diff)), p, None,
+                          higher_is_better))
     return out

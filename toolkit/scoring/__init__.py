@@ -1,0 +1,1 @@
+"""Scoring: the metric registry, metrics, statistics and the LLM judge."""
