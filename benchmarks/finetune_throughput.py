@@ -47,9 +47,9 @@ SHAPES = {  # random-weight Llama shapes for throughput (no trained weights need
 def build_items(n: int, seed: int):
     """Demo questions with 0-3 knowledge-base passages: realistic, varied lengths."""
     from toolkit.data import read_examples
-    from toolkit.kb import read_knowledge_base
+    from toolkit.data.kb import read_knowledge_base
     from toolkit.prompts import build_messages
-    from toolkit.training import TrainItem
+    from toolkit.training.trainer import TrainItem
 
     root = Path(__file__).resolve().parent.parent
     ex = read_examples(root / "eval_suites" / "demo" / "train.jsonl", task="qa")
@@ -86,7 +86,7 @@ def run(args, recipe: str, items, val_items) -> dict:
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
 
     from toolkit.models import keep_freed_memory, pick_device, pick_dtype
-    from toolkit.training import batching_recipe, flash_attention_available, tokenize_item
+    from toolkit.training.trainer import batching_recipe, flash_attention_available, tokenize_item
 
     set_seed(0)
     device = pick_device("auto")

@@ -32,7 +32,7 @@ os.environ.setdefault("ADAPTBENCH_QUIET", "1")
 def prompts(n: int) -> list[list[dict]]:
     """Demo test questions, a third with two knowledge-base passages: realistic, varied lengths."""
     from toolkit.data import read_examples
-    from toolkit.kb import read_knowledge_base
+    from toolkit.data.kb import read_knowledge_base
     from toolkit.prompts import build_messages
 
     root = Path(__file__).resolve().parent.parent

@@ -13,11 +13,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toolkit.decision import primary_metric  # noqa: E402
-from toolkit.report import (LABELS, fmt_ci, fmt_p, headline_metrics, recommendation, retrieval_split,  # noqa: E402
+from toolkit.reporting.decision import primary_metric  # noqa: E402
+from toolkit.reporting.report import (LABELS, fmt_ci, fmt_p, headline_metrics, recommendation, retrieval_split,  # noqa: E402
                             retrieval_split_lines)
 from toolkit.runs import load_run  # noqa: E402
-from toolkit.stats import compare_arms  # noqa: E402
+from toolkit.scoring.stats import compare_arms  # noqa: E402
 
 
 def tables(run_dir: Path) -> str:

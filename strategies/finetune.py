@@ -10,7 +10,7 @@ import shutil
 from strategies.base import Strategy
 from toolkit.data import Example, Query, subsample
 from toolkit.chat import TrainItem
-from toolkit.training import train_model
+from toolkit.training.trainer import train_model
 
 TRAIN_SETTINGS = ("method", "r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate", "num_train_epochs",
                   "per_device_train_batch_size", "gradient_accumulation_steps", "warmup_ratio", "weight_decay",
@@ -32,7 +32,7 @@ class Finetune(Strategy):
         settings = {k: getattr(self.config, k) for k in TRAIN_SETTINGS}
         augment_info = {}
         if self.config.augment:
-            from toolkit.augment import paraphrase
+            from toolkit.training.augment import paraphrase
             train, augment_info = paraphrase(train, self.config.augment, self.res, self.gen_cfg)
         items, val_items = self.train_items(train), self.train_items(validation)
         if self.config.search:
@@ -91,7 +91,7 @@ class Finetune(Strategy):
         metric = self.config.metric_for_best_model
         if metric == "loss":
             return None
-        from toolkit import metrics as M
+        from toolkit.scoring import metrics as M
 
         labels = self.res.labels
 

@@ -27,7 +27,7 @@ def chat(q: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def tiny_generator(tiny_llama):
-    from toolkit.generation import Generator
+    from toolkit.backends.generation import Generator
     return Generator.load(GeneratorConfig(model=str(tiny_llama), batch_size=4, dtype="float32"))
 
 
@@ -187,7 +187,7 @@ def test_a_dead_endpoint_a_refused_key_and_an_unknown_model_exit_2_before_any_wo
 
 def test_one_suite_compares_a_local_arm_with_an_api_arm(tmp_path, tiny_suite_path, tiny_llama, served):
     from toolkit.cli import main
-    from toolkit.report import render_run
+    from toolkit.reporting.report import render_run
 
     server, _ = served
     _api_suite(tmp_path, tiny_suite_path, server.base_url, tokenizer=str(tiny_llama), input_per_1m_tokens=0.15,

@@ -11,7 +11,7 @@ import pytest
 
 from tests.test_harness import SCRIPT, make_suite, scripted  # noqa: F401
 from toolkit.harness import run_suite
-from toolkit.report import render_run
+from toolkit.reporting.report import render_run
 
 CHROMIUM = next((shutil.which(c) for c in ("chromium", "chromium-browser", "google-chrome") if shutil.which(c)), None)
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -65,7 +65,7 @@ def test_malformed_yaml_names_line(tmp_path):
 
 
 def test_data_dir_placeholder_needs_a_directory(tmp_path, monkeypatch):
-    from toolkit.suite_data import load_task_data
+    from toolkit.data.suite_data import load_task_data
     monkeypatch.delenv("ADAPTBENCH_DATA_DIR", raising=False)
     p = write(tmp_path, BASE.replace("train: train.jsonl", "train: '{data_dir}/x.jsonl'"))
     ls = load_suite(p)
@@ -112,7 +112,7 @@ def test_cli_bad_input_exit_2_one_line_no_run_dir(tmp_path, suite_text, data, ex
 @pytest.mark.parametrize("name", ["demo", "knowledge_injection", "covid_faq", "covid_qa", "banking77", "pubmedqa"])
 def test_every_bundled_suite_loads_its_data(name, monkeypatch):
     from tests.conftest import SHARED_DATA
-    from toolkit.suite_data import load_task_data
+    from toolkit.data.suite_data import load_task_data
 
     monkeypatch.setenv("ADAPTBENCH_DATA_DIR", str(SHARED_DATA))
     data = load_task_data(load_suite(REPO / "eval_suites" / f"{name}.yaml"))

@@ -13,7 +13,7 @@ from strategies.configs import StrategyConfig
 from tests.conftest import write_jsonl
 from toolkit.config import load_suite
 from toolkit.harness import run_suite
-from toolkit.report import render_run
+from toolkit.reporting.report import render_run
 
 CALLS: list[int] = []
 

@@ -37,7 +37,7 @@ def test_all_five_strategies_end_to_end(tiny_suite, tmp_path, isolated_cache):
     samples = [json.loads(l) for l in (run.path / "samples.jsonl").read_text().splitlines()]
     rag_rows = [s for s in samples if s["strategy"] == "rag"]
     assert all(len(s["contexts"]) == 2 and s["contexts"][0]["doc_id"].startswith("p/") for s in rag_rows)
-    from toolkit.report import render_run
+    from toolkit.reporting.report import render_run
     md, html = render_run(run.path)
     assert "Retrieval or reading?" in md.read_text() and 'id="retrieval-split"' in html.read_text()
     assert "| rag_finetune |" in md.read_text().split("Retrieval or reading?")[1]
@@ -100,7 +100,7 @@ def test_cli_run_then_report_rerenders_without_models(tiny_suite, tmp_path):
 
 def test_classification_suite_end_to_end(tmp_path, tiny_llama):
     from tests.conftest import write_jsonl
-    from toolkit.report import render_run
+    from toolkit.reporting.report import render_run
 
     rows = [{"text": f"{w} my card please {i}", "label": lab} for i in range(8)
             for w, lab in (("activate", "activate_card"), ("block", "lost_card"), ("where is", "card_arrival"))]
@@ -132,7 +132,7 @@ def test_trainer_controls_full_finetuning_perplexity_and_export(tiny_suite, tmp_
     import torch
     from transformers import AutoModelForCausalLM
 
-    from toolkit.export import export
+    from toolkit.training.export import export
 
     cfg = yaml.safe_load(tiny_suite.path.read_text())
     cfg["strategies"] = {
@@ -183,7 +183,7 @@ def test_qlora_without_cuda_is_a_clear_error(tiny_suite, tmp_path):
 
 
 def test_hyperparameter_search_picks_lowest_validation_loss(tiny_suite, tmp_path):
-    from toolkit.report import render_run
+    from toolkit.reporting.report import render_run
 
     cfg = yaml.safe_load(tiny_suite.path.read_text())
     cfg["strategies"] = {"finetune": {"num_train_epochs": 1, "per_device_train_batch_size": 4, "r": 4,
@@ -219,9 +219,9 @@ def test_answer_nll_matches_the_models_own_loss(tiny_llama):
     from transformers import AutoModelForCausalLM
 
     from toolkit.config import GeneratorConfig
-    from toolkit.generation import Generator
+    from toolkit.backends.generation import Generator
     from toolkit.models import ModelRef, load_tokenizer
-    from toolkit.training import TrainItem, tokenize_item
+    from toolkit.training.trainer import TrainItem, tokenize_item
 
     tok = load_tokenizer(str(tiny_llama))
     model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
@@ -247,7 +247,7 @@ def test_prefilled_prompts_serve_generation_and_the_likelihood_that_follows(tiny
     from transformers import AutoModelForCausalLM
 
     from toolkit.config import GeneratorConfig
-    from toolkit.generation import Generator
+    from toolkit.backends.generation import Generator
     from toolkit.models import ModelRef, load_tokenizer
 
     tok = load_tokenizer(str(tiny_llama))
@@ -300,7 +300,7 @@ def test_choice_nll_with_shared_prefix_matches_full_passes(tiny_llama):
     from transformers import AutoModelForCausalLM
 
     from toolkit.config import GeneratorConfig
-    from toolkit.generation import Generator
+    from toolkit.backends.generation import Generator
     from toolkit.models import ModelRef, load_tokenizer
 
     tok = load_tokenizer(str(tiny_llama))
@@ -317,7 +317,7 @@ def test_choice_nll_with_shared_prefix_matches_full_passes(tiny_llama):
 
 def test_regression_suite_end_to_end(tmp_path, tiny_llama):
     from conftest import write_jsonl
-    from toolkit.report import render_run
+    from toolkit.reporting.report import render_run
 
     rows = [{"question": f"How many grams does the Alder {i} weigh?", "answer": str(100 + 7 * i)} for i in range(24)]
     write_jsonl(tmp_path / "train.jsonl", rows[:16])
@@ -399,7 +399,7 @@ def test_seeds_repeat_the_comparison_and_report_mean_and_std(tmp_path, tiny_llam
 
 def test_classification_reports_the_majority_baseline(tmp_path, tiny_llama):
     from tests.conftest import write_jsonl
-    from toolkit.report import render_run
+    from toolkit.reporting.report import render_run
 
     rows = [{"text": f"message {i}", "label": "common" if i % 4 else "rare"} for i in range(24)]
     write_jsonl(tmp_path / "train.jsonl", rows[:16])

@@ -11,7 +11,7 @@ from toolkit.data import Passage, Prediction
 from toolkit.config import JudgeConfig, load_suite
 from toolkit.data import Example
 from toolkit.harness import run_suite
-from toolkit.judge import Judge
+from toolkit.scoring.judge import Judge
 from toolkit.serving.openai_app import LoopbackServer, create_app
 
 
@@ -126,7 +126,7 @@ def test_local_judge_model_served_on_loopback_end_to_end(tiny_suite_path, tiny_l
     """`judge: {model: <local folder>}`: adaptbench serves the model itself and ragas talks
     HTTP to it. The random model never writes valid JSON, so every row is unmeasured and
     the report says so instead of averaging zeros."""
-    from toolkit.report import render_run
+    from toolkit.reporting.report import render_run
 
     cfg = yaml.safe_load(tiny_suite_path.read_text())
     cfg["strategies"] = {"rag": {"top_k": 2, "chunk_size": 64, "chunk_overlap": 8}, "zero_shot": {}}

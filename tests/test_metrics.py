@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from toolkit import metrics as M
+from toolkit.scoring import metrics as M
 
 
 def test_squad_normalisation_exact_match():

@@ -9,7 +9,8 @@ import pytest
 
 from tests.conftest import REPO
 from tests.test_harness import SCRIPT, make_suite, scripted  # noqa: F401  (fixture)
-from toolkit import decision, stats
+from toolkit.reporting import decision
+from toolkit.scoring import stats
 from toolkit.harness import run_suite
 
 
@@ -74,7 +75,7 @@ def test_compare_flags_regressions_and_gates_ci(tmp_path, tiny_llama, scripted):
     run_a, _ = run_suite(thirty_question_suite(tmp_path, tiny_llama, right), out=tmp_path / "a")
     half = {f"Q{i}?": f"A{i}" for i in range(15)}
     run_b, _ = run_suite(thirty_question_suite(tmp_path, tiny_llama, half), out=tmp_path / "b")
-    from toolkit.compare import compare_runs, list_runs
+    from toolkit.reporting.compare import compare_runs, list_runs
     cmp = compare_runs([run_a.path, run_b.path])
     f1 = next(r for r in cmp["rows"] if r["metric"] == "token_f1")
     assert f1["regression"] and f1["diff"] < 0 and f1["how"].startswith("paired")
@@ -93,7 +94,7 @@ def test_compare_flags_regressions_and_gates_ci(tmp_path, tiny_llama, scripted):
 
 
 def test_report_weights_override_changes_recommendation(tmp_path, tiny_llama, scripted):  # noqa: F811
-    from toolkit.report import build
+    from toolkit.reporting.report import build
     ls = make_suite(tmp_path, tiny_llama, {"good": {"type": "scripted", "answers": SCRIPT},
                                            "none": {"type": "scripted", "answers": {}}})
     run, _ = run_suite(ls, out=tmp_path / "run")
@@ -107,7 +108,7 @@ def test_prices_turn_seconds_into_dollars(tmp_path, tiny_llama, scripted):  # no
     import yaml
 
     from toolkit.config import load_suite
-    from toolkit.report import build, render_run
+    from toolkit.reporting.report import build, render_run
     ls = make_suite(tmp_path, tiny_llama, {"echo": {"type": "scripted", "answers": SCRIPT}})
     raw = yaml.safe_load(ls.path.read_text())
     raw["prices"] = {"cpu_per_hour": 3.6, "gpu_per_hour": 7.2}
@@ -127,7 +128,7 @@ def test_prices_turn_seconds_into_dollars(tmp_path, tiny_llama, scripted):  # no
     (100, "A cheaper choice within the margin of error: few_shot"),
 ])
 def test_cheaper_means_cheaper_over_the_expected_volume_with_the_break_even(expected, words):
-    from toolkit.report import recommendation
+    from toolkit.reporting.report import recommendation
 
     # the held-out classification case: few_shot is quick to set up but slow per query
     res = fake_results({"finetune": (0.81, 762.0, 0.2, 0.108), "few_shot": (0.80, 6.59, 2.6, 2.592)})
@@ -143,7 +144,7 @@ def test_cheaper_means_cheaper_over_the_expected_volume_with_the_break_even(expe
 
 
 def test_retrieval_split_separates_missed_passages_from_unread_ones():
-    from toolkit.report import quotes_passage, retrieval_split
+    from toolkit.reporting.report import quotes_passage, retrieval_split
 
     passage = {"doc_id": "d1", "score": 0.9, "text": "The Alder 3 was launched in   2011 by the Kestlewick works."}
     other = {"doc_id": "d2", "score": 0.5, "text": "Unrelated text."}

@@ -109,7 +109,7 @@ def test_judge_scores_are_keyed_on_the_answer_text(tmp_path):
     from toolkit.cache import PredictionCache
     from toolkit.data import Example, Prediction
     from toolkit.harness import add_judge_scores
-    from toolkit.judge import JudgeRun
+    from toolkit.scoring.judge import JudgeRun
 
     class CountingJudge:  # stands in for ragas; the keying and the store are real
         fingerprint = {"base_url": "http://127.0.0.1:1/v1", "model": "judge", "max_tokens": 512}

@@ -28,7 +28,7 @@ def test_packed_batch_trains_on_the_same_loss_as_padded_batches(tiny_llama):
     from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
     from toolkit.models import load_tokenizer
-    from toolkit.training import TrainItem, tokenize_item
+    from toolkit.training.trainer import TrainItem, tokenize_item
 
     tok = load_tokenizer(str(tiny_llama))
     tok.padding_side = "right"
@@ -55,7 +55,7 @@ def test_answer_only_logits_give_the_full_loss_and_gradients(tiny_llama):
     from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
 
     from toolkit.models import load_tokenizer
-    from toolkit.training import AnswerLogitsOnly, TrainItem, tokenize_item
+    from toolkit.training.trainer import AnswerLogitsOnly, TrainItem, tokenize_item
 
     tok = load_tokenizer(str(tiny_llama))
     torch.manual_seed(0)
@@ -117,7 +117,7 @@ def test_padding_free_metric_early_stopping_and_augmentation(tiny_suite_path, tm
 
 
 def test_paraphrase_filter_keeps_rewordings_only():
-    from toolkit.augment import _keep
+    from toolkit.training.augment import _keep
 
     q = "When was the Alder 5 launched?"
     raw = ["When did the Alder 5 go on sale?", "When did the Alder 5 go on sale?",  # duplicate
@@ -132,7 +132,7 @@ def test_paraphrases_join_the_training_set_with_their_answers(monkeypatch, tmp_p
     from types import SimpleNamespace
 
     from strategies.configs import AugmentConfig
-    from toolkit import augment
+    from toolkit.training import augment
     from toolkit.data import Example
 
     calls = []
@@ -208,7 +208,7 @@ def test_bars_inside_the_training_bar_draw_nothing_and_a_failure_closes_it(monke
     live display, so the inner bar must stand down, and a failed training must not leave
     the bar open for the next arm."""
     from toolkit import progress
-    from toolkit.training import _rich_callback
+    from toolkit.training.trainer import _rich_callback
 
     monkeypatch.setattr(progress, "quiet", False)
     bar = _rich_callback(4, "training")

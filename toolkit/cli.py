@@ -151,8 +151,8 @@ def cmd_run(args) -> int:
     from toolkit.config import load_suite
     from toolkit.harness import run_suite
     from toolkit.progress import console, log
-    from toolkit.decision import parse_weights
-    from toolkit.report import recommendation, render_run, terminal_table
+    from toolkit.reporting.decision import parse_weights
+    from toolkit.reporting.report import recommendation, render_run, terminal_table
     from toolkit.runs import load_run
 
     if args.limit is not None and args.limit < 1:
@@ -223,7 +223,7 @@ def _check_data_dir(d: Path | None) -> None:
 def cmd_validate(args) -> int:
     from toolkit.config import load_suite
     from toolkit.preflight import check_suite
-    from toolkit.suite_data import load_task_data
+    from toolkit.data.suite_data import load_task_data
 
     _check_data_dir(args.data_dir)
     ls = load_suite(args.suite, args.data_dir)
@@ -240,8 +240,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from toolkit.decision import parse_weights
-    from toolkit.report import render_run
+    from toolkit.reporting.decision import parse_weights
+    from toolkit.reporting.report import render_run
     if not (args.run_dir / "results.json").exists():
         raise UserError("not a run directory (no results.json)", file=args.run_dir)
     md, html = render_run(args.run_dir, parse_weights(args.weights) or None)
@@ -252,7 +252,7 @@ def cmd_report(args) -> int:
 def cmd_compare(args) -> int:
     from rich.table import Table
 
-    from toolkit.compare import EXIT_REGRESSION, compare_runs, default_out, render_compare, verdict
+    from toolkit.reporting.compare import EXIT_REGRESSION, compare_runs, default_out, render_compare, verdict
     from toolkit.progress import console
 
     if len(args.runs) < 2:
@@ -282,7 +282,7 @@ def cmd_compare(args) -> int:
 
 def cmd_export(args) -> int:
     _quiet_libraries()
-    from toolkit.export import export
+    from toolkit.training.export import export
     print(export(args.run_dir, args.strategy, args.out, merge=args.merge))
     return 0
 
@@ -301,7 +301,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from toolkit.compare import list_runs
+    from toolkit.reporting.compare import list_runs
     runs = list_runs(args.root)
     if not runs:
         print(f"no runs under {args.root}")
@@ -314,7 +314,7 @@ def cmd_runs(args) -> int:
 
 def cmd_ls(args) -> int:
     from strategies.registry import STRATEGY_TYPES
-    from toolkit.loaders import LOADER_HELP
+    from toolkit.data.loaders import LOADER_HELP
     from toolkit.models import BUNDLED_EMBEDDERS, BUNDLED_GENERATORS
 
     print("strategies:")

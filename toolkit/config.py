@@ -247,7 +247,7 @@ class DecisionConfig(StrictModel):
     @field_validator("weights")
     @classmethod
     def _known(cls, v: dict[str, float]) -> dict[str, float]:
-        from toolkit.decision import DEFAULT_WEIGHTS
+        from toolkit.reporting.decision import DEFAULT_WEIGHTS
         for k, w in v.items():
             if k not in DEFAULT_WEIGHTS:
                 raise ValueError(f"unknown criterion '{k}' (choose from: {', '.join(DEFAULT_WEIGHTS)})")

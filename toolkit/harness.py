@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import distributed as D
+from toolkit.training import distributed as D
 from toolkit import preflight
 from toolkit.cache import PredictionCache, content_hash
 from toolkit.config import LoadedSuite
@@ -59,7 +59,7 @@ def run_suite(ls: LoadedSuite, *, only: list[str] | None = None, limit: int | No
               out: Path | None = None, reports_root: Path = Path("reports")) -> tuple[RunDir, dict]:
     from toolkit.models import pick_device, pick_dtype
     from toolkit.resources import Resources
-    from toolkit.suite_data import load_task_data
+    from toolkit.data.suite_data import load_task_data
 
     suite = ls.suite
     arms = select_arms(ls, only)
@@ -153,9 +153,9 @@ SINGLE_SAMPLE = 4  # test questions a local arm answers one at a time, for its s
 
 def run_arm(name: str, stype: str, cfg, res, data, test: list[Example], run: RunDir) -> dict:
     from strategies.registry import strategy_class
-    from toolkit import metrics as M
+    from toolkit.scoring import metrics as M
     from toolkit.backends import NotMeasured
-    from toolkit.judge import JUDGE_METRICS, not_measured_reason
+    from toolkit.scoring.judge import JUDGE_METRICS, not_measured_reason
 
     suite = res.suite
     strategy = strategy_class(stype)(name, cfg, res)

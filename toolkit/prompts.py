@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from toolkit.generation import Messages
+from toolkit.backends.generation import Messages
 
 
 def system_prompt(instruction: str, labels: list[str] | None) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 from toolkit.cache import PredictionCache, content_hash
 from toolkit.config import GeneratorConfig, Suite
-from toolkit.kb import KnowledgeBase
+from toolkit.data.kb import KnowledgeBase
 
 SETTINGS_ONLY = ("max_new_tokens", "stop", "temperature", "seed")  # per request: they never need a second model
 
@@ -40,7 +40,7 @@ class Resources:
                           lambda: CachedBackend(load_backend(cfg, **kw), self.store))
 
     def local_generator(self, cfg: GeneratorConfig):
-        """The raw toolkit.generation.Generator of a local base model (loads it)."""
+        """The raw toolkit.backends.generation.Generator of a local base model (loads it)."""
         return self.backend(cfg).backend.generator
 
     def retriever(self, chunk_size: int, chunk_overlap: int):
@@ -55,7 +55,7 @@ class Resources:
     def judge(self):
         """The LLM judge of the suite (a local one is loaded and served once per run)."""
         def make():
-            from toolkit.judge import Judge
+            from toolkit.scoring.judge import Judge
             return Judge(self.suite.judge, self.suite.embedder.model)
         return self._once("judge", make)
 

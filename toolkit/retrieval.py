@@ -8,7 +8,7 @@ import shutil
 import time
 from toolkit.cache import cache_root, content_hash, locked
 from toolkit.config import EmbedderConfig
-from toolkit.kb import KnowledgeBase
+from toolkit.data.kb import KnowledgeBase
 from toolkit.models import embed, load_embedder, load_tokenizer, resolve_embedder
 from toolkit.progress import task_bar
 from toolkit.runs import atomic_write
@@ -34,7 +34,7 @@ class Retriever:
 
     def build(self) -> None:
         """Open the cached collection, or chunk, embed and index the knowledge base."""
-        from toolkit.distributed import main_first
+        from toolkit.training.distributed import main_first
         with main_first():  # several processes: the first builds, the others open it
             self._build()
 

@@ -38,11 +38,11 @@ def seeded(ls: LoadedSuite, seed: int) -> LoadedSuite:
 
 def run_seeds(ls: LoadedSuite, n: int, *, only=None, limit=None, out: Path | None = None,
               reports_root: Path = Path("reports")) -> tuple[Path, dict]:
-    from toolkit import distributed as D
+    from toolkit.training import distributed as D
     from toolkit.harness import run_suite, select_arms
     from toolkit.progress import log
-    from toolkit.report import render_run
-    from toolkit.suite_data import load_task_data
+    from toolkit.reporting.report import render_run
+    from toolkit.data.suite_data import load_task_data
 
     from toolkit import preflight
     arms = select_arms(ls, only)

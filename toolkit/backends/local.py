@@ -11,7 +11,7 @@ from toolkit.backends.base import Backend, Completion, GenRequest, Likelihood, L
 from toolkit.chat import Messages, render_chat
 
 # prompt key/value caches a generator keeps for the likelihood requests that follow its answers
-# (toolkit.generation.PrefixStore): a harness chunk of 32 RAG prompts of ~280 tokens is ~410 MB
+# (toolkit.backends.generation.PrefixStore): a harness chunk of 32 RAG prompts of ~280 tokens is ~410 MB
 # in float32 for SmolLM2-135M
 PREFIX_CACHE_MB = 512
 
@@ -39,9 +39,9 @@ class TransformersBackend(Backend):
     @property
     def generator(self):
         if self._gen is None:
-            from toolkit.generation import Generator
+            from toolkit.backends.generation import Generator
             if self.adapter is not None:
-                from toolkit.training import load_finetuned
+                from toolkit.training.trainer import load_finetuned
                 self._gen = load_finetuned(self.ref, self.cfg, self.adapter, prefix_cache_mb=self._prefix_mb)
             else:
                 self._gen = Generator.load(self.cfg, self.ref, prefix_cache_mb=self._prefix_mb)

@@ -30,7 +30,7 @@ class ServerClosing(RuntimeError):
 
 
 class Engine:
-    """Answers requests for one toolkit.generation.Generator from one worker thread (the
+    """Answers requests for one toolkit.backends.generation.Generator from one worker thread (the
     model is not re-entrant), batching the requests that wait. close() refuses queued
     requests and waits for the batch in flight: a daemon thread still inside torch when the
     interpreter exits aborts the whole process ("terminate called without an active
@@ -135,7 +135,7 @@ class Engine:
 
 
 def generator_backend(generator, **kw) -> Engine:
-    """Serve a toolkit.generation.Generator."""
+    """Serve a toolkit.backends.generation.Generator."""
     return Engine(generator, **kw)
 
 

@@ -15,7 +15,7 @@ def serve_model(model: str, *, name: str, host: str, port: int, max_batch: int, 
     import uvicorn
 
     from toolkit.config import GeneratorConfig
-    from toolkit.generation import Generator
+    from toolkit.backends.generation import Generator
     from toolkit.progress import status
     from toolkit.serving.openai_app import Engine, create_app, free_port
 

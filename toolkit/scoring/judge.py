@@ -100,7 +100,7 @@ class Judge:
 
         if self._base_url is None:  # a local model: serve it on loopback, then talk HTTP like to any endpoint
             from toolkit.config import GeneratorConfig
-            from toolkit.generation import Generator
+            from toolkit.backends.generation import Generator
             from toolkit.serving.openai_app import LoopbackServer, create_app, generator_backend
 
             gen = Generator.load(GeneratorConfig(model=self.cfg.model))

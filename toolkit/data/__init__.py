@@ -213,7 +213,7 @@ def example_from_row(row: Any, *, origin: tuple[Path, int], task: str,
     if not isinstance(tgt, (str, int, float)) or not str(tgt).strip():
         raise UserError("must be a non-empty string", file=path, line=line, field=tgt_key)
     if task == "regression":
-        from toolkit.metrics import parse_number
+        from toolkit.scoring.metrics import parse_number
         if isinstance(tgt, bool) or (parse_number(str(tgt)) is None or not _only_number(str(tgt))):
             raise UserError(f"must be a number for task: regression (got {str(tgt)[:40]!r})", file=path, line=line,
                             field=tgt_key)

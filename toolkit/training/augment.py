@@ -63,7 +63,7 @@ def _keep(raw: list[str], original: str) -> list[str]:
 
 def paraphrase(examples: list[Example], cfg, res, gen_cfg) -> tuple[list[Example], dict]:
     """The examples plus their paraphrased copies (ids `<id>#p<k>`), and info for the report."""
-    from toolkit.distributed import is_distributed, main_first
+    from toolkit.training.distributed import is_distributed, main_first
     from toolkit.runs import atomic_write
     from toolkit.models import resolve_generator
 
@@ -97,7 +97,7 @@ def paraphrase(examples: list[Example], cfg, res, gen_cfg) -> tuple[list[Example
 def _generate(inputs: list[str], cfg, res, arm_cfg, ref) -> dict:
     import torch
 
-    from toolkit.generation import Generator
+    from toolkit.backends.generation import Generator
 
     gen_cfg = arm_cfg.model_copy(update={
         "temperature": cfg.temperature, "max_new_tokens": 64, "stop": ["\n"], "model": ref.name})

@@ -96,7 +96,7 @@ def compare_arms(samples: list[dict], metric: str, arms: list[str] | None = None
 def corpus_statistic(metric: str, rows: list[dict]):
     """For a corpus-level metric: a function of example indices -> the metric over those rows
     of one arm, or None when samples.jsonl lacks what it needs (older runs)."""
-    from toolkit.metrics import macro_prf, r_squared
+    from toolkit.scoring.metrics import macro_prf, r_squared
     sc = [r.get("scores") or {} for r in rows]
     if metric in ("macro_precision", "macro_recall", "macro_f1"):
         if any("mapped_label" not in s for s in sc) or any(r.get("label") is None for r in rows):

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.scoring.registry import METRICS, for_task
+from toolkit.scoring.registry import for_task
 
 # task -> metric -> higher is better (from the registry)
 KNOWN_METRICS: dict[str, dict[str, bool]] = {t: {n: m.higher_is_better for n, m in for_task(t).items()}

@@ -8,8 +8,8 @@ from pathlib import Path
 from toolkit.config import LoadedSuite
 from toolkit.data import Example, Splits, dedup, normalize_text, read_examples, split_examples, subsample
 from toolkit.errors import UserError
-from toolkit.kb import KnowledgeBase, read_knowledge_base
-from toolkit.loaders import run_loader
+from toolkit.data.kb import KnowledgeBase, read_knowledge_base
+from toolkit.data.loaders import run_loader
 
 
 @dataclass

@@ -9,12 +9,12 @@ from typing import Any
 
 import yaml
 
-from toolkit import figures as F
-from toolkit.decision import (CRITERIA_HELP, DEFAULT_EXPECTED_QUERIES, break_even, cost_unit, decide, fmt_cost,
+from toolkit.reporting import figures as F
+from toolkit.reporting.decision import (CRITERIA_HELP, DEFAULT_EXPECTED_QUERIES, break_even, cost_unit, decide, fmt_cost,
                               primary_metric, query_cost, sensitivity, setup_cost, total_cost)
 from toolkit.runs import atomic_write, load_run
 from toolkit.scoring.registry import METRICS
-from toolkit.stats import compare_arms
+from toolkit.scoring.stats import compare_arms
 
 LABELS = {n: m.label for n, m in METRICS.items()}
 UNBOUNDED = {n for n, m in METRICS.items() if not m.bounded}  # not on a 0-1 scale: kept out of the bar chart
@@ -45,7 +45,7 @@ def fmt_interval(m: dict | None, digits: int = 2) -> str:
 
 
 def fmt_p(p: float) -> str:
-    from toolkit.stats import N_BOOTSTRAP
+    from toolkit.scoring.stats import N_BOOTSTRAP
     return f"<{1 / N_BOOTSTRAP:.1g}" if p == 0 else f"{p:.2g}"
 
 
@@ -373,7 +373,7 @@ def measurement_notes(results: dict) -> list[str]:
 
 def render_html(ctx: dict) -> str:
     from jinja2 import Environment, PackageLoader, select_autoescape
-    jenv = Environment(loader=PackageLoader("toolkit", "templates"), autoescape=select_autoescape(["html"]))
+    jenv = Environment(loader=PackageLoader("toolkit.reporting", "templates"), autoescape=select_autoescape(["html"]))
     return jenv.get_template("report.html").render(
         **ctx, labels=LABELS, fmt_p=fmt_p, alone_s=alone_s, model_label=model_label, fmt_ci=fmt_ci, fmt_mean=fmt_mean, fmt_interval=fmt_interval, fmt_s=fmt_s,
         figures=figures(ctx), ok_cost_usd=any("usd_per_hour" in (a.get("cost") or {}) for a in ctx["r"]["strategies"].values()),

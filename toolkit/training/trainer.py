@@ -18,7 +18,7 @@ from typing import Any
 from toolkit.cache import cache_root, content_hash, locked
 from toolkit.config import GeneratorConfig
 from toolkit.chat import TrainItem, tokenize_item  # noqa: F401 -- re-exported for callers of training
-from toolkit.generation import Generator
+from toolkit.backends.generation import Generator
 from toolkit.models import ModelRef, load_causal_lm, load_tokenizer, pick_device, pick_dtype
 from toolkit.errors import UserError
 from toolkit.progress import console
@@ -27,7 +27,7 @@ ADAPTER_FORMAT = 3  # bump when the training recipe changes in a way settings do
 
 
 def adapter_key(ref: ModelRef, train: list[TrainItem], validation: list[TrainItem], settings: dict, gen: GeneratorConfig) -> str:
-    from toolkit.distributed import world_size
+    from toolkit.training.distributed import world_size
     extra = {"world_size": world_size()} if world_size() > 1 else {}  # N processes: N times the global batch
     device = pick_device(gen.device)
     dtype = str(pick_dtype(device, gen.dtype)).replace("torch.", "")  # resolved: bf16 and fp32 train differently
@@ -214,7 +214,7 @@ def train_model(ref: ModelRef, gen_cfg: GeneratorConfig, train: list[TrainItem],
     `scorer(outputs, items) -> float` computes settings['metric_for_best_model'] on the
     validation answers when it is a task metric rather than 'loss' (higher is better).
     Under a distributed launch every process calls this together; process 0 writes."""
-    from toolkit import distributed as D
+    from toolkit.training import distributed as D
 
     key = adapter_key(ref, train, validation, settings, gen_cfg)
     folder = cache_root() / "adapters" / key
@@ -232,7 +232,7 @@ def train_model(ref: ModelRef, gen_cfg: GeneratorConfig, train: list[TrainItem],
 
 def _train(ref: ModelRef, gen_cfg: GeneratorConfig, train: list[TrainItem], validation: list[TrainItem],
            settings: dict[str, Any], *, key: str, folder: Path, label: str, seed: int, scorer) -> tuple[Path, dict]:
-    from toolkit import distributed as D
+    from toolkit.training import distributed as D
 
     import torch
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments, set_seed

@@ -10,7 +10,7 @@ from typing import Callable
 
 from toolkit.data import Example, shuffled, stable_id
 from toolkit.errors import UserError
-from toolkit.kb import Document, KnowledgeBase
+from toolkit.data.kb import Document, KnowledgeBase
 
 LOADERS: dict[str, Callable] = {}
 LOADER_HELP: dict[str, str] = {}

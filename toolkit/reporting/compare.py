@@ -12,7 +12,7 @@ import numpy as np
 
 from toolkit.errors import UserError
 from toolkit.runs import atomic_write, load_run
-from toolkit.stats import N_BOOTSTRAP, paired_bootstrap, per_example
+from toolkit.scoring.stats import N_BOOTSTRAP, paired_bootstrap, per_example
 
 EXIT_REGRESSION = 3
 
@@ -81,7 +81,7 @@ def render_compare(cmp: dict, out: Path) -> tuple[Path, Path]:
                      f"{r['diff']:+.3f} | [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['p']:.3g} | {verdict(r)} |")
     md = out / "compare.md"
     atomic_write(md, "\n".join(lines) + "\n")
-    jenv = Environment(loader=PackageLoader("toolkit", "templates"), autoescape=select_autoescape(["html"]))
+    jenv = Environment(loader=PackageLoader("toolkit.reporting", "templates"), autoescape=select_autoescape(["html"]))
     html = out / "compare.html"
     atomic_write(html, jenv.get_template("compare.html").render(c=cmp, verdict=verdict, name=lambda p: Path(p).name))
     return md, html
