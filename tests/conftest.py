@@ -14,6 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["ANONYMIZED_TELEMETRY"] = "False"
 os.environ["ADAPTBENCH_QUIET"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.pop("OPENAI_API_KEY", None)  # the key-checking tests must not find a real one
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("ADAPTBENCH_DATA_DIR") or REPO.parent / "shared" / "datasets")

@@ -244,3 +244,16 @@ def test_adaptbench_serve_answers_the_openai_client(tiny_llama, tmp_path):
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--model", "smollm2-135m-instruct", "--host", "0.0.0.0"], "--host: 0.0.0.0 is reachable from other machines"),
+    (["--model", "./no/such/model"], "--model: './no/such/model' is neither"),
+    (["--model", "smollm2-135m-instruct", "--port", "70000"], "--port: 70000 is not a port number"),
+])
+def test_serve_refuses_bad_flags_in_one_line(capsys, argv, words):
+    from toolkit.cli import main
+
+    assert main(["serve", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err

@@ -69,6 +69,15 @@ SUITE_CASES = [
     ("judge-key-in-suite", SUITE + "judge: {base_url: 'http://localhost:1/v1', model: m, api_key_env: sk-abc123}\n",
      ["judge.api_key_env", "not an environment variable name"]),
     ("judge-local-model-missing", SUITE + "judge: {model: ./no/judge}\n", ["s.yaml:9:", "judge.model"]),
+    ("arm-generator-not-a-url", SUITE + "  api: {type: zero_shot, generator: {backend: openai, base_url: 'localhost:8000', "
+     "model: m}}\n", ["s.yaml:9:", "strategies.api.generator.base_url", "not an http(s) URL"]),
+    ("arm-generator-key-in-suite", SUITE + "  api: {type: zero_shot, generator: {backend: openai, model: m, "
+     "api_key_env: sk-abc}}\n", ["strategies.api.generator.api_key_env", "not an environment variable name"]),
+    ("finetune-through-an-api", SUITE + "  finetune: {generator: {backend: openai, model: gpt-4o-mini}}\n",
+     ["strategies.finetune.generator.backend", "needs `backend: transformers`"]),
+    ("api-field-on-a-local-model", SUITE + "generator: {tokenizer: x}\n", ["generator", "`tokenizer` is for `backend: openai`"]),
+    ("openai-without-a-key", SUITE + "  api: {type: zero_shot, generator: {backend: openai, model: gpt-4o-mini}}\n",
+     ["strategies.api.generator", "OpenAI needs a key"]),
     ("negative-seed", SUITE + "seed: -1\n", ["s.yaml:9:", "seed", "greater than or equal to 0"]),
     ("version-2", "version: 2\n" + SUITE, ["s.yaml:1:", "version"]),
     ("labels-twice", SUITE.replace("task: qa", "task: classification") + "labels: [a0, a0]\n",

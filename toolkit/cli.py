@@ -96,11 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser(
         "serve", help="serve a model over an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Serve a base model over an OpenAI-compatible HTTP API, so any OpenAI client (and an "
-                    "adaptbench arm with `generator: {backend: openai, base_url: http://127.0.0.1:PORT/v1}`) can "
-                    "call it. Concurrent requests are batched. /v1/completions returns prompt log-probabilities "
-                    "with echo and logprobs, so perplexity and likelihood classification work through it. "
-                    "Answers are greedy unless a request sets temperature.",
+        description="Serve a base model over an OpenAI-compatible HTTP API, so any OpenAI client (and an\n"
+                    "adaptbench arm with `generator: {backend: openai, base_url: http://127.0.0.1:PORT/v1}`)\n"
+                    "can call it. Concurrent requests are batched. /v1/completions returns prompt\n"
+                    "log-probabilities with echo and logprobs, so perplexity and likelihood classification\n"
+                    "work through it. Answers are greedy unless a request sets temperature. There is no\n"
+                    "authentication: it binds to 127.0.0.1 unless --insecure is given.",
         epilog="example:\n  adaptbench serve --model smollm2-135m-instruct --port 8000\n"
                "  python -c \"import openai; c = openai.OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='x'); "
                "print(c.chat.completions.create(model='smollm2-135m-instruct', messages=[{'role': 'user', "
@@ -109,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "Hugging Face id")
     sv.add_argument("--name", help="the model name clients send (default: --model as given)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--insecure", action="store_true", help="allow a --host other than loopback (anyone who can "
+                    "reach it can use the model)")
     sv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     sv.add_argument("--max-batch", type=int, default=16, help="most requests answered together (default 16)")
     sv.add_argument("--max-wait-ms", type=float, default=25.0,
@@ -293,6 +296,9 @@ def cmd_serve(args) -> int:
         raise UserError(f"{args.port} is not a port number", field="--port")
     if args.max_batch < 1:
         raise UserError("must be at least 1", field="--max-batch")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.insecure:
+        raise UserError(f"{args.host} is reachable from other machines and this server has no authentication; "
+                        f"bind to 127.0.0.1, or add --insecure", field="--host")
     from toolkit.preflight import check_model_name
     check_model_name(args.model, field="--model")
     from toolkit.serving.serve import serve_model
