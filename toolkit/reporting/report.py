@@ -111,7 +111,7 @@ def recommendation(results: dict, samples: list[dict], weights: dict[str, float]
         why = f"under these weights its lower cost outweighs its lower quality ({q(win)})"
     money = (f" (${c['setup_usd']:.2f} once, ${c['usd_per_1k_queries']:.2f} per 1,000 queries at "
              f"{c['usd_source']})") if "usd_per_1k_queries" in c and "setup_usd" in c else ""
-    per = "of compute" if arms[win]["cost"].get("latency_kind") != "per request" else "of API requests"
+    per = "of compute" if arms[win]["cost"].get("latency_kind") != "per request" else "of request time"
     one = alone_s(arms[win])
     out = [f"Use {win}: {why}.",
            f"It takes {fmt_s(c['setup_s'])} to set up once, then about {fmt_s(c['compute_s_per_answer'] * 1000)} {per} "
