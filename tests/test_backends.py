@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import yaml
 
@@ -257,3 +258,17 @@ def test_serve_refuses_bad_flags_in_one_line(capsys, argv, words):
     assert main(["serve", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0], err
+
+
+def test_label_likelihoods_through_the_api_equal_the_local_ones(tiny_llama, tiny_generator, served):
+    from toolkit.backends.local import TransformersBackend
+    from toolkit.backends.openai_api import OpenAIBackend
+
+    server, _ = served
+    prompts, labels = [chat("Is the sky blue? Answer yes or no."), chat("Pick a colour: red or green.")], ["yes", "no", "red"]
+    local = TransformersBackend(GeneratorConfig(model=str(tiny_llama), dtype="float32"),
+                                generator=tiny_generator).choice_loglikelihood(prompts, labels)
+    api_backend = OpenAIBackend(api_cfg(server.base_url, tokenizer=str(tiny_llama)))
+    api = api_backend.choice_loglikelihood(prompts, labels)
+    api_backend.close()
+    assert np.allclose(api, local, rtol=1e-4)

@@ -118,6 +118,8 @@ def run_suite(ls: LoadedSuite, *, only: list[str] | None = None, limit: int | No
                 (run.path / "errors.log").open("a").write(f"--- {name}\n{traceback.format_exc()}\n")
                 results["strategies"][name] = {"type": stype, "status": "error", "error": f"{type(e).__name__}: {e}"}
                 log(f"[red]✗ {name} failed:[/] {type(e).__name__}: {e} (traceback in {run.path / 'errors.log'})")
+            finally:
+                res.release_adapters()
             run.write_results(results)
         failed = [n for n, r in results["strategies"].items() if r.get("status") == "error"]
         results["status"] = "error" if failed else "success"

@@ -39,6 +39,12 @@ class Resources:
         return self._once(("backend", ident, adapter_key),
                           lambda: CachedBackend(load_backend(cfg, **kw), self.store))
 
+    def release_adapters(self) -> None:
+        """Free the models an arm trained (a merged copy of the base each) once it is done;
+        the base models stay for the arms that follow."""
+        for key in [k for k in self._shared if isinstance(k, tuple) and k[0] == "backend" and k[2] is not None]:
+            self._shared.pop(key).close()
+
     def local_generator(self, cfg: GeneratorConfig):
         """The raw toolkit.backends.generation.Generator of a local base model (loads it)."""
         return self.backend(cfg).backend.generator
