@@ -9,15 +9,31 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from toolkit.errors import UserError, read_utf8
 
 TaskType = Literal["qa", "classification", "multiple_choice", "regression"]
 LABEL_TASKS = ("classification", "multiple_choice")  # one label per example, scored by accuracy
+
+def _url(v: str | None) -> str | None:
+    if v is not None:
+        check_url(v)
+    return v
+
+
+def _env_name(v: str | None) -> str | None:
+    if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+        raise ValueError(f"'{v}' is not an environment variable name (the key itself never goes in the suite)")
+    return v
+
+
+Url = Annotated[str | None, AfterValidator(_url)]          # an http(s) URL with a host, or None
+EnvName = Annotated[str | None, AfterValidator(_env_name)]  # the name of a variable that holds a key
+
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -42,10 +58,10 @@ class GeneratorConfig(StrictModel):
     backend: Literal["transformers", "openai"] = Field("transformers", description=(
         "'transformers': the model runs here (training needs this). 'openai': any OpenAI-compatible server "
         "(OpenAI, Azure OpenAI, vLLM, TGI, llama.cpp server, Ollama, `adaptbench serve --model`)."))
-    base_url: str | None = Field(None, description=(
+    base_url: Url = Field(None, description=(
         "backend: openai. The endpoint, e.g. http://localhost:8000/v1 (vLLM), http://localhost:11434/v1 "
         "(Ollama); default https://api.openai.com/v1."))
-    api_key_env: str | None = Field(None, description=(
+    api_key_env: EnvName = Field(None, description=(
         "backend: openai. Name of the environment variable that holds the key (the key never goes in the suite)."))
     concurrency: int = Field(8, ge=1, le=256, description="backend: openai. Requests in flight at once.")
     max_retries: int = Field(4, ge=0, le=20, description=(
@@ -61,20 +77,6 @@ class GeneratorConfig(StrictModel):
         "backend: openai. $ per million prompt tokens of this model: the arm's cost per query."))
     output_per_1m_tokens: float | None = Field(None, ge=0, description=(
         "backend: openai. $ per million completion tokens of this model."))
-
-    @field_validator("base_url")
-    @classmethod
-    def _url(cls, v: str | None) -> str | None:
-        if v is not None:
-            check_url(v)
-        return v
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _env_name(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
-            raise ValueError(f"'{v}' is not an environment variable name (the key itself never goes in the suite)")
-        return v
 
     @model_validator(mode="after")
     def _backend_fields(self) -> "GeneratorConfig":
@@ -190,24 +192,17 @@ class PriceConfig(StrictModel):
 class JudgeConfig(StrictModel):
     """The LLM behind ragas' judged metrics. Nothing is called unless this is set."""
 
-    base_url: str | None = Field(None, description=(
+    base_url: Url = Field(None, description=(
         "An OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (vLLM, llama.cpp, Ollama, OpenAI...)."))
     model: str = Field(description=(
         "With base_url: the model name the endpoint serves. Without: a local Hugging Face model (bundled name, "
         "HF id or folder) that adaptbench serves itself on a loopback port."))
-    api_key_env: str | None = Field(None, description=(
+    api_key_env: EnvName = Field(None, description=(
         "Name of the environment variable that holds the endpoint's key (the key never goes in the suite)."))
     concurrency: int = Field(4, ge=1, le=64, description="Judge requests in flight at once.")
     max_retries: int = Field(3, ge=0, le=20, description="Retries of a failed judge request (with backoff).")
     timeout_s: int = Field(120, ge=1, description="Seconds before one judge request is abandoned.")
     max_tokens: int = Field(512, ge=16, description="Completion budget of one judge request.")
-
-    @field_validator("base_url")
-    @classmethod
-    def _url(cls, v: str | None) -> str | None:
-        if v is not None:
-            check_url(v)
-        return v
 
     @field_validator("model")
     @classmethod
@@ -216,12 +211,6 @@ class JudgeConfig(StrictModel):
             raise ValueError("name the judge model")
         return v
 
-    @field_validator("api_key_env")
-    @classmethod
-    def _env_name(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
-            raise ValueError(f"'{v}' is not an environment variable name (the key itself never goes in the suite)")
-        return v
 
 
 def check_url(v: str) -> None:
