@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """LoRA fine-tuning throughput: plain Hugging Face Trainer (default padding, random
 order, fp32 weights, full-vocabulary logits at every position) vs adaptbench's recipe
-(toolkit.training.batching_recipe: padding-free packed rows with FlashAttention-2 when
+(toolkit.training.trainer.batching_recipe: padding-free packed rows with FlashAttention-2 when
 installed, else length-grouped left-padded batches; the LM head at the answer positions
 only; bf16 weights where the device has bf16, as `ADAPTBENCH_DTYPE` allows; SDPA; freed
 activations kept mapped, as `adaptbench` sets glibc's malloc at start), on the same model,
