@@ -237,6 +237,11 @@ def test_adaptbench_serve_answers_the_openai_client(tiny_llama, tmp_path):
         lp = comp.choices[0].logprobs
         assert comp.choices[0].text == "The sky is" and lp.token_logprobs[0] is None
         assert len(lp.tokens) == 3 and all(v < 0 for v in lp.token_logprobs[1:]) and lp.text_offset[0] == 0
+        # max_tokens 1 with echo (a likelihood request): one forward pass; its next token is the greedy one
+        one = client.completions.create(model="tiny", prompt="The sky is", max_tokens=1, echo=True, logprobs=1)
+        plain = client.completions.create(model="tiny", prompt="The sky is", max_tokens=1)
+        assert one.choices[0].text == "The sky is" + plain.choices[0].text
+        assert one.choices[0].logprobs.token_logprobs[:3] == lp.token_logprobs and len(one.choices[0].logprobs.tokens) == 4
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model="other", messages=chat("Hi"))
         with pytest.raises(openai.BadRequestError):

@@ -170,21 +170,40 @@ class Generator:
                 out[i] = (float(-lp[j]), len(items[i][1]))
         return out  # type: ignore[return-value]
 
-    def prompt_logprobs(self, text: str) -> dict:
-        """Log-probability of every token of a text given the tokens before it (the first has
-        none), with each token's string and character offset: what /v1/completions returns
-        with `echo` and `logprobs`."""
+    def prompt_logprobs(self, texts: list[str]) -> list[dict]:
+        """For each text: the log-probability of every token given the tokens before it (the
+        first has none), each token's string and character offset (what /v1/completions returns
+        with `echo` and `logprobs`), and the greedy next token with its log-probability. Texts
+        are left-padded into batches of at most 4,096 tokens (position ids count real tokens)."""
         import torch
 
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = enc["input_ids"], enc["offset_mapping"]
-        lps: list[float | None] = [None]
-        if len(ids) > 1:
+        tok = self.tokenizer
+        encs = [tok(t, add_special_tokens=False, return_offsets_mapping=True) for t in texts]
+        out: list[dict | None] = [None] * len(texts)
+        order = sorted(range(len(texts)), key=lambda i: -len(encs[i]["input_ids"]))
+        stop_ids = {i for i in (tok.eos_token_id, tok.pad_token_id) if i is not None}
+        b0 = 0
+        while b0 < len(order):
+            width = max(1, len(encs[order[b0]]["input_ids"]))
+            idx = order[b0:b0 + max(1, 4096 // width)]
+            b0 += len(idx)
+            rows = [encs[i]["input_ids"] or [tok.eos_token_id] for i in idx]
+            ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows], device=self.device)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+            pos = (mask.cumsum(1) - 1).clamp(min=0)
             with torch.inference_mode():
-                logits = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0, :-1].float()
-            lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:], device=self.device)[:, None])
-            lps += lp[:, 0].tolist()
-        return {"tokens": [text[a:b] for a, b in offsets], "token_logprobs": lps, "text_offset": [a for a, _ in offsets]}
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+            for j, i in enumerate(idx):
+                n, text = len(rows[j]), texts[i]
+                lp = torch.log_softmax(logits[j, width - n:].float(), -1)  # one row at a time: less memory
+                got = lp[:-1].gather(-1, ids[j, width - n + 1:, None])[:, 0].tolist() if n > 1 else []
+                nxt = int(lp[-1].argmax())
+                offsets = encs[i]["offset_mapping"]
+                out[i] = {"tokens": [text[a:b] for a, b in offsets], "token_logprobs": [None] + got if encs[i]["input_ids"] else [],
+                          "text_offset": [a for a, _ in offsets], "next_token_id": nxt,
+                          "next_token": "" if nxt in stop_ids else tok.decode([nxt]),
+                          "next_logprob": float(lp[-1, nxt])}
+        return out  # type: ignore[return-value]
 
     def choice_nll(self, prompts: list[Messages], choices: list[str]) -> list[list[float]]:
         """Summed NLL of every choice (plus end-of-turn) as the answer to each prompt. The

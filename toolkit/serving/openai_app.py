@@ -29,6 +29,9 @@ class ServerClosing(RuntimeError):
     """The server is shutting down: a queued request is refused (HTTP 503)."""
 
 
+LOGPROBS = ("logprobs",)  # the queue key of prompt log-probability requests
+
+
 class Engine:
     """Answers requests for one toolkit.backends.generation.Generator from one worker thread (the
     model is not re-entrant), batching the requests that wait. close() refuses queued
@@ -64,10 +67,8 @@ class Engine:
         return self._wait([self._submit(prompt, (max_tokens, tuple(stop), temperature, seed)) for _ in range(n)])
 
     def prompt_logprobs(self, text: str) -> dict:
-        if self._closed.is_set():
-            raise ServerClosing()
-        with self._model:
-            return self.generator.prompt_logprobs(text)
+        """Token log-probabilities of a text and its greedy next token (batched with others)."""
+        return self._submit(text, LOGPROBS).result()
 
     def count_tokens(self, text: str) -> int:
         return len(self.generator.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -102,14 +103,19 @@ class Engine:
             groups: dict[tuple, list] = {}
             for item in batch:
                 groups.setdefault(item[1], []).append(item)
-            for (max_tokens, stop, temperature, seed), items in groups.items():
+            for key, items in groups.items():
                 try:
                     with self._model:
-                        gens = self.generator.generate([p for p, _, _ in items], description=None,
-                                                       settings=Settings(max_tokens, stop, temperature, seed))
+                        if key == LOGPROBS:
+                            results = self.generator.prompt_logprobs([p for p, _, _ in items])
+                        else:
+                            max_tokens, stop, temperature, seed = key
+                            results = [(g.text, g.prompt_tokens, g.completion_tokens) for g in self.generator.generate(
+                                [p for p, _, _ in items], description=None,
+                                settings=Settings(max_tokens, stop, temperature, seed))]
                     self.batches.append(len(items))
-                    for (_, _, f), g in zip(items, gens):
-                        f.set_result((g.text, g.prompt_tokens, g.completion_tokens))
+                    for (_, _, f), r in zip(items, results):
+                        f.set_result(r)
                 except BaseException as e:  # the callers get the error; the worker goes on
                     for _, _, f in items:
                         if not f.done():
@@ -234,7 +240,25 @@ def create_app(backend, model_name: str):
             return _error(400, "max_tokens 0 needs echo: true", "invalid_request_error", "max_tokens")
         max_tokens = min(req.max_tokens if req.max_tokens is not None else 16, MAX_TOKENS_CAP)
         choices, usage = [], [0, 0]
+        greedy = not req.temperature
         try:
+            if req.echo and req.logprobs is not None and max_tokens <= 1 and greedy and hasattr(backend, "prompt_logprobs"):
+                # a likelihood request (lm-evaluation-harness sends these): one forward pass gives the
+                # prompt's log-probabilities and the greedy next token, batched with other requests
+                from concurrent.futures import ThreadPoolExecutor
+                with ThreadPoolExecutor(min(8, len(prompts))) as pool:
+                    got = list(pool.map(backend.prompt_logprobs, prompts))
+                for p, g in zip(prompts, got):
+                    add = max_tokens == 1
+                    lp = {"tokens": g["tokens"] + ([g["next_token"]] if add else []),
+                          "token_logprobs": g["token_logprobs"] + ([g["next_logprob"]] if add else []),
+                          "text_offset": g["text_offset"] + ([len(p)] if add else []), "top_logprobs": None}
+                    usage[0] += len(g["tokens"])
+                    usage[1] += int(add)
+                    for _ in range(req.n):
+                        choices.append({"index": len(choices), "text": p + (g["next_token"] if add else ""),
+                                        "logprobs": lp, "finish_reason": "length" if add else "stop"})
+                prompts = []
             for p in prompts:
                 outs = backend.complete(p, req.n, float(req.temperature or 0.0), max_tokens, stops(req.stop), req.seed)
                 usage[0] += outs[0][1]
