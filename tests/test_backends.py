@@ -277,3 +277,22 @@ def test_label_likelihoods_through_the_api_equal_the_local_ones(tiny_llama, tiny
     api = api_backend.choice_loglikelihood(prompts, labels)
     api_backend.close()
     assert np.allclose(api, local, rtol=1e-4)
+
+
+def test_an_api_arm_without_prompt_logprobs_reports_perplexity_as_not_measured(tmp_path, tiny_suite_path, tiny_llama):
+    from toolkit.config import load_suite
+    from toolkit.harness import run_suite
+    from toolkit.reporting.report import render_run
+
+    def chat_only(messages, n, temperature, max_tokens, stop):  # like OpenAI's chat models: no /v1/completions
+        return [("2014", 30, 2)] * n
+
+    with LoopbackServer(create_app(chat_only, "tiny")) as s:
+        _api_suite(tmp_path, tiny_suite_path, s.base_url, tokenizer=str(tiny_llama))
+        run, res = run_suite(load_suite(tiny_suite_path), out=tmp_path / "run")
+    hosted = res["strategies"]["hosted"]
+    assert hosted["status"] == "success" and "perplexity" not in hosted["metrics"]
+    assert "no prompt log-probabilities" in hosted["not_measured"]["perplexity"]
+    assert "perplexity" in res["strategies"]["zero_shot"]["metrics"]  # the local arm still measures it
+    md, _ = render_run(run.path)
+    assert "hosted · Perplexity (gold): not measured: the endpoint gives no prompt log-probabilities" in md.read_text()
