@@ -6,7 +6,8 @@ display). Layout under the cache root ($ADAPTBENCH_CACHE, default
   models/      dequantised bundled models
   indexes/     Chroma collections, one folder per index key
   adapters/    LoRA adapters (safetensors + adapter_config.json)
-  predictions.sqlite   answers per (strategy fingerprint, example id)
+  predictions.sqlite   model requests (answers, likelihoods) and judge scores, keyed by a
+                       content hash of the request (toolkit.backends.cache)
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def file_hash(path: Path, n: int = 16) -> str:
 
 
 class PredictionCache:
-    """SQLite store of finished answers, keyed by (fingerprint, example id)."""
+    """SQLite key-value store of finished results: (kind, key) -> JSON record. The request
+    cache stores generations ('gen'), likelihoods ('ll', 'choices') and judge scores ('judge')
+    under content hashes."""
 
     SCHEMA = [
         ("001_predictions", "CREATE TABLE IF NOT EXISTS predictions ("

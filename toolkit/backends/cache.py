@@ -40,10 +40,9 @@ class CachedBackend(Backend):
         return [fresh[i] if i in fresh else decode(have[k]) for i, k in enumerate(keys)]
 
     def generate(self, requests: list[GenRequest], *, description: str = "Generating") -> list[Completion]:
-        keys = [self._key(messages=r.messages, settings=r.settings.to_dict()) for r in requests]
-        todo_uncacheable = [i for i, r in enumerate(requests) if not r.settings.reproducible]
-        if todo_uncacheable:  # sampled without a seed: never stored, never reused
+        if not all(r.settings.reproducible for r in requests):  # sampled without a seed: never stored, never reused
             return self.backend.generate(requests, description=description)
+        keys = [self._key(messages=r.messages, settings=r.settings.to_dict()) for r in requests]
         return self._cached("gen", keys, lambda idx: self.backend.generate([requests[i] for i in idx], description=description),
                             lambda d: Completion(**d, cached=True), Completion.to_dict)
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from toolkit.backends.base import Backend, Completion, GenRequest, Likelihood, LLRequest, NotMeasured
-from toolkit.chat import Messages
+from toolkit.chat import Messages, cut_at_stop
 from toolkit.errors import UserError
 
 NO_PROMPT_LOGPROBS = "the endpoint gives no prompt log-probabilities (/v1/completions with echo and logprobs)"
@@ -112,7 +112,6 @@ class OpenAIBackend(Backend):
             stop=list(s.stop)[:4] or None, seed=s.seed)  # OpenAI accepts at most 4 stop strings
         dt = time.perf_counter() - t0
         text = resp.choices[0].message.content or ""
-        from toolkit.chat import cut_at_stop
         text, _ = cut_at_stop(text, list(s.stop))  # servers that ignore `stop` still get cut at it
         u = resp.usage
         return Completion(text.strip(), int(getattr(u, "prompt_tokens", 0) or 0),

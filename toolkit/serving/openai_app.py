@@ -68,7 +68,10 @@ class Engine:
 
     def prompt_logprobs(self, text: str) -> dict:
         """Token log-probabilities of a text and its greedy next token (batched with others)."""
-        return self._submit(text, LOGPROBS).result()
+        return self.prompt_logprobs_many([text])[0]
+
+    def prompt_logprobs_many(self, texts: list[str]) -> list[dict]:
+        return [f.result() for f in [self._submit(t, LOGPROBS) for t in texts]]
 
     def count_tokens(self, text: str) -> int:
         return len(self.generator.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -242,13 +245,11 @@ def create_app(backend, model_name: str):
         choices, usage = [], [0, 0]
         greedy = not req.temperature
         try:
-            if req.echo and req.logprobs is not None and max_tokens <= 1 and greedy and hasattr(backend, "prompt_logprobs"):
+            if req.echo and req.logprobs is not None and max_tokens <= 1 and greedy \
+                    and hasattr(backend, "prompt_logprobs_many"):
                 # a likelihood request (lm-evaluation-harness sends these): one forward pass gives the
                 # prompt's log-probabilities and the greedy next token, batched with other requests
-                from concurrent.futures import ThreadPoolExecutor
-                with ThreadPoolExecutor(min(8, len(prompts))) as pool:
-                    got = list(pool.map(backend.prompt_logprobs, prompts))
-                for p, g in zip(prompts, got):
+                for p, g in zip(prompts, backend.prompt_logprobs_many(prompts)):
                     add = max_tokens == 1
                     lp = {"tokens": g["tokens"] + ([g["next_token"]] if add else []),
                           "token_logprobs": g["token_logprobs"] + ([g["next_logprob"]] if add else []),
