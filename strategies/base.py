@@ -54,6 +54,13 @@ class Strategy(ABC):
     def prepare(self, train: list[Example], validation: list[Example]) -> None:
         """Expensive, cacheable work. Default: nothing."""
 
+    def restore(self, run_dir, info: dict, train: list[Example], validation: list[Example]) -> None:
+        """Rebuild what `prepare` built in the run at `run_dir` (`info`: its results.json
+        info), for `adaptbench serve`. Never trains: arms that train find their model in the
+        run directory or the cache. Default: prepare again (selection and indexes are
+        deterministic and cached)."""
+        self.prepare(train, validation)
+
     @abstractmethod
     def prompts(self, queries: list[Query]) -> tuple[list[list[dict]], list[list[Passage]]]:
         """The chat prompt for each query, and the passages it carries (empty lists if none)."""

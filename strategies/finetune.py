@@ -51,6 +51,23 @@ class Finetune(Strategy):
             shutil.copytree(self.adapter, dest)
             self.info["adapter_dir"] = str(dest.relative_to(self.res.run_dir))
 
+    def restore(self, run_dir, info: dict, train: list[Example], validation: list[Example]) -> None:
+        """The adapter the run kept (run_dir/adapters/NAME), or the trained model in the cache."""
+        from pathlib import Path
+
+        from toolkit.cache import cache_root
+        from toolkit.errors import UserError
+
+        key = info.get("adapter_key")
+        places = ([Path(run_dir) / info["adapter_dir"]] if info.get("adapter_dir") else []) \
+            + ([cache_root() / "adapters" / key] if key else [])
+        found = next((p for p in places if (p / "adapter_config.json").exists() or (p / "config.json").exists()), None)
+        if found is None:
+            raise UserError(f"the model arm '{self.name}' trained is in neither the run directory nor the cache "
+                            f"({', '.join(map(str, places)) or 'no adapter recorded'}); run the suite again",
+                            file=run_dir, field="--arm")
+        self.adapter, self.info = found, {"adapter_key": key}
+
     def search(self, settings: dict, items, val_items, seed: int):
         """Train every trial (each cached by content hash), keep the best by
         metric_for_best_model on the validation split (lowest loss, or highest task metric).

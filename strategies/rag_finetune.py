@@ -20,6 +20,11 @@ class RagFinetune(Finetune):
         self.info = {**self.info, "index_key": self.retriever.key, "chunks": self.retriever.n_chunks,
                      "build_s": {"index": self.retriever.build_s, **self.info["build_s"]}}
 
+    def restore(self, run_dir, info: dict, train: list[Example], validation: list[Example]) -> None:
+        self.retriever = self.res.retriever(self.config.chunk_size, self.config.chunk_overlap)
+        self.retriever.build()
+        super().restore(run_dir, info, train, validation)
+
     def with_passages(self, questions: list[str]):
         """(prompts with the passages retrieved for each question, the passages)."""
         contexts = self.retriever.retrieve(questions, self.config.top_k)

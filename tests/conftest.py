@@ -90,6 +90,10 @@ FACTS = [  # (doc id, product, year, town)
 @pytest.fixture
 def mini_suite(tmp_path) -> Path:
     """A tiny QA suite (6 documents, 12 train, 4 validation, 6 test) written to tmp_path."""
+    return write_mini_suite(tmp_path)
+
+
+def write_mini_suite(tmp_path: Path) -> Path:
     kb = tmp_path / "kb"
     for doc_id, name, year, town in FACTS:
         p = kb / f"{doc_id}.md"

@@ -22,8 +22,11 @@ examples:
   adaptbench runs                                           past runs with their headline numbers
   adaptbench export reports/demo-... --strategy finetune --merge out/model
                                                             the fine-tuned model as a plain transformers folder
-  adaptbench serve --model smollm2-135m-instruct --port 8000
-                                                            a base model behind an OpenAI-compatible API
+  adaptbench serve reports/demo-... --arm rag=80 --arm rag_finetune=20
+                                                            arms of a run behind an OpenAI-compatible API, A/B
+  adaptbench logs reports/demo-.../serve.db --export feedback.jsonl
+                                                            what was served; corrected answers as train data
+  adaptbench ab reports/demo-.../serve.db                   the A/B test: feedback per arm with CIs, p-value
   adaptbench ls                                             strategies, loaders, bundled models, suites
 
 exit codes: 0 success, 1 internal failure, 2 bad input (one line naming file, line and field),
@@ -94,30 +97,92 @@ def build_parser() -> argparse.ArgumentParser:
                    "transformers model folder (safetensors + tokenizer); without it, the peft adapter alone")
 
     sv = sub.add_parser(
-        "serve", help="serve a model over an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models)",
+        "serve", help="serve a run's arms (or a base model) over an OpenAI-compatible API, logging every prediction",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Serve a base model over an OpenAI-compatible HTTP API, so any OpenAI client (and an\n"
-                    "adaptbench arm with `generator: {backend: openai, base_url: http://127.0.0.1:PORT/v1}`)\n"
-                    "can call it. Concurrent requests are batched. /v1/completions returns prompt\n"
-                    "log-probabilities with echo and logprobs, so perplexity and likelihood classification\n"
-                    "work through it. Answers are greedy unless a request sets temperature. There is no\n"
-                    "authentication: it binds to 127.0.0.1 unless --insecure is given.",
-        epilog="example:\n  adaptbench serve --model smollm2-135m-instruct --port 8000\n"
+        description="Serve arms of a run exactly as they were evaluated (same prompts, retrieval index,\n"
+                    "adapter and generation settings) over an OpenAI-compatible API: /v1/chat/completions\n"
+                    "(stream: true for server-sent events), /v1/completions, /v1/models, /v1/feedback,\n"
+                    "/healthz and Prometheus /metrics. Every answered request is a row in a SQLite log\n"
+                    "(RUN_DIR/serve.db unless --log), committed before the response is sent. With several\n"
+                    "--arm NAME=WEIGHT, requests to the router's model name (the suite name) are split by\n"
+                    "weight, sticky per user (the `user` field or an X-User header); an arm's own name\n"
+                    "always reaches that arm. Concurrent requests are batched.\n\n"
+                    "With --model instead of RUN_DIR: a base model, for judges and likelihood metrics\n"
+                    "(/v1/completions with echo and logprobs).\n\n"
+                    "Without --api-key-env there is no authentication, so it binds to 127.0.0.1 unless\n"
+                    "--insecure is given.",
+        epilog="examples:\n"
+               "  adaptbench serve reports/demo-20261124-101500 --arm rag_finetune\n"
+               "  adaptbench serve reports/demo-20261124-101500 --arm rag=80 --arm rag_finetune=20 \\\n"
+               "      --host 0.0.0.0 --api-key-env ADAPTBENCH_API_KEY\n"
+               "  adaptbench serve --model smollm2-135m-instruct --port 8000\n\n"
                "  python -c \"import openai; c = openai.OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='x'); "
-               "print(c.chat.completions.create(model='smollm2-135m-instruct', messages=[{'role': 'user', "
-               "'content': 'Hi'}]).choices[0].message.content)\"")
-    sv.add_argument("--model", required=True, help="bundled name (smollm2-135m-instruct), local model folder or "
-                    "Hugging Face id")
-    sv.add_argument("--name", help="the model name clients send (default: --model as given)")
+               "print(c.chat.completions.create(model='rag_finetune', messages=[{'role': 'user', "
+               "'content': 'How long is the warranty?'}]).choices[0].message.content)\"\n"
+               "  curl -s localhost:8000/v1/feedback -d '{\"request_id\": \"chatcmpl-...\", \"score\": 1}'\n"
+               "  adaptbench logs reports/demo-20261124-101500/serve.db\n"
+               "  adaptbench ab reports/demo-20261124-101500/serve.db")
+    sv.add_argument("run_dir", type=Path, nargs="?", help="a run directory (from adaptbench run)")
+    sv.add_argument("--arm", action="append", default=[], metavar="ARM[=WEIGHT]",
+                    help="an arm of the run to serve; repeat for an A/B test with weights (rag=80 --arm finetune=20)")
+    sv.add_argument("--model", help="serve a base model instead: bundled name (smollm2-135m-instruct), local model "
+                    "folder or Hugging Face id")
+    sv.add_argument("--name", help="the model name clients send: with --model, default the model as given; with "
+                    "RUN_DIR, the A/B router's name (default: the suite's name)")
+    sv.add_argument("--log", type=Path, metavar="PATH", help="the prediction log (default RUN_DIR/serve.db)")
+    sv.add_argument("--api-key-env", metavar="VAR", help="require `Authorization: Bearer KEY`, KEY being the value "
+                    "of this environment variable (e.g. ADAPTBENCH_API_KEY)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    sv.add_argument("--insecure", action="store_true", help="allow a --host other than loopback (anyone who can "
-                    "reach it can use the model)")
+    sv.add_argument("--insecure", action="store_true", help="allow a --host other than loopback without "
+                    "--api-key-env (anyone who can reach it can use the model)")
     sv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     sv.add_argument("--max-batch", type=int, default=16, help="most requests answered together (default 16)")
     sv.add_argument("--max-wait-ms", type=float, default=25.0,
                     help="how long a request waits for others to batch with (default 25 ms)")
-    sv.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    sv.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1'...")
+    sv.add_argument("--max-queue", type=int, default=1024, help="requests that may wait for a batch; more get "
+                    "HTTP 429 (default 1024)")
+    sv.add_argument("--allow-changes", action="store_true", help="serve an arm even if its data, index, model or "
+                    "precision differ from what the run evaluated (a warning says what)")
+    sv.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                    help="with --model: the precision (default: bfloat16 where the CPU has it, else float32)")
+    sv.add_argument("--device", default="auto", help="with --model: 'auto', 'cpu', 'cuda', 'cuda:1'...")
+
+    lg = sub.add_parser(
+        "logs", help="list a prediction log (serve.db), or export corrected and well-rated answers as training data",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="List what `adaptbench serve` answered, with the latest feedback on each answer, or\n"
+                    "export training data: every corrected answer (with its correction) and every answer\n"
+                    "rated at least --min-score, as OpenAI chat-format JSONL, which a suite reads as\n"
+                    "train data.",
+        epilog="examples:\n  adaptbench logs reports/demo-.../serve.db --arm rag --feedback any\n"
+               "  adaptbench logs reports/demo-.../serve.db --export feedback.jsonl --min-score 1")
+    lg.add_argument("db", type=Path, help="a prediction log (serve.db)")
+    lg.add_argument("--arm", help="only this arm")
+    lg.add_argument("--user", help="only this user id")
+    lg.add_argument("--since", metavar="TIME", help="only from this UTC time on (ISO, e.g. 2026-11-24 or 2026-11-24T10:00)")
+    lg.add_argument("--feedback", choices=["any", "none", "corrected"], help="only rows with feedback, without, or "
+                    "with a correction")
+    lg.add_argument("--limit", type=int, default=50, help="the latest N rows (default 50; 0: all)")
+    lg.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    lg.add_argument("--export", type=Path, metavar="TRAIN.jsonl", help="write training data here instead of listing")
+    lg.add_argument("--min-score", type=float, default=1.0, help="with --export: the lowest score whose answer is "
+                    "kept as it was (default 1.0: thumbs up); corrections are always kept")
+
+    ab = sub.add_parser(
+        "ab", help="the A/B test in a prediction log: per arm, feedback with 95%% CIs, the difference and p-value",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Per arm: requests, feedback count and mean score with a 95% CI, latency p50/p95; then\n"
+                    "each arm against the baseline (the first arm, or --baseline): the difference in mean\n"
+                    "score with a 95% CI and Welch's p-value, and, while it cannot yet tell, roughly how\n"
+                    "many more ratings per arm it needs. Also writes an HTML page (--html).",
+        epilog="example:\n  adaptbench ab reports/demo-.../serve.db --html ab.html")
+    ab.add_argument("db", type=Path, help="a prediction log (serve.db)")
+    ab.add_argument("--baseline", help="the arm the others are compared with (default: the first arm logged)")
+    ab.add_argument("--since", metavar="TIME", help="only requests from this UTC time on")
+    ab.add_argument("--routed-only", action="store_true", help="only requests the router assigned (not those "
+                    "that named an arm)")
+    ab.add_argument("--html", type=Path, metavar="PATH", help="where to write the HTML page (default: ab.html "
+                    "beside the log)")
 
     rs = sub.add_parser("runs", help="list past runs with their headline numbers")
     rs.add_argument("--root", type=Path, default=Path("reports"), help="where run directories live (default: reports)")
@@ -296,14 +361,42 @@ def cmd_serve(args) -> int:
         raise UserError(f"{args.port} is not a port number", field="--port")
     if args.max_batch < 1:
         raise UserError("must be at least 1", field="--max-batch")
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.insecure:
-        raise UserError(f"{args.host} is reachable from other machines and this server has no authentication; "
+    if (args.run_dir is None) == (args.model is None):
+        raise UserError("give a run directory (with --arm) or --model, not both and not neither", field="serve")
+    if args.run_dir is not None and not args.arm:
+        raise UserError("name the arm(s) to serve: --arm rag_finetune (or --arm rag=80 --arm finetune=20)",
+                        field="--arm")
+    if args.model is not None and (args.arm or args.log):
+        raise UserError("--arm and --log are for serving a run directory", field="--arm" if args.arm else "--log")
+    from toolkit.serving.serve import api_key_from
+    key = api_key_from(args.api_key_env)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not key and not args.insecure:
+        raise UserError(f"{args.host} is reachable from other machines and no API key is set; add --api-key-env VAR, "
                         f"bind to 127.0.0.1, or add --insecure", field="--host")
-    from toolkit.preflight import check_model_name
-    check_model_name(args.model, field="--model")
-    from toolkit.serving.serve import serve_model
-    return serve_model(args.model, name=args.name or args.model, host=args.host, port=args.port,
-                       max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, dtype=args.dtype, device=args.device)
+    if args.model is not None:
+        from toolkit.preflight import check_model_name
+        check_model_name(args.model, field="--model")
+        from toolkit.serving.serve import serve_model
+        return serve_model(args.model, name=args.name or args.model, host=args.host, port=args.port,
+                           max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, dtype=args.dtype,
+                           device=args.device, api_key=key, max_queue=args.max_queue)
+    from toolkit.serving.serve import serve_run
+    return serve_run(args.run_dir, args.arm, name=args.name, host=args.host, port=args.port, max_batch=args.max_batch,
+                     max_wait_ms=args.max_wait_ms, log_path=args.log, api_key=key, allow_changes=args.allow_changes,
+                     max_queue=args.max_queue)
+
+
+def cmd_logs(args) -> int:
+    from toolkit.serving.logs_cli import export_training, list_logs
+    if args.export:
+        return export_training(args.db, args.export, min_score=args.min_score, arm=args.arm, since=args.since)
+    return list_logs(args.db, arm=args.arm, user=args.user, since=args.since, feedback=args.feedback,
+                     limit=args.limit, as_json=args.json)
+
+
+def cmd_ab(args) -> int:
+    from toolkit.serving.ab import ab_report
+    return ab_report(args.db, baseline=args.baseline, since=args.since, routed_only=args.routed_only, html=args.html)
 
 
 def cmd_runs(args) -> int:
@@ -355,7 +448,7 @@ def _quiet_libraries() -> None:
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "compare": cmd_compare,
-            "export": cmd_export, "serve": cmd_serve, "runs": cmd_runs, "ls": cmd_ls}
+            "export": cmd_export, "serve": cmd_serve, "logs": cmd_logs, "ab": cmd_ab, "runs": cmd_runs, "ls": cmd_ls}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -488,3 +488,32 @@ def load_suite(path: str | Path, data_dir: str | Path | None = None) -> LoadedSu
         raise UserError("`labels` is only for task: classification", file=path,
                         line=_line_of(root, ("labels",)), field="labels")
     return LoadedSuite(suite=suite, path=path, data_dir=ddir, arms=arms)
+
+
+def load_resolved(cfg: dict, *, file: Path) -> LoadedSuite:
+    """The suite a run ran, from its resolved config.yaml (`file`): what `serve` rebuilds an
+    arm from, so a suite file edited since the run does not change what is served. Data
+    paths resolve as they did in the run (against the suite file's folder)."""
+    from strategies.registry import STRATEGY_TYPES, config_class
+
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("strategies"), dict):
+        raise UserError("not a resolved suite (no strategies)", file=file)
+    raw = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    raw["strategies"] = {name: dict(arm) for name, arm in raw["strategies"].items()}
+    try:
+        suite = Suite.model_validate(raw)
+    except ValidationError as e:
+        _raise_validation(e, file, None)
+    arms: dict[str, Any] = {}
+    for name, settings in suite.strategies.items():
+        settings = dict(settings)
+        stype = settings.pop("type", name)
+        if stype not in STRATEGY_TYPES:
+            raise UserError(f"unknown strategy '{stype}'", file=file, field=f"strategies.{name}.type")
+        try:
+            arms[name] = (stype, config_class(stype).model_validate(settings))
+        except ValidationError as e:
+            _raise_validation(e, file, None, prefix=("strategies", name))
+    data_dir = cfg.get("_data_dir") or os.environ.get("ADAPTBENCH_DATA_DIR") or None
+    return LoadedSuite(suite=suite, path=Path(cfg.get("_suite_file") or file), arms=arms,
+                       data_dir=Path(data_dir).expanduser() if data_dir else None)

@@ -49,8 +49,8 @@ def resolved_config(ls: LoadedSuite, arms: dict, limit: int | None) -> dict:
     cfg = ls.suite.model_dump(mode="json")
     cfg["strategies"] = {name: {"type": stype, **c.model_dump(mode="json")} for name, (stype, c) in arms.items()}
     cfg["metrics"] = ls.suite.metric_names
-    cfg["_suite_file"] = str(ls.path)
-    cfg["_data_dir"] = str(ls.data_dir) if ls.data_dir else None
+    cfg["_suite_file"] = str(ls.path.resolve())
+    cfg["_data_dir"] = str(ls.data_dir.resolve()) if ls.data_dir else None
     cfg["_limit"] = limit
     return cfg
 
@@ -220,7 +220,10 @@ def run_arm(name: str, stype: str, cfg, res, data, test: list[Example], run: Run
             r.pop("answer_nll", None)
             r.pop("base_answer_nll", None)
 
-    result: dict[str, Any] = {"type": stype, "status": "success", "fingerprint": content_hash(strategy.fingerprint()),
+    fp = strategy.fingerprint()
+    # the parts' hashes let `serve` say what differs when it rebuilds an arm that is not as evaluated
+    result: dict[str, Any] = {"type": stype, "status": "success", "fingerprint": content_hash(fp),
+                              "fingerprint_parts": {k: content_hash(v, 12) for k, v in fp.items()},
                               "model": backend.describe()}
     if suite.task == "qa":
         agg = M.aggregate_qa(rows, metrics=suite.metric_names, seed=suite.seed)

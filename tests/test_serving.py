@@ -1,0 +1,423 @@
+"""`adaptbench serve RUN_DIR --arm ...`: arms served as evaluated, the prediction log and
+feedback, A/B routing, Prometheus metrics, safety, and load and kill -9 on loopback, all
+through the official `openai` client or plain HTTP against real servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from conftest import write_mini_suite
+from toolkit.serving.openai_app import Engine, LoopbackServer, free_port
+
+ARMS = ["zero_shot", "few_shot", "rag", "finetune", "rag_finetune"]
+
+
+@pytest.fixture(scope="module")
+def talker(tmp_path_factory, tiny_llama) -> Path:
+    """A 2-layer random Llama with larger weights than tiny_llama: its greedy answers are
+    words that differ from question to question (tiny_llama's are blank lines), so serving
+    'the same answers as the run' is a real check."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, initializer_range=0.5)
+    out = tmp_path_factory.mktemp("talker")
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, talker) -> Path:
+    """A finished run of the mini suite, every arm, answered by the talker in float32 (in
+    the cache of this module, not the user's)."""
+    from toolkit.config import load_suite
+    from toolkit.harness import run_suite
+
+    root = tmp_path_factory.mktemp("served")
+    suite = write_mini_suite(root)
+    cfg = yaml.safe_load(suite.read_text())
+    cfg["generator"].update(model=str(talker), dtype="float32")
+    suite.write_text(yaml.safe_dump(cfg))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADAPTBENCH_CACHE", str(root / "cache"))
+        run, results = run_suite(load_suite(suite), out=root / "run")
+    assert results["status"] == "success"
+    return run.path
+
+
+def samples(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+
+
+class Served:
+    """The arms of a run served in this process on loopback (engine on a background thread)."""
+
+    def __init__(self, run: Path, weights: dict, log: Path, *, api_key=None, max_queue=0, engine=None, max_body=None):
+        from toolkit.serving.arms import load_arms
+        from toolkit.serving.log import PredictionLog
+        from toolkit.serving.metrics import Metrics
+        from toolkit.serving.service import ArmService, create_arm_app
+
+        self.res, arms = load_arms(run, list(weights))
+        self.metrics = Metrics()
+        self.engine = engine or Engine(max_batch=16, max_queue=max_queue, on_batch=self.metrics.batch.observe)
+        self.log = PredictionLog(log)
+        self.service = ArmService(arms, weights, engine=self.engine, name="mini", run=run.name, log=self.log,
+                                  metrics=self.metrics)
+        self.server = LoopbackServer(create_arm_app(self.service, api_key=api_key, max_body=max_body))
+
+    def __enter__(self):
+        self.server.__enter__()
+        self.base_url = self.server.base_url
+        self.root = self.base_url.removesuffix("/v1")
+        return self
+
+    def client(self, key="x") -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base_url, api_key=key, max_retries=0)
+
+    def __exit__(self, *exc):
+        self.server.__exit__(*exc)
+        self.engine.close()
+        self.log.close()
+        self.res.close()
+
+
+def test_every_arm_answers_the_openai_client_as_in_the_run(tiny_run, tmp_path):
+    rows = samples(tiny_run)
+    with Served(tiny_run, {a: 1 for a in ARMS}, tmp_path / "serve.db") as s:
+        c = s.client()
+        listed = {m.id: m for m in c.models.list()}
+        assert set(listed) == {"mini", *ARMS}
+        for r in rows:
+            out = c.chat.completions.create(model=r["strategy"], messages=[{"role": "user", "content": r["input"]}])
+            assert out.choices[0].message.content == r["output"], (r["strategy"], r["id"])
+            assert out.usage.prompt_tokens == r["prompt_tokens"]
+            ab = out.adaptbench
+            assert ab["arm"] == r["strategy"] and ab["request_id"] == out.id and ab["routed"] is False
+            assert [p["doc_id"] for p in ab["passages"]] == [p["doc_id"] for p in r["contexts"]]
+        # a guide's text completion, unchanged: the prompt is the question
+        ft = next(r for r in rows if r["strategy"] == "finetune")
+        comp = c.completions.create(model="finetune", prompt=ft["input"])
+        assert comp.choices[0].text == ft["output"] and comp.adaptbench["arm"] == "finetune"
+        # the logged rows, committed before each response
+        assert httpx.get(s.root + "/healthz").json() == {"status": "ok"}
+    con = sqlite3.connect(tmp_path / "serve.db")
+    logged = con.execute("SELECT arm, endpoint, input, output, passages FROM predictions ORDER BY id").fetchall()
+    assert len(logged) == len(rows) + 1
+    assert [(a, i, o) for a, _, i, o, _ in logged[:-1]] == [(r["strategy"], r["input"], r["output"]) for r in rows]
+    assert logged[-1][1] == "completions"
+
+
+def test_streamed_answers_add_up_to_the_answer(tiny_run, tmp_path):
+    rows = samples(tiny_run)[::6]  # one question per arm
+    with Served(tiny_run, {a: 1 for a in ARMS}, tmp_path / "serve.db") as s:
+        c = s.client()
+        for r in rows:
+            chunks = list(c.chat.completions.create(model=r["strategy"], messages=[{"role": "user", "content": r["input"]}],
+                                                    stream=True, stream_options={"include_usage": True}))
+            text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+            assert text == r["output"]
+            assert sum(1 for ch in chunks if ch.choices and ch.choices[0].delta.content) >= 1
+            assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] in ("stop", "length")
+            assert chunks[-1].usage.completion_tokens == r["completion_tokens"]
+            assert chunks[0].adaptbench["arm"] == r["strategy"]
+            streamed = list(c.completions.create(model=r["strategy"], prompt=r["input"], stream=True))
+            assert "".join(ch.choices[0].text for ch in streamed) == r["output"]
+    con = sqlite3.connect(tmp_path / "serve.db")
+    assert con.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 2 * len(rows)
+
+
+def test_feedback_logs_and_export_as_training_data(tiny_run, tmp_path, capsys):
+    from toolkit.cli import main
+    from toolkit.data import read_examples
+
+    db = tmp_path / "serve.db"
+    rows = [r for r in samples(tiny_run) if r["strategy"] == "rag"][:3]
+    with Served(tiny_run, {"rag": 1}, db) as s:
+        c = s.client()
+        ids = [c.chat.completions.create(model="rag", messages=[{"role": "user", "content": r["input"]}],
+                                         user="ana").id for r in rows]
+        post = lambda body: httpx.post(s.base_url + "/feedback", json=body)  # noqa: E731
+        assert post({"request_id": ids[0], "score": 0, "correction": "2014", "comment": "wrong year"}).status_code == 200
+        assert post({"request_id": ids[1], "score": 1}).json()["arm"] == "rag"
+        assert post({"request_id": ids[2], "score": 0.2}).status_code == 200
+        missing = post({"request_id": "chatcmpl-nope", "score": 1})
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "request_not_found"
+        assert post({"request_id": ids[1], "score": 3}).status_code == 400       # 0..1
+        assert post({"request_id": ids[1]}).status_code == 422                   # nothing to record
+        metrics = httpx.get(s.root + "/metrics").text
+    assert 'adaptbench_feedback_total{arm="rag"} 3.0' in metrics
+    assert 'adaptbench_requests_total{arm="",endpoint="/v1/feedback",status="404"} 1.0' in metrics
+    assert main(["logs", str(db), "--feedback", "any", "--json"]) == 0
+    listed = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["request_id"] for r in listed] == ids and listed[0]["feedback_correction"] == "2014"
+    assert listed[0]["user_id"] == "ana" and [r["output"] for r in listed] == [r["output"] for r in rows]
+    assert main(["logs", str(db)]) == 0 and ids[0] in capsys.readouterr().out
+    out = tmp_path / "train.jsonl"
+    assert main(["logs", str(db), "--export", str(out)]) == 0
+    exported = [json.loads(x) for x in out.read_text().splitlines()]
+    # the correction, and the answer rated 1; not the one rated 0.2
+    assert [[m["content"] for m in e["messages"]] for e in exported] == [[rows[0]["input"], "2014"],
+                                                                          [rows[1]["input"], rows[1]["output"]]]
+    examples = read_examples(out, task="qa")  # a suite reads it as train data
+    assert examples[0].input == rows[0]["input"] and examples[0].target == "2014"
+    assert main(["logs", str(db), "--export", str(tmp_path / "none.jsonl"), "--arm", "zero_shot"]) == 2
+    assert not (tmp_path / "none.jsonl").exists()
+
+
+def test_ab_routing_is_weighted_and_sticky_and_the_ab_report_says_when_it_cannot_tell(tiny_run, tmp_path, capsys):
+    from toolkit.cli import main
+    from toolkit.serving.service import Router
+
+    router = Router({"rag": 80, "finetune": 20})
+    picks = [router.pick(f"user:u{i}") for i in range(2000)]
+    assert 0.76 < picks.count("rag") / len(picks) < 0.84
+    assert all(router.pick(f"user:u{i}") == picks[i] for i in range(200))  # sticky, and across restarts
+    db = tmp_path / "serve.db"
+    with Served(tiny_run, {"rag": 80, "finetune": 20}, db) as s:
+        c = s.client()
+        seen: dict[str, set] = {}
+        for i in range(40):
+            user = f"user-{i % 10}"
+            out = c.chat.completions.create(model="mini", messages=[{"role": "user", "content": "When was Alder 5 launched?"}],
+                                            user=user)
+            assert out.adaptbench["routed"] is True
+            seen.setdefault(user, set()).add(out.adaptbench["arm"])
+            # feedback: rag's answers rated 1, finetune's 0 (scripted users)
+            httpx.post(s.base_url + "/feedback", json={"request_id": out.id,
+                                                       "score": 1.0 if out.adaptbench["arm"] == "rag" else 0.0})
+        assert all(len(arms) == 1 for arms in seen.values())  # every user kept one arm
+        assert {a for arms in seen.values() for a in arms} == {"rag", "finetune"}
+        # an X-User header routes like the user field
+        h = httpx.post(s.base_url + "/chat/completions", json={"model": "mini", "messages": [
+            {"role": "user", "content": "Hi"}]}, headers={"X-User": "user-3"}).json()
+        assert h["adaptbench"]["arm"] == next(iter(seen["user-3"]))
+    assert main(["ab", str(db), "--html", str(tmp_path / "ab.html")]) == 0
+    out = capsys.readouterr().out
+    assert "finetune is rated worse than rag" in out
+    html = (tmp_path / "ab.html").read_text()
+    assert "finetune is rated worse than rag" in html and "<table" in html
+
+    # too little feedback: says so, with how much more it needs
+    from toolkit.serving.ab import analyse, verdict
+
+    def row(arm, score):
+        return {"arm": arm, "feedback_score": score, "feedback_correction": None, "latency_s": 0.1, "routed": 1}
+    a = analyse([row("rag", 1), row("rag", 0), row("rag", 1), row("finetune", 1), row("finetune", 0)], None)
+    text = verdict("rag", "finetune", a["compare"]["finetune"])
+    assert text.startswith("cannot tell yet") and "more per arm" in text
+    a = analyse([row("rag", 1), row("finetune", None)], None)
+    assert "not enough feedback yet" in verdict("rag", "finetune", a["compare"]["finetune"])
+
+
+def test_bad_requests_get_openai_error_json_never_a_500(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("SERVE_KEY", "s3cret-key")
+    with Served(tiny_run, {"zero_shot": 1}, tmp_path / "serve.db", api_key="s3cret-key", max_body=4096) as s:
+        good = {"Authorization": "Bearer s3cret-key"}
+        url = s.base_url + "/chat/completions"
+        msg = {"model": "zero_shot", "messages": [{"role": "user", "content": "Hi"}]}
+
+        def err(r, status):
+            assert r.status_code == status, (r.status_code, r.text)
+            body = r.json()["error"]
+            assert body["message"] and body["type"]
+            return body
+
+        assert err(httpx.post(url, json=msg), 401)["code"] == "invalid_api_key"
+        err(httpx.post(url, json=msg, headers={"Authorization": "Bearer wrong"}), 401)
+        with pytest.raises(openai.AuthenticationError):
+            s.client("wrong").chat.completions.create(model="zero_shot", messages=msg["messages"])
+        assert s.client("s3cret-key").chat.completions.create(model="zero_shot", messages=msg["messages"]).id
+        assert httpx.get(s.root + "/healthz").status_code == 200  # probes need no key
+        err(httpx.get(s.root + "/metrics"), 401)
+        err(httpx.post(url, content=b"{not json", headers={**good, "Content-Type": "application/json"}), 400)
+        err(httpx.post(url, json={**msg, "model": "gpt-9"}, headers=good), 404)
+        assert err(httpx.post(url, json={"model": "zero_shot"}, headers=good), 400)["param"] == "messages"
+        err(httpx.post(url, json={**msg, "max_tokens": 10 ** 6}, headers=good), 400)
+        err(httpx.post(url, json={**msg, "messages": [{"role": "system", "content": "x"}]}, headers=good), 422)
+        err(httpx.post(url, json={**msg, "messages": [{"role": "user", "content": "x" * 5000}]}, headers=good), 413)
+
+        def chunked():
+            yield json.dumps({**msg, "messages": [{"role": "user", "content": "x" * 5000}]}).encode()
+        err(httpx.post(url, content=chunked(), headers={**good, "Content-Type": "application/json"}), 413)
+        err(httpx.post(s.base_url + "/completions", json={"model": "zero_shot", "prompt": ["a", "b"]}, headers=good), 422)
+        metrics = httpx.get(s.root + "/metrics", headers=good).text
+    assert 'status="401"' in metrics and 'status="413"' in metrics and 'status="500"' not in metrics
+
+
+def test_a_full_queue_answers_429_and_shutdown_503(tiny_run, tmp_path):
+    engine = Engine(max_batch=16, max_queue=1, background=False)  # nobody answers: requests wait
+    with Served(tiny_run, {"zero_shot": 1}, tmp_path / "serve.db", engine=engine) as s:
+        url = s.base_url + "/chat/completions"
+        body = {"model": "zero_shot", "messages": [{"role": "user", "content": "Hi"}]}
+        first: dict = {}
+        t = threading.Thread(target=lambda: first.update(r=httpx.post(url, json=body, timeout=30)))
+        t.start()
+        deadline = time.time() + 10
+        while engine.waiting < 1 and time.time() < deadline:
+            time.sleep(0.02)
+        r = httpx.post(url, json=body)
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["type"] == "rate_limit_error"
+        engine.close()
+        t.join(30)
+        assert first["r"].status_code == 503
+    assert sqlite3.connect(tmp_path / "serve.db").execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 0
+
+
+def test_50_clients_by_20_requests_give_0_errors_and_1000_rows(tiny_run, tmp_path):
+    db = tmp_path / "serve.db"
+    errors, ids = [], []
+    lock = threading.Lock()
+    with Served(tiny_run, {"rag": 50, "zero_shot": 50}, db) as s:
+        def client(i):
+            with httpx.Client(timeout=120) as h:
+                for j in range(20):
+                    try:
+                        r = h.post(s.base_url + "/chat/completions", json={
+                            "model": "mini", "user": f"u{i}",
+                            "messages": [{"role": "user", "content": f"When was product {j} launched?"}]})
+                        r.raise_for_status()
+                        with lock:
+                            ids.append(r.json()["id"])
+                    except Exception as e:  # counted, not raised: the test reports them all
+                        with lock:
+                            errors.append(repr(e))
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        batches = list(s.engine.batches)
+    assert errors == []
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 1000
+    assert {r[0] for r in con.execute("SELECT request_id FROM predictions")} == set(ids)
+    assert max(batches) > 1  # concurrent requests were batched
+
+
+def _serve(run: Path, port: int, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "toolkit.cli", "serve", str(run), "--port", str(port), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+
+
+def _wait_up(proc: subprocess.Popen, port: int) -> None:
+    deadline = time.time() + 120
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline, "the server did not start"
+        time.sleep(0.3)
+
+
+def test_kill_9_under_load_loses_no_answered_request(tiny_run, tmp_path):
+    db = tmp_path / "serve.db"
+    port = free_port()
+    proc = _serve(tiny_run, port, "--arm", "rag", "--log", str(db))
+    received, stop = [], threading.Event()
+    lock = threading.Lock()
+    try:
+        _wait_up(proc, port)
+
+        def client(i):
+            with httpx.Client(timeout=30) as h:
+                while not stop.is_set():
+                    try:
+                        r = h.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={
+                            "model": "rag", "messages": [{"role": "user", "content": f"Question {i}?"}]})
+                    except httpx.TransportError:
+                        return
+                    if r.status_code == 200:
+                        with lock:
+                            received.append(r.json()["id"])
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        deadline = time.time() + 60
+        while len(received) < 60 and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        stop.set()
+        for t in threads:
+            t.join(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(received) >= 60
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    logged = {r[0] for r in con.execute("SELECT request_id FROM predictions")}
+    assert set(received) <= logged
+    con.close()
+    # it starts again on the same log, and answers
+    port = free_port()
+    proc = _serve(tiny_run, port, "--arm", "rag", "--log", str(db))
+    try:
+        _wait_up(proc, port)
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        c.chat.completions.create(model="rag", messages=[{"role": "user", "content": "Hi"}])
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+    assert proc.returncode == 0
+    assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == len(logged) + 1
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["RUN", "--arm", "nope"], "--arm: 'nope' is not an arm of this run"),
+    (["RUN"], "--arm: name the arm(s) to serve"),
+    (["RUN", "--arm", "rag=lots"], "--arm: 'rag=lots': the weight must be a number"),
+    (["RUN", "--arm", "rag", "--host", "0.0.0.0"], "--host: 0.0.0.0 is reachable from other machines and no API key"),
+    (["RUN", "--arm", "rag", "--api-key-env", "NO_SUCH_VAR_SET"], "--api-key-env: the environment variable NO_SUCH_VAR_SET"),
+    (["nowhere", "--arm", "rag"], "nowhere: no such run directory"),
+    (["RUN", "--arm", "rag", "--model", "smollm2-135m-instruct"], "not both"),
+])
+def test_serve_refuses_bad_input_in_one_line_before_loading_a_model(tiny_run, capsys, argv, words):
+    from toolkit.cli import main
+
+    argv = [str(tiny_run) if a == "RUN" else a for a in argv]
+    assert main(["serve", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+
+
+def test_an_arm_whose_data_changed_is_not_served_unless_allowed(tiny_run, tmp_path):
+    import shutil
+
+    from toolkit.errors import UserError
+    from toolkit.serving.arms import load_arms
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["strategies"]["few_shot"]["num_fewshot"] = 1  # not what was evaluated
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(UserError, match="few_shot' would not be served as it was evaluated: its config changed"):
+        load_arms(run, ["few_shot"])
+    res, arms = load_arms(run, ["few_shot"], allow_changes=True)
+    res.close()
+    assert arms[0].changes == ["config"]

@@ -1,0 +1,136 @@
+"""Rebuild arms of a run from its run directory alone, exactly as they were evaluated: the
+resolved config.yaml (not the suite file, which may have changed), the same data and
+knowledge base, the same retrieval index, the adapter the run kept, the same generation
+settings. Each rebuilt arm's fingerprint is checked against the one in results.json."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from toolkit.errors import UserError
+
+
+@dataclass
+class ServedArm:
+    name: str
+    type: str
+    strategy: Any               # strategies.base.Strategy, prepared (restored)
+    backend: Any                # toolkit.backends.Backend that answers (adapter merged in, if any)
+    settings: Any               # toolkit.backends.Settings the run used
+    likelihood: bool            # answers by the most likely label (classification_mode: likelihood)
+    describe: dict[str, str] = field(default_factory=dict)
+    changes: list[str] = field(default_factory=list)  # what differs from the evaluated arm (--allow-changes)
+
+    @property
+    def local(self) -> bool:
+        return self.backend.batched
+
+    def prompt(self, question: str, request_id: str):
+        """The chat prompt and passages this arm builds for a question."""
+        from toolkit.data import Query
+        prompts, contexts = self.strategy.prompts([Query(id=request_id, input=question)])
+        return prompts[0], contexts[0]
+
+
+def parse_arm_weights(specs: list[str]) -> dict[str, float]:
+    """`--arm rag=80 --arm finetune=20` (or `--arm rag`): arm name -> routing weight."""
+    out: dict[str, float] = {}
+    for s in specs:
+        name, _, w = s.partition("=")
+        name = name.strip()
+        if not name:
+            raise UserError(f"'{s}' names no arm (ARM or ARM=WEIGHT)", field="--arm")
+        try:
+            weight = float(w) if w else 1.0
+        except ValueError:
+            raise UserError(f"'{s}': the weight must be a number (ARM=WEIGHT, e.g. rag=80)", field="--arm") from None
+        if weight < 0 or weight != weight:
+            raise UserError(f"'{s}': the weight must not be negative", field="--arm")
+        if name in out:
+            raise UserError(f"arm '{name}' is given twice", field="--arm")
+        out[name] = weight
+    if out and sum(out.values()) <= 0:
+        raise UserError("the weights add up to 0: no arm would get traffic", field="--arm")
+    return out
+
+
+def read_run(run_dir: Path) -> tuple[dict, dict]:
+    """(results.json, config.yaml) of a run directory, or a UserError naming the file."""
+    from toolkit.errors import read_utf8
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError("no such run directory", file=run_dir)
+    for name in ("results.json", "config.yaml"):
+        if not (run_dir / name).is_file():
+            raise UserError(f"not a run directory (no {name})", file=run_dir)
+    try:
+        results = json.loads(read_utf8(run_dir / "results.json", "results file"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"damaged results file: {e.msg}", file=run_dir / "results.json", line=e.lineno) from None
+    try:
+        cfg = yaml.safe_load(read_utf8(run_dir / "config.yaml", "run config"))
+    except yaml.YAMLError as e:
+        raise UserError(f"damaged run config: {str(e).splitlines()[0]}", file=run_dir / "config.yaml") from None
+    return results, cfg
+
+
+def check_arms(run_dir: Path, names: list[str]) -> tuple[dict, dict]:
+    """Every named arm ran successfully in this run (checked before any model loads)."""
+    results, cfg = read_run(run_dir)
+    arms = results.get("strategies") or {}
+    for n in names:
+        if n not in arms:
+            raise UserError(f"'{n}' is not an arm of this run (arms: {', '.join(arms) or 'none'})",
+                            file=run_dir, field="--arm")
+        if arms[n].get("status") != "success":
+            raise UserError(f"arm '{n}' did not finish in this run ({arms[n].get('status')}: "
+                            f"{arms[n].get('error', 'no result')}); serve an arm that did", file=run_dir, field="--arm")
+    return results, cfg
+
+
+def load_arms(run_dir: Path, names: list[str], *, allow_changes: bool = False) -> tuple[Any, list[ServedArm]]:
+    """Rebuild the named arms of a run. Returns (Resources, arms); close the Resources after."""
+    from strategies.registry import strategy_class
+    from toolkit.cache import content_hash
+    from toolkit.config import load_resolved
+    from toolkit.data.suite_data import load_task_data
+    from toolkit.resources import Resources
+
+    run_dir = Path(run_dir)
+    results, cfg = check_arms(run_dir, names)
+    ls = load_resolved(cfg, file=run_dir / "config.yaml")
+    data = load_task_data(ls)
+    res = Resources(ls.suite, data.labels, data.kb, None, None)
+    served = []
+    try:
+        for name in names:
+            stype, arm_cfg = ls.arms[name]
+            evaluated = results["strategies"][name]
+            strategy = strategy_class(stype)(name, arm_cfg, res)
+            strategy.restore(run_dir, evaluated.get("info") or {}, data.splits.train, data.splits.validation)
+            fp = strategy.fingerprint()
+            changes: list[str] = []
+            if content_hash(fp) != evaluated.get("fingerprint"):
+                before = evaluated.get("fingerprint_parts") or {}
+                changes = [k for k, v in fp.items() if before.get(k) != content_hash(v, 12)] if before else ["(unknown)"]
+                what = ", ".join(changes)
+                if not allow_changes:
+                    raise UserError(f"arm '{name}' would not be served as it was evaluated: its {what} changed since "
+                                    f"the run (data, index, model or precision); run the suite again, or pass "
+                                    f"--allow-changes to serve it anyway", file=run_dir, field="--arm")
+            be = strategy.backend()
+            be = getattr(be, "backend", be)  # serving answers every request: no request cache
+            suite = ls.suite
+            served.append(ServedArm(name=name, type=stype, strategy=strategy, backend=be, settings=strategy.settings,
+                                    likelihood=suite.has_labels and suite.classification_mode == "likelihood",
+                                    describe=be.describe(), changes=changes))
+    except BaseException:
+        res.close()
+        raise
+    return res, served
