@@ -250,8 +250,8 @@ class Guard:
     plain ASGI rather than a Starlette BaseHTTPMiddleware so an oversized body is refused
     without being read, and a chunked one without being read past the cap."""
 
-    def __init__(self, app, *, api_key: str | None, max_body: int, metrics=None):
-        self.app, self.max_body, self.metrics = app, max_body, metrics
+    def __init__(self, app, *, api_key: str | None, max_body: int, metrics=None, model: str = ""):
+        self.app, self.max_body, self.metrics, self.model = app, max_body, metrics, model
         self.key = api_key.encode() if api_key else None
 
     async def __call__(self, scope, receive, send):
@@ -269,7 +269,7 @@ class Guard:
         finally:
             if self.metrics is not None and scope["path"].startswith("/v1/"):
                 path = scope["path"] if scope["path"] in ENDPOINTS else "other"
-                arm = (scope.get("state") or {}).get("arm", "")
+                arm = (scope.get("state") or {}).get("arm", self.model)
                 self.metrics.requests.labels(arm=arm, endpoint=path, status=str(status["code"])).inc()
 
     async def _guarded(self, scope, receive, send):
@@ -325,7 +325,7 @@ async def _send_json(send, status: int, obj: dict) -> None:
 
 
 def base_app(*, title: str, description: str, api_key: str | None = None, metrics=None,
-             max_body: int = MAX_BODY_BYTES):
+             max_body: int = MAX_BODY_BYTES, model: str = ""):
     """A FastAPI app whose every error is OpenAI's error JSON, with /healthz, /metrics (when
     `metrics` is given) and the Guard in front."""
     from fastapi import FastAPI, Request
@@ -367,7 +367,7 @@ def base_app(*, title: str, description: str, api_key: str | None = None, metric
             from toolkit.serving.metrics import CONTENT_TYPE_LATEST
             return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(Guard, api_key=api_key, max_body=max_body, metrics=metrics)
+    app.add_middleware(Guard, api_key=api_key, max_body=max_body, metrics=metrics, model=model)
     return app
 
 
@@ -376,7 +376,7 @@ def create_app(backend, model_name: str, *, api_key: str | None = None, metrics=
     and, where it has them, `complete(...)` and `prompt_logprobs(text)` (an Engine has both).
     Errors come back as OpenAI's error JSON."""
     app = base_app(title="adaptbench", description="An OpenAI-compatible API in front of a local model.",
-                   api_key=api_key, metrics=metrics)
+                   api_key=api_key, metrics=metrics, model=model_name)
 
     def limits(max_tokens, stream):
         if max_tokens is not None and max_tokens > MAX_TOKENS_CAP:
