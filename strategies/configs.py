@@ -102,11 +102,18 @@ class AugmentConfig(StrategyConfig):
 class FinetuneConfig(StrategyConfig):
     """LoRA (or full) fine-tuning on the train split with the Hugging Face Trainer."""
 
-    trains_locally: ClassVar[bool] = True
-
-    method: Literal["lora", "full", "qlora"] = Field("lora", description=(
+    method: Literal["lora", "full", "qlora", "openai_api"] = Field("lora", description=(
         "'lora': low-rank adapters (peft); 'full': every weight; 'qlora': LoRA on a 4-bit base "
-        "(needs CUDA and bitsandbytes)."))
+        "(needs CUDA and bitsandbytes); 'openai_api': through an OpenAI-compatible fine-tuning API "
+        "(OpenAI, or `adaptbench serve --model`): the arm's generator (`backend: openai`, base_url, model, "
+        "api_key_env) names the endpoint and base model; the train split is uploaded, a job is created "
+        "with num_train_epochs, per_device_train_batch_size and learning_rate (as a multiplier of 1e-3), "
+        "polled, and the fine-tuned model answers."))
+    poll_s: float = Field(2.0, gt=0, description="method openai_api: seconds between polls of the job.")
+
+    @property
+    def trains_locally(self) -> bool:  # type: ignore[override]
+        return self.method != "openai_api"
     r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = lora_alpha / r).")
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")

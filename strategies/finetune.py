@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import random
 import shutil
+import time
 
 from strategies.base import Strategy
 from toolkit.data import Example, Query, subsample
@@ -35,7 +36,9 @@ class Finetune(Strategy):
             from toolkit.training.augment import paraphrase
             train, augment_info = paraphrase(train, self.config.augment, self.res, self.gen_cfg)
         items, val_items = self.train_items(train), self.train_items(validation)
-        if self.config.search:
+        if self.config.method == "openai_api":
+            self.adapter, self.info = None, self.train_through_api(items, val_items, seed)
+        elif self.config.search:
             self.adapter, self.info = self.search(settings, items, val_items, seed)
         else:
             self.adapter, self.info = train_model(self.res.ref(self.gen_cfg), self.gen_cfg, items, val_items,
@@ -45,14 +48,70 @@ class Finetune(Strategy):
         if augment_info:
             self.info = {**self.info, "augment": augment_info,
                          "build_s": {"paraphrasing": augment_info["paraphrase_s"], **self.info["build_s"]}}
-        if self.res.run_dir and (self.adapter / "adapter_config.json").exists():  # LoRA adapters are small: keep one with the run
+        if self.res.run_dir and self.adapter and (self.adapter / "adapter_config.json").exists():  # LoRA adapters are small: keep one with the run
             dest = self.res.run_dir / "adapters" / self.name
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(self.adapter, dest)
             self.info["adapter_dir"] = str(dest.relative_to(self.res.run_dir))
 
+    def train_through_api(self, items: list[TrainItem], val_items: list[TrainItem], seed: int) -> dict:
+        """OpenAI's fine-tuning workflow: upload the examples as chat JSONL, create a job, poll it
+        until it ends. The fine-tuned model's name is kept in the request cache, keyed on the
+        endpoint, base model, examples and settings, so an unchanged rerun creates no job."""
+        import io
+        import json
+
+        import openai
+
+        from toolkit.backends.openai_api import api_key
+        from toolkit.cache import content_hash
+        from toolkit.progress import status
+
+        g = self.gen_cfg
+        jsonl = lambda xs: "".join(json.dumps({"messages": [*t.messages, {"role": "assistant", "content": t.target}]})  # noqa: E731
+                                   + "\n" for t in xs).encode()
+        hp = {"n_epochs": max(1, round(self.config.num_train_epochs)), "batch_size": self.config.per_device_train_batch_size,
+              "learning_rate_multiplier": self.config.learning_rate / 1e-3}
+        key = content_hash({"endpoint": g.endpoint, "model": g.model, "train": jsonl(items).decode(),
+                            "validation": jsonl(val_items).decode(), "hyperparameters": hp, "seed": seed}, 32)
+        if self.res.store and (hit := self.res.store.get_many("ftjob", [key]).get(key)):
+            self.ft_model = hit["fine_tuned_model"]
+            return {**hit, "cached": True, "build_s": {"fine-tuning job": hit["train_s"]}}
+        client = openai.OpenAI(base_url=g.endpoint, api_key=api_key(g) or "not-needed", max_retries=g.max_retries,
+                               timeout=g.timeout_s)
+        t0 = time.perf_counter()
+        try:
+            train_file = client.files.create(file=(f"{self.name}-train.jsonl", io.BytesIO(jsonl(items))),
+                                             purpose="fine-tune")
+            val_file = client.files.create(file=(f"{self.name}-validation.jsonl", io.BytesIO(jsonl(val_items))),
+                                           purpose="fine-tune") if val_items else None
+            job = client.fine_tuning.jobs.create(training_file=train_file.id, model=g.model, seed=seed,
+                                                 validation_file=val_file.id if val_file else None,
+                                                 suffix=self.name[:40], hyperparameters=hp)
+            with status(f"{self.name}: fine-tuning job {job.id} on {g.endpoint}"):
+                while job.status not in ("succeeded", "failed", "cancelled"):
+                    time.sleep(self.config.poll_s)
+                    job = client.fine_tuning.jobs.retrieve(job.id)
+        finally:
+            client.close()
+        if job.status != "succeeded":
+            why = job.error.message if job.error and job.error.message else job.status
+            raise RuntimeError(f"fine-tuning job {job.id} {job.status}: {why}")
+        self.ft_model = job.fine_tuned_model
+        info = {"fine_tuning_job": job.id, "fine_tuned_model": job.fine_tuned_model, "endpoint": g.endpoint,
+                "train_examples": len(items), "trained_tokens": job.trained_tokens, "hyperparameters": hp,
+                "train_s": time.perf_counter() - t0}
+        if self.res.store:
+            self.res.store.put_many("ftjob", {key: info})
+        return {**info, "build_s": {"fine-tuning job": info["train_s"]}}
+
     def restore(self, run_dir, info: dict, train: list[Example], validation: list[Example]) -> None:
-        """The adapter the run kept (run_dir/adapters/NAME), or the trained model in the cache."""
+        """The adapter the run kept (run_dir/adapters/NAME), or the trained model in the cache;
+        for method openai_api, the fine-tuned model the job made."""
+        if self.config.method == "openai_api":
+            self.adapter, self.ft_model = None, info["fine_tuned_model"]
+            self.info = {"fine_tuned_model": self.ft_model}
+            return
         from pathlib import Path
 
         from toolkit.cache import cache_root
@@ -130,7 +189,10 @@ class Finetune(Strategy):
         return score
 
     def backend(self):
-        """The base model with this arm's adapter merged in (loaded on the first uncached request)."""
+        """The base model with this arm's adapter merged in (loaded on the first uncached request),
+        or, for method openai_api, the fine-tuned model on the endpoint."""
+        if self.config.method == "openai_api":
+            return self.res.backend(self.gen_cfg.model_copy(update={"model": self.ft_model}))
         return self.res.backend(self.gen_cfg, adapter=self.adapter, adapter_key=self.info["adapter_key"])
 
     def prompts(self, queries: list[Query]):

@@ -421,3 +421,65 @@ def test_an_arm_whose_data_changed_is_not_served_unless_allowed(tiny_run, tmp_pa
     res, arms = load_arms(run, ["few_shot"], allow_changes=True)
     res.close()
     assert arms[0].changes == ["config"]
+
+
+def test_the_retraining_loop_serve_feedback_export_run_compare_serve(tiny_run, tmp_path):
+    """serve → feedback → logs --export → a suite whose train data includes the export → run →
+    compare old vs new → serve the new run."""
+    from toolkit.cli import main
+    from toolkit.config import load_suite
+    from toolkit.harness import run_suite
+
+    db = tmp_path / "serve.db"
+    asked = {"Who assembles the Alder 5?": "Kestlewick", "Which year did the Fir 8 come out?": "2019",
+             "Where do they build the Elm 2?": "Thornwell"}
+    with Served(tiny_run, {"finetune": 1}, db) as s:
+        c = s.client()
+        for q, right in asked.items():
+            r = c.chat.completions.create(model="finetune", messages=[{"role": "user", "content": q}])
+            httpx.post(s.base_url + "/feedback", json={"request_id": r.id, "score": 0, "correction": right})
+    feedback = tmp_path / "feedback.jsonl"
+    assert main(["logs", str(db), "--export", str(feedback)]) == 0
+
+    old_cfg = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    suite_file = Path(old_cfg["_suite_file"])
+    cfg = yaml.safe_load(suite_file.read_text())
+    cfg["data"]["extra_train"] = [str(feedback)]
+    new_suite = suite_file.with_name("suite-retrained.yaml")
+    new_suite.write_text(yaml.safe_dump(cfg))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADAPTBENCH_CACHE", str(tmp_path / "cache"))
+        new_run, res = run_suite(load_suite(new_suite), only=["finetune"], out=tmp_path / "retrained")
+    assert res["data"]["extra_train"] == {str(feedback): 3}
+    assert res["data"]["train"] == json.loads((tiny_run / "results.json").read_text())["data"]["train"] + 3
+    assert res["strategies"]["finetune"]["info"]["train_examples"] == res["data"]["train"]
+    from toolkit.reporting.compare import compare_runs, render_compare, training_lines
+    cmp = compare_runs([tiny_run, new_run.path])
+    assert training_lines(cmp)[1] == (f"retrained: {res['data']['train']} training examples, 3 of them from "
+                                      f"production feedback (3 from {feedback})")
+    assert {r["arm"] for r in cmp["rows"]} == {"finetune"}
+    md, html = render_compare(cmp, tmp_path / "cmp")
+    assert "3 of them from production feedback" in html.read_text() and "3 of them" in md.read_text()
+    # the old and the new version served side by side, A/B, and the A/B report over both
+    port, db2 = free_port(), tmp_path / "ab.db"
+    proc = _serve(tiny_run, port, "--arm", "finetune=50", "--arm", f"{new_run.path}:finetune=50", "--log", str(db2))
+    try:
+        _wait_up(proc, port)
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        assert {m.id for m in c.models.list()} == {"mini", "finetune", "finetune@retrained"}
+        arms = set()
+        for i in range(12):
+            r = c.chat.completions.create(model="mini", user=f"user-{i}",
+                                          messages=[{"role": "user", "content": "Who assembles the Alder 5?"}])
+            arms.add(r.adaptbench["arm"])
+            httpx.post(f"http://127.0.0.1:{port}/v1/feedback", json={"request_id": r.id, "score": i % 2})
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+    assert arms == {"finetune", "finetune@retrained"}
+    runs = {r[0]: r[1] for r in sqlite3.connect(db2).execute("SELECT DISTINCT arm, run FROM predictions")}
+    assert runs == {"finetune": tiny_run.name, "finetune@retrained": "retrained"}
+    from toolkit.serving.ab import analyse
+    from toolkit.serving.log import connect, query
+    a = analyse(query(connect(db2, readonly=True)), "finetune")
+    assert set(a["arms"]) == {"finetune", "finetune@retrained"} and "finetune@retrained" in a["compare"]

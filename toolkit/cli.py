@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "weight, sticky per user (the `user` field or an X-User header); an arm's own name\n"
                     "always reaches that arm. Concurrent requests are batched.\n\n"
                     "With --model instead of RUN_DIR: a base model, for judges and likelihood metrics\n"
-                    "(/v1/completions with echo and logprobs).\n\n"
+                    "(/v1/completions with echo and logprobs), and OpenAI's fine-tuning API (/v1/files,\n"
+                    "/v1/fine_tuning/jobs): a job trains a LoRA adapter here and its ft:... model is\n"
+                    "served at once.\n\n"
                     "Without --api-key-env there is no authentication, so it binds to 127.0.0.1 unless\n"
                     "--insecure is given.",
         epilog="examples:\n"
@@ -124,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  adaptbench ab reports/demo-20261124-101500/serve.db")
     sv.add_argument("run_dir", type=Path, nargs="?", help="a run directory (from adaptbench run)")
     sv.add_argument("--arm", action="append", default=[], metavar="ARM[=WEIGHT]",
-                    help="an arm of the run to serve; repeat for an A/B test with weights (rag=80 --arm finetune=20)")
+                    help="an arm of the run to serve; repeat for an A/B test with weights (rag=80 --arm finetune=20); "
+                    "OTHER_RUN:ARM[=WEIGHT] serves an arm of another run beside it, as ARM@OTHER_RUN (a retrained "
+                    "version against the old one)")
     sv.add_argument("--model", help="serve a base model instead: bundled name (smollm2-135m-instruct), local model "
                     "folder or Hugging Face id")
     sv.add_argument("--name", help="the model name clients send: with --model, default the model as given; with "
@@ -146,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                     help="with --model: the precision (default: bfloat16 where the CPU has it, else float32)")
     sv.add_argument("--device", default="auto", help="with --model: 'auto', 'cpu', 'cuda', 'cuda:1'...")
+    sv.add_argument("--jobs-dir", type=Path, metavar="DIR", help="with --model: where the fine-tuning API keeps "
+                    "uploaded files and jobs (default ~/.cache/adaptbench/finetuning)")
 
     lg = sub.add_parser(
         "logs", help="list a prediction log (serve.db), or export corrected and well-rated answers as training data",
@@ -340,6 +346,9 @@ def cmd_compare(args) -> int:
         t.add_row(Path(r["run"]).name, r["arm"], r["metric"], f"{r['baseline']:.3f}", f"{r['value']:.3f}",
                   f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]", f"[{style}]{verdict(r)}[/]" if style else verdict(r))
     console.print(t)
+    from toolkit.reporting.compare import training_lines
+    for line in training_lines(cmp):
+        print(line)
     print(html)
     gated = [r for r in cmp["rows"] if r["regression"] and ("any" in args.fail_on_regression or r["metric"] in args.fail_on_regression)]
     if gated:
@@ -379,7 +388,7 @@ def cmd_serve(args) -> int:
         from toolkit.serving.serve import serve_model
         return serve_model(args.model, name=args.name or args.model, host=args.host, port=args.port,
                            max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, dtype=args.dtype,
-                           device=args.device, api_key=key, max_queue=args.max_queue)
+                           device=args.device, api_key=key, max_queue=args.max_queue, jobs_dir=args.jobs_dir)
     from toolkit.serving.serve import serve_run
     return serve_run(args.run_dir, args.arm, name=args.name, host=args.host, port=args.port, max_batch=args.max_batch,
                      max_wait_ms=args.max_wait_ms, log_path=args.log, api_key=key, allow_changes=args.allow_changes,

@@ -159,11 +159,23 @@ class DataConfig(StrictModel):
     max_train_examples: int | None = Field(None, ge=1, description="Subsample train to this size (seeded; stratified for classification).")
     max_test_examples: int | None = Field(None, ge=1, description="Subsample test to this size (seeded; stratified for classification).")
     dedup: bool = Field(True, description="Drop exact duplicates within a split and test items whose question appears in train.")
+    extra_train: list[FileSpec] = Field(default_factory=list, description=(
+        "More training examples, added to the train split after it is made (and after max_train_examples): "
+        "e.g. production feedback from `adaptbench logs DB --export feedback.jsonl`. Rows whose question is "
+        "in validation or test, or that are already in train, are dropped; the report and `adaptbench "
+        "compare` count what each file added."))
 
     @field_validator("train", "validation", "test", "file", mode="before")
     @classmethod
     def _path_shorthand(cls, v: Any) -> Any:
         return {"path": v} if isinstance(v, str) else v
+
+    @field_validator("extra_train", mode="before")
+    @classmethod
+    def _paths_shorthand(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [v]
+        return [{"path": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":
@@ -470,6 +482,11 @@ def load_suite(path: str | Path, data_dir: str | Path | None = None) -> LoadedSu
             gen = arm_generator(suite.generator, cfg.generator)
         except ValidationError as e:
             _raise_validation(e, path, root, prefix=("strategies", arm, "generator"))
+        if getattr(cfg, "method", None) == "openai_api" and gen.backend != "openai":
+            raise UserError("method openai_api fine-tunes through an OpenAI-compatible API: give the arm a generator "
+                            "with `backend: openai` (base_url, model, api_key_env)",
+                            file=path, line=_line_of(root, ("strategies", arm, "method")),
+                            field=f"strategies.{arm}.generator.backend")
         if getattr(cfg, "trains_locally", False) and gen.backend != "transformers":
             raise UserError(f"strategy '{stype}' trains its model here, so its generator needs `backend: transformers`",
                             file=path, line=_line_of(root, ("strategies", arm, "generator")),

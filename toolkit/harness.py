@@ -93,7 +93,8 @@ def run_suite(ls: LoadedSuite, *, only: list[str] | None = None, limit: int | No
         "device": device, "dtype": dtype, "expected_queries": suite.decision.expected_queries,
         "expected_queries_is_default": "expected_queries" not in suite.decision.model_fields_set,
         "data": {**data.splits.sizes(), "test_scored": len(test), "notes": data.splits.notes + limit_note,
-                 "knowledge_base_documents": len(data.kb.documents) if data.kb else 0},
+                 "knowledge_base_documents": len(data.kb.documents) if data.kb else 0,
+                 "extra_train": data.extra_train},
         "metrics_order": suite.metric_names, "strategies": {},
     }
     if data.labels:

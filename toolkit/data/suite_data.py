@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolkit.config import LoadedSuite
@@ -18,6 +18,7 @@ class TaskData:
     kb: KnowledgeBase | None
     labels: list[str] | None
     files: list[Path]  # every file read, for data hashes in env.json
+    extra_train: dict[str, int] = field(default_factory=dict)  # data.extra_train file -> examples it added
 
 
 def load_task_data(ls: LoadedSuite) -> TaskData:
@@ -70,6 +71,25 @@ def load_task_data(ls: LoadedSuite) -> TaskData:
         train, _, val = split_examples(train, fractions=(0.0, d.validation_split), seed=s.seed, stratify=is_clf)
         notes.append(f"held out {len(val)} train rows for validation")
     test = subsample(test, d.max_test_examples, seed=s.seed, stratify=is_clf)
+    extra: dict[str, int] = {}
+    for i, spec in enumerate(d.extra_train):
+        p = ls.resolve(spec.path, f"data.extra_train.{i}.path")
+        files.append(p)
+        rows = read_examples(p, task=s.task, fmt=spec.format, fields=spec.fields)
+        held = {normalize_text(e.input) for e in val + test}
+        have = {e.id for e in train}
+        kept = []
+        for e in rows:
+            if normalize_text(e.input) in held or e.id in have:
+                continue
+            have.add(e.id)
+            e.metadata = {**(e.metadata or {}), "source": spec.path}
+            kept.append(e)
+        train = train + kept
+        extra[spec.path] = len(kept)
+        dropped = len(rows) - len(kept)
+        notes.append(f"added {len(kept)} training examples from {spec.path}"
+                     + (f" (dropped {dropped}: question in validation/test, or already in train)" if dropped else ""))
     _check_ids(train + val + test, ls.path)
 
     labels = None
@@ -98,7 +118,7 @@ def load_task_data(ls: LoadedSuite) -> TaskData:
                     f, _, ln = e.origin.rpartition(":")
                     raise UserError(f"document '{c}' is not in the knowledge base", file=f or None,
                                     line=int(ln) if ln.isdigit() else None, field="context_ids")
-    return TaskData(splits=Splits(train, val, test, notes), kb=kb, labels=labels, files=files)
+    return TaskData(splits=Splits(train, val, test, notes), kb=kb, labels=labels, files=files, extra_train=extra)
 
 
 def _check_ids(examples: list[Example], suite_path: Path) -> None:

@@ -66,8 +66,22 @@ def compare_runs(paths: list[Path]) -> dict:
                 rows.append({"run": str(path), "arm": arm, "metric": metric, "baseline": float(x.mean()), "value": float(y.mean()),
                              "diff": d, "ci_low": lo, "ci_high": hi, "p": p, "n": len(common) if len(common) >= 2 else None,
                              "how": how, "higher_is_better": hib, "regression": regression, "improvement": improvement})
+    training = [{"run": str(p), "train": (r.get("data") or {}).get("train"),
+                 "extra_train": (r.get("data") or {}).get("extra_train") or {}} for p, r, _ in runs]
     return {"baseline": str(base_path), "runs": [str(p) for p in paths],
-            "suites": [r[1]["suite"] for r in runs], "rows": rows}
+            "suites": [r[1]["suite"] for r in runs], "rows": rows, "training": training}
+
+
+def training_lines(cmp: dict) -> list[str]:
+    """Where each run's training examples came from: how many were added from extra files
+    (production feedback exported by `adaptbench logs --export`)."""
+    out = []
+    for t in cmp.get("training") or []:
+        extra = sum(t["extra_train"].values())
+        where = ", ".join(f"{n} from {f}" for f, n in t["extra_train"].items())
+        out.append(f"{Path(t['run']).name}: {t['train']} training examples"
+                   + (f", {extra} of them from production feedback ({where})" if t["extra_train"] else ""))
+    return out
 
 
 def render_compare(cmp: dict, out: Path) -> tuple[Path, Path]:
@@ -75,6 +89,7 @@ def render_compare(cmp: dict, out: Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "compare.json", json.dumps(cmp, indent=2))
     lines = ["# adaptbench compare", "", f"Baseline: `{cmp['baseline']}`", "",
+             *[f"- {line}" for line in training_lines(cmp)], "",
              "| run | arm | metric | baseline | now | Δ | 95% CI | p | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for r in cmp["rows"]:
         lines.append(f"| {Path(r['run']).name} | {r['arm']} | {r['metric']} | {r['baseline']:.3f} | {r['value']:.3f} | "
@@ -83,7 +98,8 @@ def render_compare(cmp: dict, out: Path) -> tuple[Path, Path]:
     atomic_write(md, "\n".join(lines) + "\n")
     jenv = Environment(loader=PackageLoader("toolkit.reporting", "templates"), autoescape=select_autoescape(["html"]))
     html = out / "compare.html"
-    atomic_write(html, jenv.get_template("compare.html").render(c=cmp, verdict=verdict, name=lambda p: Path(p).name))
+    atomic_write(html, jenv.get_template("compare.html").render(c=cmp, verdict=verdict, name=lambda p: Path(p).name,
+                                                                      training=training_lines(cmp)))
     return md, html
 
 

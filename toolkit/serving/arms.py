@@ -25,6 +25,7 @@ class ServedArm:
     likelihood: bool            # answers by the most likely label (classification_mode: likelihood)
     describe: dict[str, str] = field(default_factory=dict)
     changes: list[str] = field(default_factory=list)  # what differs from the evaluated arm (--allow-changes)
+    run: str | None = None      # the run directory's name, logged with every answer
 
     @property
     def local(self) -> bool:
@@ -35,6 +36,33 @@ class ServedArm:
         from toolkit.data import Query
         prompts, contexts = self.strategy.prompts([Query(id=request_id, input=question)])
         return prompts[0], contexts[0]
+
+
+@dataclass
+class ArmSpec:
+    run: Path       # the run directory the arm comes from
+    arm: str        # its name in that run
+    served: str     # the name clients use (ARM, or ARM@RUN for an arm of another run)
+    weight: float
+
+
+def parse_arm_specs(specs: list[str], run_dir: Path) -> list[ArmSpec]:
+    """`--arm ARM[=WEIGHT]` (an arm of RUN_DIR) or `--arm OTHER_RUN:ARM[=WEIGHT]` (an arm of
+    another run, served as ARM@OTHER_RUN's folder name: two versions side by side)."""
+    out = []
+    for s in specs:
+        head, _, w = s.rpartition("=") if "=" in s else (s, "", "")
+        other, sep, arm = head.rpartition(":")
+        run = Path(other) if sep else Path(run_dir)
+        weights = parse_arm_weights([f"{arm}={w}" if w else arm])
+        served = arm if not sep or run.resolve() == Path(run_dir).resolve() else f"{arm}@{run.name}"
+        out.append(ArmSpec(run, arm, served, weights[arm]))
+    names = [a.served for a in out]
+    if dup := next((n for n in names if names.count(n) > 1), None):
+        raise UserError(f"arm '{dup}' is given twice", field="--arm")
+    if out and sum(a.weight for a in out) <= 0:
+        raise UserError("the weights add up to 0: no arm would get traffic", field="--arm")
+    return out
 
 
 def parse_arm_weights(specs: list[str]) -> dict[str, float]:
@@ -129,7 +157,7 @@ def load_arms(run_dir: Path, names: list[str], *, allow_changes: bool = False) -
             suite = ls.suite
             served.append(ServedArm(name=name, type=stype, strategy=strategy, backend=be, settings=strategy.settings,
                                     likelihood=suite.has_labels and suite.classification_mode == "likelihood",
-                                    describe=be.describe(), changes=changes))
+                                    describe=be.describe(), changes=changes, run=run_dir.name))
     except BaseException:
         res.close()
         raise

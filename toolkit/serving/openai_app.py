@@ -35,7 +35,7 @@ class QueueFull(RuntimeError):
     """More requests wait than the server takes (HTTP 429)."""
 
 
-LOGPROBS = ("logprobs",)  # the queue key of prompt log-probability requests
+LOGPROBS = "logprobs"     # the queue key's head of prompt log-probability requests
 CALL = object()           # the queue key's head of work run on the engine's thread
 
 
@@ -79,15 +79,15 @@ class Engine:
         return len(self.generators) - 1
 
     # requests
-    def __call__(self, messages, n, temperature, max_tokens, stop, seed=None) -> list[tuple[str, int, int]]:
-        """Chat completions: n answers to one conversation."""
-        return self._wait([self._submit(messages, (0, max_tokens, tuple(stop), temperature, seed)) for _ in range(n)])
+    def __call__(self, messages, n, temperature, max_tokens, stop, seed=None, key: int = 0) -> list[tuple[str, int, int]]:
+        """Chat completions: n answers to one conversation (from model `key`, see add)."""
+        return self._wait([self._submit(messages, (key, max_tokens, tuple(stop), temperature, seed)) for _ in range(n)])
 
-    def complete(self, prompt: str, n, temperature, max_tokens, stop, seed=None) -> list[tuple[str, int, int]]:
+    def complete(self, prompt: str, n, temperature, max_tokens, stop, seed=None, key: int = 0) -> list[tuple[str, int, int]]:
         """Text completions of a prompt that is already rendered."""
         if max_tokens == 0:
             return [("", self.count_tokens(prompt), 0)] * n
-        return self._wait([self._submit(prompt, (0, max_tokens, tuple(stop), temperature, seed)) for _ in range(n)])
+        return self._wait([self._submit(prompt, (key, max_tokens, tuple(stop), temperature, seed)) for _ in range(n)])
 
     def generate(self, key: int, prompt, settings, on_text=None) -> Future:
         """One answer from model `key` (see add) with toolkit.backends.Settings; the future's
@@ -101,12 +101,12 @@ class Engine:
         e.g. scoring every label of a likelihood classifier)."""
         return self._submit(fn, (CALL, id(fn)))
 
-    def prompt_logprobs(self, text: str) -> dict:
+    def prompt_logprobs(self, text: str, key: int = 0) -> dict:
         """Token log-probabilities of a text and its greedy next token (batched with others)."""
-        return self.prompt_logprobs_many([text])[0]
+        return self.prompt_logprobs_many([text], key)[0]
 
-    def prompt_logprobs_many(self, texts: list[str]) -> list[dict]:
-        return [f.result() for f in [self._submit(t, LOGPROBS) for t in texts]]
+    def prompt_logprobs_many(self, texts: list[str], key: int = 0) -> list[dict]:
+        return [f.result() for f in [self._submit(t, (LOGPROBS, key)) for t in texts]]
 
     def count_tokens(self, text: str) -> int:
         return len(self.generators[0].tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -156,8 +156,8 @@ class Engine:
                     f.queue_s = started - f.queued_at
                 try:
                     with self._model:
-                        if key == LOGPROBS:
-                            results = self.generators[0].prompt_logprobs([p for p, _, _ in items])
+                        if key[0] == LOGPROBS:
+                            results = self.generators[key[1]].prompt_logprobs([p for p, _, _ in items])
                         elif key[0] is CALL:
                             results = [fn() for fn, _, _ in items]
                         else:
@@ -371,12 +371,22 @@ def base_app(*, title: str, description: str, api_key: str | None = None, metric
     return app
 
 
-def create_app(backend, model_name: str, *, api_key: str | None = None, metrics=None):
+def create_app(backend, model_name: str, *, api_key: str | None = None, metrics=None, models: dict | None = None,
+               finetuning=None):
     """`backend` answers chat requests as `backend(messages, n, temperature, max_tokens, stop)`
     and, where it has them, `complete(...)` and `prompt_logprobs(text)` (an Engine has both).
-    Errors come back as OpenAI's error JSON."""
+    `models` maps further model names to Engine keys (fine-tuned models, added while it runs);
+    `finetuning` (toolkit.serving.finetuning.FineTuning) adds OpenAI's files and fine-tuning
+    routes. Errors come back as OpenAI's error JSON."""
     app = base_app(title="adaptbench", description="An OpenAI-compatible API in front of a local model.",
                    api_key=api_key, metrics=metrics, model=model_name)
+    served = models if models is not None else {}
+    if finetuning is not None:
+        from toolkit.serving import finetuning as ft_routes
+        ft_routes.install(app, finetuning)
+
+    def kw(model):  # the Engine key of a fine-tuned model; the base model needs none
+        return {"key": served[model]} if model in served else {}
 
     def limits(max_tokens, stream):
         if max_tokens is not None and max_tokens > MAX_TOKENS_CAP:
@@ -392,14 +402,16 @@ def create_app(backend, model_name: str, *, api_key: str | None = None, metrics=
                       "rate_limit_exceeded", headers={"Retry-After": "1"})
 
     def known(model: str | None):
-        if model not in (None, model_name):
-            return _error(404, f"The model '{model}' does not exist (this server serves '{model_name}')",
+        if model not in (None, model_name) and model not in served:
+            names = ", ".join([model_name, *served])
+            return _error(404, f"The model '{model}' does not exist (this server serves: {names})",
                           "invalid_request_error", "model", "model_not_found")
         return None
 
     @app.get("/v1/models")
-    def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "adaptbench"}]}
+    def list_models():
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "adaptbench"}
+                                           for name in [model_name, *served]]}
 
     @app.post("/v1/chat/completions")
     def chat(req: ChatRequest):  # a plain def: FastAPI runs it in a worker thread
@@ -413,7 +425,8 @@ def create_app(backend, model_name: str, *, api_key: str | None = None, metrics=
         max_tokens = int(req.max_completion_tokens or req.max_tokens or 256)
         try:
             args = (msgs, req.n, float(req.temperature or 0.0), max_tokens, stops(req.stop))
-            outs = backend(*args, req.seed) if req.seed is not None else backend(*args)
+            outs = backend(*args, req.seed, **kw(req.model)) if req.seed is not None or kw(req.model) \
+                else backend(*args)
         except ServerClosing:
             return _error(503, "the server is shutting down", "server_error")
         except QueueFull:
@@ -421,7 +434,7 @@ def create_app(backend, model_name: str, *, api_key: str | None = None, metrics=
         prompt_tokens = outs[0][1] if outs else 0
         completion_tokens = sum(o[2] for o in outs)
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
-                "model": model_name,
+                "model": req.model or model_name,
                 "choices": [{"index": i, "message": {"role": "assistant", "content": text},
                              "finish_reason": "length" if ct >= max_tokens else "stop"}
                             for i, (text, _, ct) in enumerate(outs)],
@@ -449,7 +462,7 @@ def create_app(backend, model_name: str, *, api_key: str | None = None, metrics=
                     and hasattr(backend, "prompt_logprobs_many"):
                 # a likelihood request (lm-evaluation-harness sends these): one forward pass gives the
                 # prompt's log-probabilities and the greedy next token, batched with other requests
-                for p, g in zip(prompts, backend.prompt_logprobs_many(prompts)):
+                for p, g in zip(prompts, backend.prompt_logprobs_many(prompts, **kw(req.model))):
                     add = max_tokens == 1
                     lp = {"tokens": g["tokens"] + ([g["next_token"]] if add else []),
                           "token_logprobs": g["token_logprobs"] + ([g["next_logprob"]] if add else []),
@@ -461,7 +474,8 @@ def create_app(backend, model_name: str, *, api_key: str | None = None, metrics=
                                         "logprobs": lp, "finish_reason": "length" if add else "stop"})
                 prompts = []
             for p in prompts:
-                outs = backend.complete(p, req.n, float(req.temperature or 0.0), max_tokens, stops(req.stop), req.seed)
+                outs = backend.complete(p, req.n, float(req.temperature or 0.0), max_tokens, stops(req.stop), req.seed,
+                                        **kw(req.model))
                 usage[0] += outs[0][1]
                 for text, _, ct in outs:
                     usage[1] += ct
@@ -469,7 +483,7 @@ def create_app(backend, model_name: str, *, api_key: str | None = None, metrics=
                     lp = None
                     if req.logprobs is not None:
                         # log-probabilities of the whole text, then the part the caller sees
-                        got = backend.prompt_logprobs(p + text)
+                        got = backend.prompt_logprobs(p + text, **kw(req.model))
                         start = 0 if req.echo else len(p)
                         keep = [i for i, off in enumerate(got["text_offset"]) if off >= start]
                         lp = {"tokens": [got["tokens"][i] for i in keep],
@@ -483,7 +497,7 @@ def create_app(backend, model_name: str, *, api_key: str | None = None, metrics=
         except QueueFull:
             return busy()
         return {"id": f"cmpl-{uuid.uuid4().hex[:12]}", "object": "text_completion", "created": int(time.time()),
-                "model": model_name, "choices": choices,
+                "model": req.model or model_name, "choices": choices,
                 "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}}
 
     return app

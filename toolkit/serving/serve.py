@@ -25,10 +25,13 @@ def api_key_from(env: str | None) -> str | None:
 
 
 def serve_model(model: str, *, name: str, host: str, port: int, max_batch: int, max_wait_ms: float,
-                dtype: str = "auto", device: str = "auto", api_key: str | None = None, max_queue: int = 0) -> int:
-    from toolkit.config import GeneratorConfig
+                dtype: str = "auto", device: str = "auto", api_key: str | None = None, max_queue: int = 0,
+                jobs_dir: Path | None = None) -> int:
     from toolkit.backends.generation import Generator
+    from toolkit.cache import cache_root
+    from toolkit.config import GeneratorConfig
     from toolkit.progress import status
+    from toolkit.serving.finetuning import FineTuning
     from toolkit.serving.metrics import Metrics
     from toolkit.serving.openai_app import Engine, create_app
 
@@ -37,27 +40,58 @@ def serve_model(model: str, *, name: str, host: str, port: int, max_batch: int, 
     metrics = Metrics()
     engine = Engine(gen, max_batch=max_batch, max_wait_ms=max_wait_ms, background=False, max_queue=max_queue,
                     on_batch=metrics.batch.observe)
-    app = create_app(engine, name, api_key=api_key, metrics=metrics)
+    models: dict[str, int] = {}
+    ft = FineTuning(jobs_dir or cache_root() / "finetuning", base_model=model, dtype=dtype, name=name,
+                    register=fine_tuned_loader(engine, models, dtype=dtype, device=device))
+    app = create_app(engine, name, api_key=api_key, metrics=metrics, models=models, finetuning=ft)
     where = f"{gen.device}/{str(gen.model.dtype).replace('torch.', '')}"
-    return run_server(app, engine, host, port, f"serving {name} ({where})", max_batch)
+    try:
+        return run_server(app, engine, host, port, f"serving {name} ({where}) and its fine-tuning API", max_batch)
+    finally:
+        ft.close()
+
+
+def fine_tuned_loader(engine, models: dict[str, int], *, dtype: str, device: str):
+    """What FineTuning calls for a succeeded job: the base model with the adapter merged in,
+    answering under the job's model name from then on."""
+    def register(name: str, base: str, adapter: Path) -> None:
+        from toolkit.config import GeneratorConfig
+        from toolkit.models import resolve_generator
+        from toolkit.training.trainer import load_finetuned
+        gen = load_finetuned(resolve_generator(base), GeneratorConfig(model=base, dtype=dtype, device=device), adapter)
+        models[name] = engine.add(gen)
+    return register
 
 
 def serve_run(run_dir: Path, arm_specs: list[str], *, name: str | None, host: str, port: int, max_batch: int,
               max_wait_ms: float, log_path: Path | None, api_key: str | None, allow_changes: bool,
               max_queue: int = 0) -> int:
     from toolkit.progress import status
-    from toolkit.serving.arms import check_arms, load_arms, parse_arm_weights
+    from toolkit.serving.arms import check_arms, load_arms, parse_arm_specs
     from toolkit.serving.log import PredictionLog
     from toolkit.serving.metrics import Metrics
     from toolkit.serving.openai_app import Engine
     from toolkit.serving.service import ArmService, create_arm_app
 
-    weights = parse_arm_weights(arm_specs)
-    results, _ = check_arms(run_dir, list(weights))  # before any model loads
+    specs = parse_arm_specs(arm_specs, run_dir)
+    by_run: dict[Path, list] = {}
+    for sp in specs:
+        by_run.setdefault(sp.run, []).append(sp)
+    results = None
+    for run, group in by_run.items():  # before any model loads
+        got, _ = check_arms(run, [sp.arm for sp in group])
+        results = results or got
+    weights = {sp.served: sp.weight for sp in specs}
     name = name or results.get("suite") or "adaptbench"
     log_path = log_path or Path(run_dir) / "serve.db"
-    with status(f"rebuilding {', '.join(weights)} from {run_dir}"):
-        res, arms = load_arms(run_dir, list(weights), allow_changes=allow_changes)
+    resources, arms = [], []
+    with status(f"rebuilding {', '.join(weights)}"):
+        for run, group in by_run.items():
+            res, got = load_arms(run, [sp.arm for sp in group], allow_changes=allow_changes)
+            resources.append(res)
+            for sp, a in zip(group, got):
+                a.name = sp.served
+                arms.append(a)
         for a in arms:
             if a.local:
                 a.backend.generator  # load the weights (and merge the adapter) now, not on the first request
@@ -80,7 +114,8 @@ def serve_run(run_dir: Path, arm_specs: list[str], *, name: str | None, host: st
         return run_server(app, engine, host, port, banner, max_batch)
     finally:
         log.close()
-        res.close()
+        for res in resources:
+            res.close()
 
 
 def run_server(app, engine, host: str, port: int, banner: str, max_batch: int) -> int:

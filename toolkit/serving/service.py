@@ -169,7 +169,7 @@ def create_arm_app(service: ArmService, *, api_key: str | None = None, max_body:
                 request_id=rid, arm=arm.name, model=model, routed=routed, user_id=user, endpoint=endpoint,
                 input=question, output=text, passages=extra(rid, arm, routed, passages)["passages"],
                 prompt_tokens=pt, completion_tokens=sum(c for _, _, c in ans.texts), latency_s=round(latency, 4),
-                queue_s=round(ans.queue_s, 4), run=service.run))
+                queue_s=round(ans.queue_s, 4), run=arm.run or service.run))
         if m is not None:
             m.latency.labels(arm=arm.name, endpoint="/v1/" + endpoint.replace(".", "/")).observe(latency)
             m.queue.labels(arm=arm.name).observe(ans.queue_s)
