@@ -483,3 +483,27 @@ def test_the_retraining_loop_serve_feedback_export_run_compare_serve(tiny_run, t
     from toolkit.serving.log import connect, query
     a = analyse(query(connect(db2, readonly=True)), "finetune")
     assert set(a["arms"]) == {"finetune", "finetune@retrained"} and "finetune@retrained" in a["compare"]
+
+
+def test_a_run_made_before_a_setting_was_added_is_still_served(tiny_run, tmp_path):
+    """A later adaptbench may add a setting (at its default): the old run's arm is still the one
+    evaluated."""
+    import shutil
+
+    from toolkit.serving.arms import load_arms
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    del cfg["strategies"]["finetune"]["poll_s"]  # as a run written before poll_s existed
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    results = json.loads((run / "results.json").read_text())
+    from toolkit.cache import content_hash
+    old = {k: v for k, v in cfg["strategies"]["finetune"].items() if k != "type"}
+    arm = results["strategies"]["finetune"]
+    arm["fingerprint_parts"]["config"] = content_hash(old, 12)
+    arm["fingerprint"] = "from-an-older-version"
+    (run / "results.json").write_text(json.dumps(results))
+    res, arms = load_arms(run, ["finetune"])
+    res.close()
+    assert arms[0].changes == []
