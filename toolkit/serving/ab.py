@@ -34,7 +34,7 @@ def arm_stats(rows: list[dict]) -> dict[str, Any]:
     if len(scores) >= 2:
         sd = float(scores.std(ddof=1))
         half = float(stats.t.ppf(0.975, len(scores) - 1)) * sd / math.sqrt(len(scores))
-        out.update(sd=sd, ci=(out["mean"] - half, out["mean"] + half))
+        out.update(sd=sd, ci=(max(0.0, out["mean"] - half), min(1.0, out["mean"] + half)))  # scores lie in 0..1
     out["scores"] = scores
     return out
 
