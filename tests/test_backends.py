@@ -219,7 +219,7 @@ def test_adaptbench_serve_answers_the_openai_client(tiny_llama, tmp_path):
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "serve", "--model", str(tiny_llama), "--name", "tiny",
-                             "--port", str(port), "--dtype", "float32"],
+                             "--port", str(port), "--dtype", "float32", "--jobs-dir", str(tmp_path / "jobs")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
@@ -246,6 +246,20 @@ def test_adaptbench_serve_answers_the_openai_client(tiny_llama, tmp_path):
             client.chat.completions.create(model="other", messages=chat("Hi"))
         with pytest.raises(openai.BadRequestError):
             client.chat.completions.create(model="tiny", messages=chat("Hi"), temperature=-1)
+        # the fine-tuning API of the same process: a job, then its model
+        import io
+        import json
+        rows = "".join(json.dumps({"messages": [{"role": "user", "content": f"Q{i}?"},
+                                                {"role": "assistant", "content": f"A{i}"}]}) + "\n" for i in range(10))
+        f = client.files.create(file=("t.jsonl", io.BytesIO(rows.encode())), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(training_file=f.id, model="tiny", hyperparameters={"n_epochs": 1})
+        deadline = time.time() + 120
+        while job.status not in ("succeeded", "failed", "cancelled") and time.time() < deadline:
+            time.sleep(0.5)
+            job = client.fine_tuning.jobs.retrieve(job.id)
+        assert job.status == "succeeded", job.error
+        assert client.chat.completions.create(model=job.fine_tuned_model, messages=chat("Q1?"), max_tokens=3).choices
+        assert (tmp_path / "jobs" / "jobs" / job.id / "job.json").exists()
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
