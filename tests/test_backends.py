@@ -246,6 +246,14 @@ def test_adaptbench_serve_answers_the_openai_client(tiny_llama, tmp_path):
             client.chat.completions.create(model="other", messages=chat("Hi"))
         with pytest.raises(openai.BadRequestError):
             client.chat.completions.create(model="tiny", messages=chat("Hi"), temperature=-1)
+        # streaming: the pieces add up to the answer, usage included
+        plain = client.chat.completions.create(model="tiny", messages=chat("Say hello."), max_tokens=5)
+        parts = list(client.chat.completions.create(model="tiny", messages=chat("Say hello."), max_tokens=5,
+                                                    stream=True, stream_options={"include_usage": True}))
+        assert "".join(p.choices[0].delta.content or "" for p in parts if p.choices) == plain.choices[0].message.content
+        assert parts[-1].usage.completion_tokens == plain.usage.completion_tokens
+        text = list(client.completions.create(model="tiny", prompt="The sky is", max_tokens=3, stream=True))
+        assert text[-1].choices[0].finish_reason in ("stop", "length")
         # the fine-tuning API of the same process: a job, then its model
         import io
         import json

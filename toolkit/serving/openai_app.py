@@ -202,6 +202,10 @@ def generator_backend(generator, **kw) -> Engine:
     return Engine(generator, **kw)
 
 
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
 class ChatRequest(BaseModel):
     model: str | None = None
     messages: list[dict[str, Any]]
@@ -212,6 +216,7 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
     user: str | None = None
 
 
@@ -226,6 +231,7 @@ class CompletionRequest(BaseModel):
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=5)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     user: str | None = None
 
 
@@ -324,6 +330,58 @@ async def _send_json(send, status: int, obj: dict) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
+def sse_stream(*, chat: bool, rid: str, model: str, answer, finish, include_usage: bool, extra: dict | None = None,
+               on_done=None):
+    """Server-sent events as OpenAI streams them: a first chunk (the role), a chunk per piece of
+    answer as the batch generates it, a last chunk with the finish reason, usage if asked,
+    then [DONE]. `answer(on_text)` runs on its own thread and returns its result, from which
+    `finish(result)` gives (finish reason, prompt tokens, completion tokens); `on_done(result)`
+    runs before the last chunk goes out (the prediction log's commit)."""
+    from fastapi.responses import StreamingResponse
+
+    pieces: queue.Queue = queue.Queue()
+    created, obj = int(time.time()), "chat.completion.chunk" if chat else "text_completion"
+    result: dict[str, Any] = {}
+
+    def chunk(delta, finish_reason=None, usage=None, tagged=False) -> str:
+        choice = ({"index": 0, "delta": delta or {}, "finish_reason": finish_reason} if chat else
+                  {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish_reason})
+        body: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": model,
+                                "choices": [] if usage else [choice]}
+        if usage:
+            body["usage"] = usage
+        if tagged and extra is not None:
+            body["adaptbench"] = extra
+        return f"data: {json.dumps(body)}\n\n"
+
+    def work():
+        try:
+            result["answer"] = answer(pieces.put)
+        except BaseException as e:  # handed to the stream
+            result["error"] = e
+        pieces.put(None)
+
+    def events():
+        threading.Thread(target=work, daemon=True).start()
+        yield chunk({"role": "assistant", "content": ""} if chat else "", tagged=True)
+        while (piece := pieces.get()) is not None:
+            yield chunk({"content": piece} if chat else piece)
+        if "error" in result:
+            err = result["error"]
+            message = "the server is shutting down" if isinstance(err, ServerClosing) else type(err).__name__
+            yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
+            return
+        if on_done is not None:
+            on_done(result["answer"])
+        reason, pt, ct = finish(result["answer"])
+        yield chunk({} if chat else "", finish_reason=reason, tagged=True)
+        if include_usage:
+            yield chunk(None, usage={"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct})
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
 def base_app(*, title: str, description: str, api_key: str | None = None, metrics=None,
              max_body: int = MAX_BODY_BYTES, model: str = ""):
     """A FastAPI app whose every error is OpenAI's error JSON, with /healthz, /metrics (when
@@ -388,14 +446,25 @@ def create_app(backend, model_name: str, *, api_key: str | None = None, metrics=
     def kw(model):  # the Engine key of a fine-tuned model; the base model needs none
         return {"key": served[model]} if model in served else {}
 
-    def limits(max_tokens, stream):
+    def limits(max_tokens, stream, n=1):
         if max_tokens is not None and max_tokens > MAX_TOKENS_CAP:
             return _error(400, f"max_tokens is {max_tokens}; this server generates at most {MAX_TOKENS_CAP}",
                           "invalid_request_error", "max_tokens")
-        if stream:
-            return _error(400, "stream: true is served for a run's arms (adaptbench serve RUN_DIR --arm ...), not "
-                          "with --model", "invalid_request_error", "stream")
+        if stream and not hasattr(backend, "generate"):
+            return _error(400, "this server does not stream", "invalid_request_error", "stream")
+        if stream and n > 1:
+            return _error(400, "stream: true answers with one choice (n: 1)", "invalid_request_error", "n")
         return None
+
+    def streamed(chat: bool, model, prompt, max_tokens, req):
+        from toolkit.backends import Settings
+        settings = Settings(max_tokens, tuple(stops(req.stop)), float(req.temperature or 0.0), req.seed)
+        key = served.get(model, 0)
+        return sse_stream(chat=chat, rid=f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:12]}",
+                          model=model or model_name, include_usage=bool(req.stream_options and
+                                                                        req.stream_options.include_usage),
+                          answer=lambda on_text: backend.generate(key, prompt, settings, on_text=on_text).result(),
+                          finish=lambda r: ("length" if r[2] >= max_tokens else "stop", r[1], r[2]))
 
     def busy():
         return _error(429, "too many requests are waiting; retry shortly", "rate_limit_error", None,
@@ -419,10 +488,15 @@ def create_app(backend, model_name: str, *, api_key: str | None = None, metrics=
             return err
         if not req.messages:
             return _error(400, "messages must not be empty", "invalid_request_error", "messages")
-        if (err := limits(req.max_completion_tokens or req.max_tokens, req.stream)) is not None:
+        if (err := limits(req.max_completion_tokens or req.max_tokens, req.stream, req.n)) is not None:
             return err
         msgs = [{"role": m.get("role", "user"), "content": _text(m.get("content"))} for m in req.messages]
         max_tokens = int(req.max_completion_tokens or req.max_tokens or 256)
+        if req.stream:
+            try:
+                return streamed(True, req.model, msgs, max_tokens, req)
+            except QueueFull:
+                return busy()
         try:
             args = (msgs, req.n, float(req.temperature or 0.0), max_tokens, stops(req.stop))
             outs = backend(*args, req.seed, **kw(req.model)) if req.seed is not None or kw(req.model) \
@@ -452,9 +526,14 @@ def create_app(backend, model_name: str, *, api_key: str | None = None, metrics=
             return _error(400, "prompt must not be empty", "invalid_request_error", "prompt")
         if req.max_tokens == 0 and not req.echo:
             return _error(400, "max_tokens 0 needs echo: true", "invalid_request_error", "max_tokens")
-        if (err := limits(req.max_tokens, req.stream)) is not None:
+        if (err := limits(req.max_tokens, req.stream, req.n)) is not None:
             return err
         max_tokens = req.max_tokens if req.max_tokens is not None else 16
+        if req.stream:
+            if len(prompts) != 1 or req.echo or req.logprobs is not None or max_tokens == 0:
+                return _error(400, "stream: true takes one prompt, without echo or logprobs", "invalid_request_error",
+                              "stream")
+            return streamed(False, req.model, prompts[0], max_tokens, req)
         choices, usage = [], [0, 0]
         greedy = not req.temperature
         try:

@@ -19,19 +19,16 @@ the retrieved passages (document ids and scores).
 from __future__ import annotations
 
 import hashlib
-import json
-import queue
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import Request  # module level: FastAPI resolves the handlers' annotations here
 from pydantic import BaseModel, Field
 
 from toolkit.serving.openai_app import (MAX_TOKENS_CAP, ChatRequest, CompletionRequest, QueueFull, ServerClosing,
-                                        _error, _text, base_app, stops)
+                                        _error, _text, base_app, sse_stream, stops)
 
 
 class Router:
@@ -64,18 +61,6 @@ class FeedbackRequest(BaseModel):
     score: float | None = Field(None, ge=0, le=1, description="0 (bad) .. 1 (good); thumbs up/down is 1/0")
     correction: str | None = None
     comment: str | None = None
-
-
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-class ArmChat(ChatRequest):
-    stream_options: StreamOptions | None = None
-
-
-class ArmCompletion(CompletionRequest):
-    stream_options: StreamOptions | None = None
 
 
 @dataclass
@@ -137,8 +122,6 @@ class ArmService:
 
 
 def create_arm_app(service: ArmService, *, api_key: str | None = None, max_body: int | None = None):
-    from fastapi.responses import StreamingResponse
-
     from toolkit.serving.log import Prediction
     from toolkit.serving.openai_app import MAX_BODY_BYTES
 
@@ -219,57 +202,16 @@ def create_arm_app(service: ArmService, *, api_key: str | None = None, max_body:
                 "adaptbench": extra(ctx["rid"], ctx["arm"], ctx["routed"], ctx["passages"])}
 
     def stream(endpoint: str, ctx, include_usage: bool):
-        """Server-sent events: a chunk per piece of answer as the batch generates it, then the
-        finish reason (and usage, if asked), then [DONE]. The log row is committed before the
-        last chunk goes out."""
-        pieces: queue.Queue = queue.Queue()
-        arm, rid, created = ctx["arm"], ctx["rid"], int(time.time())
-        chat = endpoint == "chat.completions"
-        obj = "chat.completion.chunk" if chat else "text_completion"
-
-        def chunk(delta: dict | str | None, finish=None, usage=None, first=False) -> str:
-            if chat:
-                choice = {"index": 0, "delta": delta or {}, "finish_reason": finish}
-            else:
-                choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
-            body = {"id": rid, "object": obj, "created": created, "model": arm.name,
-                    "choices": [] if usage else [choice]}
-            if usage:
-                body["usage"] = usage
-            if first or finish:
-                body["adaptbench"] = extra(rid, arm, ctx["routed"], ctx["passages"])
-            return f"data: {json.dumps(body)}\n\n"
-
-        result: dict[str, Any] = {}
-
-        def work():
-            try:
-                result["answer"] = service.answer(arm, ctx["messages"], ctx["passages"], ctx["settings"], 1,
-                                                  on_text=pieces.put)
-            except BaseException as e:  # handed to the stream
-                result["error"] = e
-            pieces.put(None)
-
-        def events():
-            threading.Thread(target=work, daemon=True).start()
-            yield chunk({"role": "assistant", "content": ""} if chat else "", first=True)
-            while (piece := pieces.get()) is not None:
-                yield chunk({"content": piece} if chat else piece)
-            if "error" in result:
-                err = result["error"]
-                message = "the server is shutting down" if isinstance(err, ServerClosing) else f"{type(err).__name__}"
-                yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
-                return
-            ans = result["answer"]
-            record(rid, arm, ctx["routed"], ctx["model"], ctx["user"], endpoint, ctx["question"], ans,
-                   ctx["passages"], time.perf_counter() - ctx["t0"])
-            _, pt, ct = ans.texts[0]
-            yield chunk({} if chat else "", finish=finish_reason(ct, ctx["settings"]))
-            if include_usage:
-                yield chunk(None, usage={"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct})
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream")
+        """Server-sent events; the log row is committed before the last chunk goes out."""
+        arm = ctx["arm"]
+        return sse_stream(
+            chat=endpoint == "chat.completions", rid=ctx["rid"], model=arm.name, include_usage=include_usage,
+            extra=extra(ctx["rid"], arm, ctx["routed"], ctx["passages"]),
+            answer=lambda on_text: service.answer(arm, ctx["messages"], ctx["passages"], ctx["settings"], 1,
+                                                  on_text=on_text),
+            finish=lambda ans: (finish_reason(ans.texts[0][2], ctx["settings"]), ans.texts[0][1], ans.texts[0][2]),
+            on_done=lambda ans: record(ctx["rid"], arm, ctx["routed"], ctx["model"], ctx["user"], endpoint,
+                                       ctx["question"], ans, ctx["passages"], time.perf_counter() - ctx["t0"]))
 
     def guarded(fn):
         if m is not None:
@@ -298,7 +240,7 @@ def create_arm_app(service: ArmService, *, api_key: str | None = None, max_body:
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")
-    def chat(req: ArmChat, request: Request):  # a plain def: FastAPI runs it in a worker thread
+    def chat(req: ChatRequest, request: Request):  # a plain def: FastAPI runs it in a worker thread
         users = [m for m in req.messages if m.get("role") == "user"]
         if not users or not _text(users[-1].get("content")).strip():
             return _error(422, "a served arm answers the last user message, and there is none (or it is empty)",
@@ -315,7 +257,7 @@ def create_arm_app(service: ArmService, *, api_key: str | None = None, max_body:
         return guarded(go)
 
     @app.post("/v1/completions")
-    def completions(req: ArmCompletion, request: Request):
+    def completions(req: CompletionRequest, request: Request):
         if req.echo or req.logprobs is not None:
             return _error(400, "echo and logprobs are for a base model (adaptbench serve --model); a served arm "
                           "answers its prompt", "invalid_request_error", "echo" if req.echo else "logprobs")
