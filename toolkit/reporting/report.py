@@ -394,7 +394,11 @@ def render_run(run_dir: Path, weights: dict[str, float] | None = None) -> tuple[
 def info_summary(r: dict[str, Any]) -> str:
     i = r.get("info", {})
     parts = []
-    if "train_examples" in i:
+    if i.get("fine_tuning_job"):  # finetune method openai_api: trained by the endpoint's fine-tuning API
+        parts.append(f"fine-tuned through {i.get('endpoint')}'s fine-tuning API (job {i['fine_tuning_job']}) on "
+                     f"{i.get('train_examples')} examples in {i.get('train_s', 0):.0f} s: {i['fine_tuned_model']}"
+                     + (" — model reused from cache" if i.get("cached") else ""))
+    elif "train_examples" in i:
         evals = [h["eval_loss"] for h in i.get("history", []) if "eval_loss" in h and h.get("step", 1) > 0]
         start = f"{i['initial_eval_loss']:.3f} before training, then " if i.get("initial_eval_loss") is not None else ""
         parts.append(f"{'full fine-tuning' if i.get('method') == 'full' else i.get('method', 'lora').upper()} on {i['train_examples']} examples, {i['train_tokens']} tokens in {i['train_s']:.0f} s "
