@@ -47,42 +47,28 @@ class ArmSpec:
 
 
 def parse_arm_specs(specs: list[str], run_dir: Path) -> list[ArmSpec]:
-    """`--arm ARM[=WEIGHT]` (an arm of RUN_DIR) or `--arm OTHER_RUN:ARM[=WEIGHT]` (an arm of
-    another run, served as ARM@OTHER_RUN's folder name: two versions side by side)."""
+    """`--arm ARM[=WEIGHT]` (an arm of RUN_DIR; weight 1 if none) or `--arm OTHER_RUN:ARM[=WEIGHT]`
+    (an arm of another run, served as ARM@OTHER_RUN's folder name: two versions side by side)."""
     out = []
     for s in specs:
-        head, _, w = s.rpartition("=") if "=" in s else (s, "", "")
+        head, eq, w = s.rpartition("=") if "=" in s else (s, "", "")
         other, sep, arm = head.rpartition(":")
-        run = Path(other) if sep else Path(run_dir)
-        weights = parse_arm_weights([f"{arm}={w}" if w else arm])
-        served = arm if not sep or run.resolve() == Path(run_dir).resolve() else f"{arm}@{run.name}"
-        out.append(ArmSpec(run, arm, served, weights[arm]))
-    names = [a.served for a in out]
-    if dup := next((n for n in names if names.count(n) > 1), None):
-        raise UserError(f"arm '{dup}' is given twice", field="--arm")
-    if out and sum(a.weight for a in out) <= 0:
-        raise UserError("the weights add up to 0: no arm would get traffic", field="--arm")
-    return out
-
-
-def parse_arm_weights(specs: list[str]) -> dict[str, float]:
-    """`--arm rag=80 --arm finetune=20` (or `--arm rag`): arm name -> routing weight."""
-    out: dict[str, float] = {}
-    for s in specs:
-        name, _, w = s.partition("=")
-        name = name.strip()
-        if not name:
+        arm = arm.strip()
+        if not arm:
             raise UserError(f"'{s}' names no arm (ARM or ARM=WEIGHT)", field="--arm")
         try:
-            weight = float(w) if w else 1.0
+            weight = float(w) if eq else 1.0
         except ValueError:
             raise UserError(f"'{s}': the weight must be a number (ARM=WEIGHT, e.g. rag=80)", field="--arm") from None
         if weight < 0 or weight != weight:
             raise UserError(f"'{s}': the weight must not be negative", field="--arm")
-        if name in out:
-            raise UserError(f"arm '{name}' is given twice", field="--arm")
-        out[name] = weight
-    if out and sum(out.values()) <= 0:
+        run = Path(other) if sep else Path(run_dir)
+        served = arm if not sep or run.resolve() == Path(run_dir).resolve() else f"{arm}@{run.name}"
+        out.append(ArmSpec(run, arm, served, weight))
+    names = [a.served for a in out]
+    if dup := next((n for n in names if names.count(n) > 1), None):
+        raise UserError(f"arm '{dup}' is given twice", field="--arm")
+    if out and sum(a.weight for a in out) <= 0:
         raise UserError("the weights add up to 0: no arm would get traffic", field="--arm")
     return out
 

@@ -226,7 +226,7 @@ class FineTuning:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(1.0)
+            self._wake.wait()  # set by create() and close(): nothing else makes a job runnable
             self._wake.clear()
             for job in self.jobs():
                 if self._stop.is_set():

@@ -81,13 +81,15 @@ class Engine:
     # requests
     def __call__(self, messages, n, temperature, max_tokens, stop, seed=None, key: int = 0) -> list[tuple[str, int, int]]:
         """Chat completions: n answers to one conversation (from model `key`, see add)."""
-        return self._wait([self._submit(messages, (key, max_tokens, tuple(stop), temperature, seed)) for _ in range(n)])
+        from toolkit.backends import Settings
+        settings = Settings(max_tokens, tuple(stop), temperature, seed)
+        return self._wait([self.generate(key, messages, settings) for _ in range(n)])
 
     def complete(self, prompt: str, n, temperature, max_tokens, stop, seed=None, key: int = 0) -> list[tuple[str, int, int]]:
         """Text completions of a prompt that is already rendered."""
         if max_tokens == 0:
             return [("", self.count_tokens(prompt), 0)] * n
-        return self._wait([self._submit(prompt, (key, max_tokens, tuple(stop), temperature, seed)) for _ in range(n)])
+        return self(prompt, n, temperature, max_tokens, stop, seed, key)
 
     def generate(self, key: int, prompt, settings, on_text=None) -> Future:
         """One answer from model `key` (see add) with toolkit.backends.Settings; the future's

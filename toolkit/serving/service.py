@@ -140,17 +140,19 @@ def create_arm_app(service: ArmService, *, api_key: str | None = None, max_body:
                           "invalid_request_error", "max_tokens")
         return None
 
-    def extra(rid, arm, routed, passages):
-        return {"request_id": rid, "arm": arm.name, "routed": routed,
-                "passages": [{"doc_id": p.doc_id, "score": round(float(p.score), 4)} for p in passages]}
+    def extra(ctx) -> dict:
+        """The `adaptbench` field of a response (its passages are also what the log keeps)."""
+        return {"request_id": ctx["rid"], "arm": ctx["arm"].name, "routed": ctx["routed"],
+                "passages": [{"doc_id": p.doc_id, "score": round(float(p.score), 4)} for p in ctx["passages"]]}
 
-    def record(rid, arm, routed, model, user, endpoint, question, ans: Answer, passages, latency):
+    def record(ctx, endpoint: str, ans: Answer) -> None:
         """The log row (committed before the response goes out) and the metrics."""
+        arm, latency = ctx["arm"], time.perf_counter() - ctx["t0"]
         text, pt, ct = ans.texts[0]
         if service.log is not None:
             service.log.add(Prediction(
-                request_id=rid, arm=arm.name, model=model, routed=routed, user_id=user, endpoint=endpoint,
-                input=question, output=text, passages=extra(rid, arm, routed, passages)["passages"],
+                request_id=ctx["rid"], arm=arm.name, model=ctx["model"], routed=ctx["routed"], user_id=ctx["user"],
+                endpoint=endpoint, input=ctx["question"], output=text, passages=ctx["extra"]["passages"],
                 prompt_tokens=pt, completion_tokens=sum(c for _, _, c in ans.texts), latency_s=round(latency, 4),
                 queue_s=round(ans.queue_s, 4), run=arm.run or service.run))
         if m is not None:
@@ -179,6 +181,7 @@ def create_arm_app(service: ArmService, *, api_key: str | None = None, max_body:
         messages, passages = service.prompt(arm, question, rid)
         ctx = dict(rid=rid, arm=arm, routed=routed, user=user, settings=settings, messages=messages,
                    passages=passages, t0=t0, question=question, model=req.model)
+        ctx["extra"] = extra(ctx)
         return ctx, None
 
     def finish_reason(ct, settings):
@@ -186,8 +189,7 @@ def create_arm_app(service: ArmService, *, api_key: str | None = None, max_body:
 
     def respond(req, endpoint: str, ctx) -> dict:
         ans = service.answer(ctx["arm"], ctx["messages"], ctx["passages"], ctx["settings"], req.n)
-        record(ctx["rid"], ctx["arm"], ctx["routed"], ctx["model"], ctx["user"], endpoint, ctx["question"], ans,
-               ctx["passages"], time.perf_counter() - ctx["t0"])
+        record(ctx, endpoint, ans)
         pt = ans.texts[0][1]
         ct = sum(c for _, _, c in ans.texts)
         if endpoint == "chat.completions":
@@ -199,19 +201,29 @@ def create_arm_app(service: ArmService, *, api_key: str | None = None, max_body:
         return {"id": ctx["rid"], "object": "chat.completion" if endpoint == "chat.completions" else "text_completion",
                 "created": int(time.time()), "model": ctx["arm"].name, "choices": choices,
                 "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
-                "adaptbench": extra(ctx["rid"], ctx["arm"], ctx["routed"], ctx["passages"])}
+                "adaptbench": ctx["extra"]}
 
     def stream(endpoint: str, ctx, include_usage: bool):
         """Server-sent events; the log row is committed before the last chunk goes out."""
         arm = ctx["arm"]
         return sse_stream(
             chat=endpoint == "chat.completions", rid=ctx["rid"], model=arm.name, include_usage=include_usage,
-            extra=extra(ctx["rid"], arm, ctx["routed"], ctx["passages"]),
+            extra=ctx["extra"],
             answer=lambda on_text: service.answer(arm, ctx["messages"], ctx["passages"], ctx["settings"], 1,
                                                   on_text=on_text),
             finish=lambda ans: (finish_reason(ans.texts[0][2], ctx["settings"]), ans.texts[0][1], ans.texts[0][2]),
-            on_done=lambda ans: record(ctx["rid"], arm, ctx["routed"], ctx["model"], ctx["user"], endpoint,
-                                       ctx["question"], ans, ctx["passages"], time.perf_counter() - ctx["t0"]))
+            on_done=lambda ans: record(ctx, endpoint, ans))
+
+    def handle(request: Request, req, endpoint: str, question: str):
+        """One answered request, by either endpoint: route, prompt, answer (or stream), log."""
+        def go():
+            ctx, err = run(request, req, endpoint, question)
+            if err is not None:
+                return err
+            if req.stream:
+                return stream(endpoint, ctx, bool(req.stream_options and req.stream_options.include_usage))
+            return respond(req, endpoint, ctx)
+        return guarded(go)
 
     def guarded(fn):
         if m is not None:
@@ -245,16 +257,7 @@ def create_arm_app(service: ArmService, *, api_key: str | None = None, max_body:
         if not users or not _text(users[-1].get("content")).strip():
             return _error(422, "a served arm answers the last user message, and there is none (or it is empty)",
                           "invalid_request_error", "messages")
-        question = _text(users[-1].get("content"))
-
-        def go():
-            ctx, err = run(request, req, "chat.completions", question)
-            if err is not None:
-                return err
-            if req.stream:
-                return stream("chat.completions", ctx, bool(req.stream_options and req.stream_options.include_usage))
-            return respond(req, "chat.completions", ctx)
-        return guarded(go)
+        return handle(request, req, "chat.completions", _text(users[-1].get("content")))
 
     @app.post("/v1/completions")
     def completions(req: CompletionRequest, request: Request):
@@ -265,15 +268,7 @@ def create_arm_app(service: ArmService, *, api_key: str | None = None, max_body:
         if len(prompts) != 1 or not prompts[0].strip():
             return _error(422, "a served arm answers one question: `prompt` must be one non-empty string",
                           "invalid_request_error", "prompt")
-
-        def go():
-            ctx, err = run(request, req, "completions", prompts[0])
-            if err is not None:
-                return err
-            if req.stream:
-                return stream("completions", ctx, bool(req.stream_options and req.stream_options.include_usage))
-            return respond(req, "completions", ctx)
-        return guarded(go)
+        return handle(request, req, "completions", prompts[0])
 
     @app.post("/v1/feedback")
     def feedback(req: FeedbackRequest, request: Request):
