@@ -10,6 +10,7 @@ import time
 
 from strategies.base import Strategy
 from toolkit.data import Example, Query, subsample
+from toolkit.errors import inside
 from toolkit.chat import TrainItem
 from toolkit.training.trainer import train_model
 
@@ -49,7 +50,7 @@ class Finetune(Strategy):
             self.info = {**self.info, "augment": augment_info,
                          "build_s": {"paraphrasing": augment_info["paraphrase_s"], **self.info["build_s"]}}
         if self.res.run_dir and self.adapter and (self.adapter / "adapter_config.json").exists():  # LoRA adapters are small: keep one with the run
-            dest = self.res.run_dir / "adapters" / self.name
+            dest = inside(self.res.run_dir / "adapters", self.name)  # the suite checked the name; this is the guard
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(self.adapter, dest)
             self.info["adapter_dir"] = str(dest.relative_to(self.res.run_dir))

@@ -110,6 +110,14 @@ SUITE_CASES = [
     ("qlora-on-cpu", SUITE.replace("zero_shot: {}", "finetune: {method: qlora}"),
      ["s.yaml:8:", "strategies.finetune.method", "CUDA"]),
     ("rag-without-kb", SUITE.replace("zero_shot: {}", "rag: {}"), ["strategies.rag", "knowledge_base"]),
+    # names that would become paths: a suite name is a run folder, an arm name an adapter folder
+    ("suite-name-with-slash", SUITE.replace("name: t", "name: a/b"), ["s.yaml:1:", "name", "not a safe name"]),
+    ("suite-name-escapes", SUITE.replace("name: t", "name: ../../escape"), ["s.yaml:1:", "name", "not a safe name"]),
+    ("suite-name-dotdot", SUITE.replace("name: t", "name: '..'"), ["s.yaml:1:", "name", "not a safe name"]),
+    ("arm-name-absolute-path", SUITE.replace("zero_shot: {}", "/some/dir: {type: finetune}"),
+     ["s.yaml:8:", "strategies./some/dir", "not a safe name"]),
+    ("arm-name-up", SUITE.replace("zero_shot: {}", "../up: {type: zero_shot}"),
+     ["s.yaml:8:", "strategies.../up", "not a safe name"]),
 ]
 
 
@@ -255,3 +263,16 @@ def test_a_bom_at_the_start_of_a_data_file_is_accepted(tmp_path):
     p = tmp_path / "d.jsonl"
     p.write_bytes(b'\xef\xbb\xbf{"question": "q?", "answer": "a"}\r\n{"question": "r?", "answer": "b"}\r\n')
     assert [e.input for e in read_examples(p, task="qa")] == ["q?", "r?"]
+
+
+def test_paths_built_from_names_stay_inside_their_parent(tmp_path):
+    from toolkit.errors import check_name, inside
+
+    assert inside(tmp_path, "rag_k5") == tmp_path / "rag_k5"
+    for bad in ("../up", "/etc", "a/../../b"):
+        with pytest.raises(ValueError, match="would leave"):
+            inside(tmp_path, bad)
+    for bad in (".", "..", "a/b", "/abs", "-rm", "", "x" * 65, None, "a b"):
+        with pytest.raises(ValueError, match="not a safe name"):
+            check_name(bad)
+    assert check_name("demo-v1.2_b") == "demo-v1.2_b"

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from toolkit.errors import UserError, read_utf8
+from toolkit.errors import UserError, check_name, read_utf8
 
 TaskType = Literal["qa", "classification", "multiple_choice", "regression"]
 LABEL_TASKS = ("classification", "multiple_choice")  # one label per example, scored by accuracy
@@ -263,7 +263,8 @@ class Suite(StrictModel):
     """A task: data, knowledge base, scoring, and the strategies to compare on it."""
 
     version: Literal[1] = Field(1, description="Suite format version (1).")
-    name: str = Field(description="Short name; used in run directory names.")
+    name: Annotated[str, AfterValidator(lambda v: check_name(v, "the suite name"))] = Field(description=(
+        "Short name; used in run directory names: letters, digits, '_', '-', '.' (at most 64)."))
     description: str = Field("", description="One or two sentences shown in the report.")
     task: TaskType = Field(description=(
         "'qa' (free-text answers), 'classification' (one label per example), 'multiple_choice' (question + "
@@ -281,7 +282,8 @@ class Suite(StrictModel):
         "may start with {data_dir}/ or be 'loader' when the data loader provides the documents."))
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig, description="The model that answers.")
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig, description="The embedding model (retrieval, few-shot selection, similarity metric).")
-    strategies: dict[str, dict[str, Any]] = Field(description=(
+    strategies: dict[Annotated[str, AfterValidator(lambda v: check_name(v, "the arm name"))], dict[str, Any]] = Field(
+        description=(
         "Arms to compare: name -> settings. The name is the strategy type unless `type:` says otherwise "
         "(so `rag_k5: {type: rag, top_k: 5}` adds a second RAG arm)."))
     metrics: list[str] | None = Field(None, description="Metrics to report; defaults depend on the task type.")
@@ -422,7 +424,7 @@ def _raise_validation(err: ValidationError, path: Path, root: yaml.Node | None, 
     first = err.errors()[0]
     loc = prefix + tuple(x for x in first["loc"] if not (isinstance(x, str) and x.startswith("function-")))
     # pydantic adds union-member names (e.g. 'FileSpec') to loc; drop capitalised class names
-    loc = tuple(x for x in loc if not (isinstance(x, str) and x[:1].isupper()))
+    loc = tuple(x for x in loc if not (isinstance(x, str) and (x[:1].isupper() or x == "[key]")))
     field = ".".join(str(x) for x in loc) or None
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":

@@ -52,3 +52,28 @@ def read_utf8(path: Path, what: str = "file") -> str:
         col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
         raise UserError(f"not valid UTF-8 (byte 0x{data[e.start]:02x} at column {col}); save the {what} as UTF-8, "
                         f"e.g. iconv -f latin1 -t utf-8", file=path, line=line) from None
+
+
+NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"  # a suite, arm or model name that may become a path
+
+
+def check_name(name: object, what: str = "name") -> str:
+    """A name the program may turn into a path (a run directory, an arm's adapter folder):
+    letters, digits, `_`, `-` and `.`, at most 64 characters, not starting with `.` or `-`
+    (so never `.`, `..` or an option). Raises ValueError saying so."""
+    import re
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+        raise ValueError(f"{what} {name!r} is not a safe name: use letters, digits, '_', '-' and '.' (at most 64, "
+                         f"starting with a letter, digit or '_'), e.g. rag_k5")
+    return name
+
+
+def inside(parent: Path, *parts: str) -> Path:
+    """parent / parts, refused (ValueError) unless the result stays inside parent: every path
+    built from user input goes through here."""
+    parent = Path(parent)
+    out = parent.joinpath(*parts)
+    base = parent.resolve()
+    if out.resolve() != base and base not in out.resolve().parents:
+        raise ValueError(f"{'/'.join(parts)!r} would leave {parent}")
+    return out

@@ -85,12 +85,12 @@ class RunDir:
         """A new run directory, claimed atomically: two runs started in the same second
         (parallel CI jobs) get two directories, and two runs given the same --out cannot
         both write into it."""
-        from toolkit.errors import UserError
+        from toolkit.errors import UserError, inside
         if out is None:
             root.mkdir(parents=True, exist_ok=True)
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             for n in itertools.count(1):
-                out = root / (f"{suite_name}-{stamp}" + (f"-{n}" if n > 1 else ""))
+                out = inside(root, f"{suite_name}-{stamp}" + (f"-{n}" if n > 1 else ""))
                 try:
                     out.mkdir()  # atomic: exactly one process creates a given name
                     break
