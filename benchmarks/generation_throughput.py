@@ -63,7 +63,9 @@ def main() -> None:
     from toolkit.backends.openai_api import OpenAIBackend
     from toolkit.config import GeneratorConfig
     from toolkit.models import keep_freed_memory
-    from toolkit.serving.openai_app import Engine, LoopbackServer, create_app
+    from toolkit.serving.app import LoopbackServer
+    from toolkit.serving.engine import Engine
+    from toolkit.serving.serve import model_app
 
     keep_freed_memory()
     cfg = GeneratorConfig(model=args.model, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
@@ -81,7 +83,7 @@ def main() -> None:
     engine = Engine(gen, max_batch=args.batch_size, max_wait_ms=args.max_wait_ms, background=False)
     runs: dict[int, tuple] = {}
     sizes: dict[int, list[int]] = {}
-    with LoopbackServer(create_app(engine, "bench")) as server:
+    with LoopbackServer(model_app(engine, "bench")) as server:
         def clients():
             for c in (1, 8):
                 api = OpenAIBackend(GeneratorConfig(backend="openai", base_url=server.base_url, model="bench",

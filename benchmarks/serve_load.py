@@ -40,7 +40,7 @@ def questions() -> list[str]:
 def serve(run: Path, arm: str, max_batch: int, log: Path):
     import httpx
 
-    from toolkit.serving.openai_app import free_port
+    from toolkit.serving.app import free_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "serve", str(run), "--arm", arm, "--port", str(port),

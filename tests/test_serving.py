@@ -19,49 +19,10 @@ import openai
 import pytest
 import yaml
 
-from conftest import write_mini_suite
-from toolkit.serving.openai_app import Engine, LoopbackServer, free_port
+from toolkit.serving.app import Limits, LoopbackServer, free_port
+from toolkit.serving.engine import Engine
 
 ARMS = ["zero_shot", "few_shot", "rag", "finetune", "rag_finetune"]
-
-
-@pytest.fixture(scope="module")
-def talker(tmp_path_factory, tiny_llama) -> Path:
-    """A 2-layer random Llama with larger weights than tiny_llama: its greedy answers are
-    words that differ from question to question (tiny_llama's are blank lines), so serving
-    'the same answers as the run' is a real check."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(tiny_llama)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id, initializer_range=0.5)
-    out = tmp_path_factory.mktemp("talker")
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, talker) -> Path:
-    """A finished run of the mini suite, every arm, answered by the talker in float32 (in
-    the cache of this module, not the user's)."""
-    from toolkit.config import load_suite
-    from toolkit.harness import run_suite
-
-    root = tmp_path_factory.mktemp("served")
-    suite = write_mini_suite(root)
-    cfg = yaml.safe_load(suite.read_text())
-    cfg["generator"].update(model=str(talker), dtype="float32")
-    suite.write_text(yaml.safe_dump(cfg))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ADAPTBENCH_CACHE", str(root / "cache"))
-        run, results = run_suite(load_suite(suite), out=root / "run")
-    assert results["status"] == "success"
-    return run.path
 
 
 def samples(run: Path) -> list[dict]:
@@ -71,19 +32,21 @@ def samples(run: Path) -> list[dict]:
 class Served:
     """The arms of a run served in this process on loopback (engine on a background thread)."""
 
-    def __init__(self, run: Path, weights: dict, log: Path, *, api_key=None, max_queue=0, engine=None, max_body=None):
+    def __init__(self, run: Path, weights: dict, log: Path, *, api_key=None, max_queue=0, engine=None, max_body=None,
+                 limits: Limits | None = None):
         from toolkit.serving.arms import load_arms
         from toolkit.serving.log import PredictionLog
         from toolkit.serving.metrics import Metrics
-        from toolkit.serving.service import ArmService, create_arm_app
+        from toolkit.serving.serve import arm_app
 
         self.res, arms = load_arms(run, list(weights))
         self.metrics = Metrics()
         self.engine = engine or Engine(max_batch=16, max_queue=max_queue, on_batch=self.metrics.batch.observe)
         self.log = PredictionLog(log)
-        self.service = ArmService(arms, weights, engine=self.engine, name="mini", run=run.name, log=self.log,
-                                  metrics=self.metrics)
-        self.server = LoopbackServer(create_arm_app(self.service, api_key=api_key, max_body=max_body))
+        limits = limits or Limits(max_queue=self.engine.max_queue, **({"max_body": max_body} if max_body else {}))
+        self.app = arm_app(arms, weights, engine=self.engine, name="mini", run=run.name, log=self.log,
+                           metrics=self.metrics, api_key=api_key, limits=limits)
+        self.server = LoopbackServer(self.app, limits=limits)
 
     def __enter__(self):
         self.server.__enter__()
@@ -186,7 +149,7 @@ def test_feedback_logs_and_export_as_training_data(tiny_run, tmp_path, capsys):
 
 def test_ab_routing_is_weighted_and_sticky_and_the_ab_report_says_when_it_cannot_tell(tiny_run, tmp_path, capsys):
     from toolkit.cli import main
-    from toolkit.serving.service import Router
+    from toolkit.serving.targets import Router
 
     router = Router({"rag": 80, "finetune": 20})
     picks = [router.pick(f"user:u{i}") for i in range(2000)]
@@ -281,7 +244,9 @@ def test_a_full_queue_answers_429_and_shutdown_503(tiny_run, tmp_path):
         engine.close()
         t.join(30)
         assert first["r"].status_code == 503
-    assert sqlite3.connect(tmp_path / "serve.db").execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 0
+    # the queued request has its row (refused at shutdown); the one turned away at the door has none
+    rows = sqlite3.connect(tmp_path / "serve.db").execute("SELECT status, error FROM predictions").fetchall()
+    assert rows == [("error", "the server is shutting down")]
 
 
 def test_50_clients_by_20_requests_give_0_errors_and_1000_rows(tiny_run, tmp_path):

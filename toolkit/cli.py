@@ -143,8 +143,24 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-batch", type=int, default=16, help="most requests answered together (default 16)")
     sv.add_argument("--max-wait-ms", type=float, default=25.0,
                     help="how long a request waits for others to batch with (default 25 ms)")
-    sv.add_argument("--max-queue", type=int, default=1024, help="requests that may wait for a batch; more get "
-                    "HTTP 429 (default 1024)")
+    lim = sv.add_argument_group("limits (each checked before a request is queued; past it, OpenAI's error JSON)")
+    lim.add_argument("--max-queue", type=int, default=256, help="requests that may wait for a batch; more get "
+                     "HTTP 429 with Retry-After (default 256)")
+    lim.add_argument("--max-tokens", type=int, default=4096, help="most tokens one answer may generate (default 4096)")
+    lim.add_argument("--max-prompt-tokens", type=int, default=0, help="most tokens one prompt may hold (default: the "
+                     "model's context; prompt + max_tokens past the context is 400 context_length_exceeded)")
+    lim.add_argument("--max-batch-tokens", type=int, default=0, help="most tokens (prompt + max_tokens) one batch "
+                     "holds, bounding its memory (default: no bound beyond --max-batch)")
+    lim.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest JSON request body (default 1 MiB; "
+                     "413 past it)")
+    lim.add_argument("--max-upload-bytes", type=int, default=64 << 20, help="with --model: largest fine-tuning file "
+                     "upload (default 64 MiB)")
+    lim.add_argument("--max-connections", type=int, default=512, help="open connections; more get 503 (default 512)")
+    sv.add_argument("--allowed-host", action="append", default=[], metavar="NAME", help="without --api-key-env only "
+                    "loopback Host names are answered (421 otherwise: a web page cannot reach the server through DNS "
+                    "rebinding); add a name clients use, e.g. --allowed-host myserver.internal")
+    sv.add_argument("--no-fine-tuning", action="store_true", help="with --model: no /v1/files and /v1/fine_tuning "
+                    "routes")
     sv.add_argument("--allow-changes", action="store_true", help="serve an arm even if its data, index, model or "
                     "precision differ from what the run evaluated (a warning says what)")
     sv.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -368,8 +384,12 @@ def cmd_serve(args) -> int:
     _quiet_libraries()
     if not 0 <= args.port <= 65535:
         raise UserError(f"{args.port} is not a port number", field="--port")
-    if args.max_batch < 1:
-        raise UserError("must be at least 1", field="--max-batch")
+    for flag in ("max_batch", "max_queue", "max_tokens", "max_body_bytes", "max_upload_bytes", "max_connections"):
+        if getattr(args, flag) < 1:
+            raise UserError("must be at least 1", field="--" + flag.replace("_", "-"))
+    for flag in ("max_prompt_tokens", "max_batch_tokens"):
+        if getattr(args, flag) < 0:
+            raise UserError("must be 0 (no bound) or more", field="--" + flag.replace("_", "-"))
     if (args.run_dir is None) == (args.model is None):
         raise UserError("give a run directory (with --arm) or --model, not both and not neither", field="serve")
     if args.run_dir is not None and not args.arm:
@@ -382,17 +402,23 @@ def cmd_serve(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not key and not args.insecure:
         raise UserError(f"{args.host} is reachable from other machines and no API key is set; add --api-key-env VAR, "
                         f"bind to 127.0.0.1, or add --insecure", field="--host")
+    from toolkit.serving.app import Limits
+    limits = Limits(max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens, max_body=args.max_body_bytes,
+                    max_upload=args.max_upload_bytes, max_queue=args.max_queue, max_batch_tokens=args.max_batch_tokens,
+                    max_connections=args.max_connections)
+    hosts = tuple(args.allowed_host) + (("*",) if args.insecure else ())
     if args.model is not None:
         from toolkit.preflight import check_model_name
         check_model_name(args.model, field="--model")
         from toolkit.serving.serve import serve_model
         return serve_model(args.model, name=args.name or args.model, host=args.host, port=args.port,
                            max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, dtype=args.dtype,
-                           device=args.device, api_key=key, max_queue=args.max_queue, jobs_dir=args.jobs_dir)
+                           device=args.device, api_key=key, limits=limits, jobs_dir=args.jobs_dir,
+                           fine_tuning=not args.no_fine_tuning, allowed_hosts=hosts)
     from toolkit.serving.serve import serve_run
     return serve_run(args.run_dir, args.arm, name=args.name, host=args.host, port=args.port, max_batch=args.max_batch,
                      max_wait_ms=args.max_wait_ms, log_path=args.log, api_key=key, allow_changes=args.allow_changes,
-                     max_queue=args.max_queue)
+                     limits=limits, allowed_hosts=hosts)
 
 
 def cmd_logs(args) -> int:

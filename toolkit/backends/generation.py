@@ -283,12 +283,13 @@ class Generator:
         return out
 
     def generate(self, prompts: list[Messages | str], *, description: str | None = "Generating",
-                 settings=None, streams: list | None = None) -> list[Generation]:
+                 settings=None, streams: list | None = None, stop_rows: list | None = None) -> list[Generation]:
         """Answers to chat prompts (or prompts already rendered as text), batched by length.
         `settings` (toolkit.backends.Settings) overrides the config's max_new_tokens, stop,
         temperature and seed; `description=None` draws no progress bar (the server).
         `streams[i]`, where given, is called with each new piece of answer i as it is
-        generated (the pieces add up to the answer's text)."""
+        generated (the pieces add up to the answer's text). `stop_rows[i]()`, where given, is
+        asked at every step whether answer i should stop there (its client has gone)."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -297,7 +298,7 @@ class Generator:
             cfg = cfg.model_copy(update={"max_new_tokens": settings.max_tokens, "stop": list(settings.stop),
                                          "temperature": settings.temperature, "seed": settings.seed})
         if cfg.temperature > 0 and cfg.seed is not None:
-            torch.manual_seed(cfg.seed)
+            torch.manual_seed(cfg.seed % 2 ** 64)  # an API seed is a signed 64-bit integer
         tok.padding_side = "left"
         texts = [p if isinstance(p, str) else self.render(p) for p in prompts]  # a str is rendered already
         ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -306,15 +307,23 @@ class Generator:
         out: list[Generation | None] = [None] * len(texts)
         stop = [s for s in cfg.stop if s]
 
+        # A new stop string must end in the newest token, so it lies within the last
+        # len(stop) + 1 tokens (each decodes to at least a character); 4 more absorb a
+        # multi-byte character or a dropped leading space at the window's edge. Decoding only
+        # that tail keeps a step's cost independent of how much was generated.
+        window = max((len(s) for s in stop), default=0) + 5
+
         class StopOnStrings(StoppingCriteria):
-            def __init__(self, start: int):
-                self.start = start
+            def __init__(self, start: int, rows: list):
+                self.start, self.rows = start, rows
 
             def __call__(self, input_ids, scores, **kw):
-                if not stop:
-                    return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-                done = [cut_at_stop(tok.decode(row[self.start:], skip_special_tokens=True), stop)[1]
-                        for row in input_ids]
+                done = [bool(r and r()) for r in self.rows]
+                if stop:
+                    for j, row in enumerate(input_ids):
+                        if not done[j]:
+                            tail = row[max(self.start, row.shape[0] - window):]
+                            done[j] = cut_at_stop(tok.decode(tail, skip_special_tokens=True), stop)[1]
                 return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
         eos_ids = {i for i in [tok.eos_token_id, tok.pad_token_id] if i is not None}
@@ -343,7 +352,9 @@ class Generator:
                         **enc, streamer=streamer,
                         max_new_tokens=cfg.max_new_tokens, do_sample=cfg.temperature > 0,
                         temperature=cfg.temperature if cfg.temperature > 0 else None, top_p=None, top_k=None,
-                        pad_token_id=tok.pad_token_id, stopping_criteria=StoppingCriteriaList([StopOnStrings(start)]),
+                        pad_token_id=tok.pad_token_id,
+                        stopping_criteria=StoppingCriteriaList([StopOnStrings(start, [stop_rows[i] if stop_rows else None
+                                                                                      for i in idx])]),
                     )
                 dt = time.perf_counter() - t0
                 for row, i in zip(gen[:, start:].tolist(), idx):

@@ -101,12 +101,14 @@ class Judge:
         if self._base_url is None:  # a local model: serve it on loopback, then talk HTTP like to any endpoint
             from toolkit.config import GeneratorConfig
             from toolkit.backends.generation import Generator
-            from toolkit.serving.openai_app import LoopbackServer, create_app, generator_backend
+            from toolkit.serving.app import LoopbackServer
+            from toolkit.serving.engine import Engine
+            from toolkit.serving.serve import model_app
 
             gen = Generator.load(GeneratorConfig(model=self.cfg.model))
-            backend = generator_backend(gen)
-            server = self._stack.enter_context(LoopbackServer(create_app(backend, self.cfg.model)))
-            self._stack.callback(backend.close)  # runs first on close: refuse queued requests, finish the current one
+            engine = Engine(gen)
+            server = self._stack.enter_context(LoopbackServer(model_app(engine, self.cfg.model)))
+            self._stack.callback(engine.close)  # runs first on close: refuse queued requests, finish the current one
             self._base_url = server.base_url
         key = os.environ.get(self.cfg.api_key_env, "") if self.cfg.api_key_env else ""
         chat = ChatOpenAI(base_url=self._base_url, model=self.cfg.model, api_key=key or "not-needed",

@@ -11,6 +11,7 @@ the arms look the same so far).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,65 +23,121 @@ Z_ALPHA, Z_POWER = 1.959964, 0.841621  # two-sided 5%, 80% power
 SMALLEST_EFFECT = 0.05
 
 
-def arm_stats(rows: list[dict]) -> dict[str, Any]:
+@dataclass
+class Tally:
+    """What the A/B analysis needs of one arm's rows, kept as sums: it is computed in SQL
+    over a log of any size (`tally_db`) or from rows in memory (`tally`)."""
+    requests: int = 0
+    rated: int = 0
+    corrected: int = 0
+    total: float = 0.0      # sum of scores
+    squares: float = 0.0    # sum of squared scores
+    latency_p50_s: float | None = None
+    latency_p95_s: float | None = None
+
+
+def tally(rows: list[dict]) -> dict[str, Tally]:
+    out: dict[str, Tally] = {}
+    lat: dict[str, list[float]] = {}
+    for r in rows:
+        t = out.setdefault(r["arm"], Tally())
+        t.requests += 1
+        t.corrected += bool(r.get("feedback_correction"))
+        if r.get("feedback_score") is not None:
+            t.rated += 1
+            t.total += r["feedback_score"]
+            t.squares += r["feedback_score"] ** 2
+        if r.get("latency_s") is not None:
+            lat.setdefault(r["arm"], []).append(r["latency_s"])
+    for arm, xs in lat.items():
+        out[arm].latency_p50_s, out[arm].latency_p95_s = (float(np.percentile(xs, q)) for q in (50, 95))
+    return out
+
+
+def tally_db(con, *, since: str | None = None, routed_only: bool = False) -> dict[str, Tally]:
+    """Per-arm sums straight from the log (constant memory, whatever its size); latency
+    percentiles as SQLite finds them (nearest rank)."""
+    from toolkit.serving.log import LATEST_FEEDBACK
+    where, args = [], []
+    if since:
+        where.append("p.created_at >= ?")
+        args.append(since)
+    if routed_only:
+        where.append("p.routed = 1")
+    cond = (" WHERE " + " AND ".join(where)) if where else ""
+    out: dict[str, Tally] = {}
+    sql = (f"SELECT arm, COUNT(*), COUNT(feedback_score), SUM(feedback_correction IS NOT NULL AND "
+           f"feedback_correction != ''), TOTAL(feedback_score), TOTAL(feedback_score * feedback_score), "
+           f"COUNT(latency_s), MIN(id) FROM ({LATEST_FEEDBACK}{cond}) GROUP BY arm ORDER BY MIN(id)")
+    for arm, n, rated, corrected, total, squares, n_lat, _ in con.execute(sql, args):
+        t = Tally(n, rated, corrected or 0, total, squares)
+        for q, attr in ((0.50, "latency_p50_s"), (0.95, "latency_p95_s")):
+            if n_lat:
+                k = min(n_lat - 1, max(0, math.ceil(q * n_lat) - 1))
+                row = con.execute(f"SELECT latency_s FROM predictions p WHERE arm = ? AND latency_s IS NOT NULL"
+                                  f"{' AND ' + ' AND '.join(where) if where else ''} ORDER BY latency_s LIMIT 1 OFFSET ?",
+                                  [arm, *args, k]).fetchone()
+                setattr(t, attr, row[0] if row else None)
+        out[arm] = t
+    return out
+
+
+def arm_stats(t: Tally) -> dict[str, Any]:
     from scipy import stats
-    scores = np.array([r["feedback_score"] for r in rows if r["feedback_score"] is not None], float)
-    lat = np.array([r["latency_s"] for r in rows if r["latency_s"] is not None], float)
-    out: dict[str, Any] = {"requests": len(rows), "rated": int(len(scores)),
-                           "corrected": sum(1 for r in rows if r["feedback_correction"]),
-                           "latency_p50_s": float(np.percentile(lat, 50)) if len(lat) else None,
-                           "latency_p95_s": float(np.percentile(lat, 95)) if len(lat) else None,
-                           "mean": float(scores.mean()) if len(scores) else None, "ci": None, "sd": None}
-    if len(scores) >= 2:
-        sd = float(scores.std(ddof=1))
-        half = float(stats.t.ppf(0.975, len(scores) - 1)) * sd / math.sqrt(len(scores))
+    out: dict[str, Any] = {"requests": t.requests, "rated": t.rated, "corrected": t.corrected,
+                           "latency_p50_s": t.latency_p50_s, "latency_p95_s": t.latency_p95_s,
+                           "mean": t.total / t.rated if t.rated else None, "ci": None, "sd": None, "n": t.rated}
+    if t.rated >= 2:
+        var = max(0.0, (t.squares - t.total ** 2 / t.rated) / (t.rated - 1))
+        sd = math.sqrt(var)
+        half = float(stats.t.ppf(0.975, t.rated - 1)) * sd / math.sqrt(t.rated)
         out.update(sd=sd, ci=(max(0.0, out["mean"] - half), min(1.0, out["mean"] + half)))  # scores lie in 0..1
-    out["scores"] = scores
     return out
 
 
 def compare(base: dict, other: dict) -> dict[str, Any]:
     """other minus base: difference, 95% CI, Welch p-value, and the ratings per arm needed."""
     from scipy import stats
-    a, b = base["scores"], other["scores"]
-    if len(a) < 2 or len(b) < 2:
-        return {"enough": False, "why": f"not enough feedback yet: {len(a)} and {len(b)} ratings (each arm needs at "
+    na, nb = base["n"], other["n"]
+    if na < 2 or nb < 2:
+        return {"enough": False, "why": f"not enough feedback yet: {na} and {nb} ratings (each arm needs at "
                                         f"least 2 for a confidence interval, and usually hundreds to tell)"}
-    diff = float(b.mean() - a.mean())
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    diff = float(other["mean"] - base["mean"])
+    var_a, var_b = base["sd"] ** 2, other["sd"] ** 2
+    va, vb = var_a / na, var_b / nb
     se = math.sqrt(va + vb)
     if se == 0:
         p = 1.0 if diff == 0 else 0.0
-        df = float(len(a) + len(b) - 2)
+        df = float(na + nb - 2)
     else:
-        p = float(stats.ttest_ind(b, a, equal_var=False).pvalue)
-        den = va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)
-        df = (va + vb) ** 2 / den if den > 0 else float(len(a) + len(b) - 2)
+        p = float(stats.ttest_ind_from_stats(other["mean"], other["sd"], nb, base["mean"], base["sd"], na,
+                                             equal_var=False).pvalue)
+        den = va ** 2 / (na - 1) + vb ** 2 / (nb - 1)
+        df = (va + vb) ** 2 / den if den > 0 else float(na + nb - 2)
     half = float(stats.t.ppf(0.975, max(df, 1))) * se
     # unanimous arms (every rating the same) that differ: no spread, so the difference is plain
     out = {"diff": diff, "ci": (diff - half, diff + half), "p": p, "enough": bool(p < 0.05 and diff != 0)}
     if not out["enough"]:
         effect = abs(diff) if abs(diff) >= SMALLEST_EFFECT / 2 else SMALLEST_EFFECT
-        var = a.var(ddof=1) + b.var(ddof=1) or 0.5  # two unanimous samples: assume the widest (thumbs) spread
+        var = var_a + var_b or 0.5  # two unanimous samples: assume the widest (thumbs) spread
         need = math.ceil((Z_ALPHA + Z_POWER) ** 2 * var / effect ** 2)
         out["need_per_arm"] = need
-        out["more_per_arm"] = max(0, need - min(len(a), len(b)))
+        out["more_per_arm"] = max(0, need - min(na, nb))
         out["effect"] = effect
     return out
 
 
-def analyse(rows: list[dict], baseline: str | None) -> dict[str, Any]:
-    arms: dict[str, list[dict]] = {}
-    for r in rows:
-        arms.setdefault(r["arm"], []).append(r)
+def analyse(rows: list[dict] | dict[str, Tally], baseline: str | None) -> dict[str, Any]:
+    """The A/B analysis of a log's rows (or of their per-arm Tally)."""
+    arms = rows if isinstance(rows, dict) else tally(rows)
     if not arms:
         raise UserError("the log holds no requests (yet)")
     if baseline is not None and baseline not in arms:
         raise UserError(f"'{baseline}' served no request in this log (arms: {', '.join(arms)})", field="--baseline")
     base = baseline or next(iter(arms))
-    per = {a: arm_stats(rs) for a, rs in arms.items()}
+    per = {a: arm_stats(t) for a, t in arms.items()}
     comps = {a: compare(per[base], per[a]) for a in arms if a != base}
-    return {"baseline": base, "arms": per, "compare": comps, "requests": len(rows)}
+    return {"baseline": base, "arms": per, "compare": comps, "requests": sum(t.requests for t in arms.values())}
 
 
 def verdict(base: str, arm: str, c: dict) -> str:
@@ -103,15 +160,14 @@ def ab_report(db: Path, *, baseline: str | None = None, since: str | None = None
     from rich.console import Console
     from rich.table import Table
 
-    from toolkit.serving.log import query
     from toolkit.serving.logs_cli import open_log, parse_since
 
     con = open_log(db)
-    rows = query(con, since=parse_since(since))
-    con.close()
-    if routed_only:
-        rows = [r for r in rows if r["routed"]]
-    a = analyse(rows, baseline)
+    try:
+        tallies = tally_db(con, since=parse_since(since), routed_only=routed_only)
+    finally:
+        con.close()
+    a = analyse(tallies, baseline)
     t = Table(title=f"A/B test in {db}: {a['requests']} requests" + (" (routed only)" if routed_only else ""))
     for col in ("arm", "requests", "rated", "mean score", "95% CI", "vs baseline", "p", "latency p50", "p95"):
         t.add_column(col, justify="left" if col == "arm" else "right")

@@ -15,7 +15,8 @@ def main(spec_path: str) -> int:
     from toolkit.config import GeneratorConfig
     from toolkit.models import resolve_generator
     from toolkit.runs import atomic_write
-    from toolkit.serving.finetuning import BASE_LR, DEFAULT_BATCH, DEFAULT_EPOCHS, train_items
+    from toolkit.serving.ft_formats import train_items
+    from toolkit.serving.ft_jobs import BASE_LR, DEFAULT_BATCH, DEFAULT_EPOCHS
     from toolkit.training.trainer import train_model
 
     spec = json.loads(Path(spec_path).read_text())

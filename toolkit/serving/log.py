@@ -10,12 +10,13 @@ and recorded in `schema_migrations`, so an older log opens in a newer adaptbench
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_predictions", """
@@ -51,6 +52,10 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX feedback_request ON feedback (request_id);
     """),
+    ("0003_status", """
+        ALTER TABLE predictions ADD COLUMN status TEXT NOT NULL DEFAULT 'ok';  -- ok | cancelled | error
+        ALTER TABLE predictions ADD COLUMN error TEXT
+    """),
 ]
 
 # the latest feedback of each request, joined to its prediction
@@ -82,6 +87,8 @@ class Prediction:
     latency_s: float | None = None
     queue_s: float | None = None
     run: str | None = None
+    status: str = "ok"          # ok | cancelled (the client left; output is what it was sent) | error
+    error: str | None = None
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -90,6 +97,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))  # the log holds users' questions: owner only
         con = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=FULL")
@@ -135,10 +143,11 @@ class PredictionLog:
         with self._lock:
             self.con.execute(
                 "INSERT INTO predictions (request_id, created_at, arm, model, routed, user_id, endpoint, input, output, "
-                "passages, prompt_tokens, completion_tokens, latency_s, queue_s, run) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "passages, prompt_tokens, completion_tokens, latency_s, queue_s, run, status, error) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (p.request_id, now_iso(), p.arm, p.model, int(p.routed), p.user_id, p.endpoint, p.input, p.output,
-                 json.dumps(p.passages or []), p.prompt_tokens, p.completion_tokens, p.latency_s, p.queue_s, p.run))
+                 json.dumps(p.passages or []), p.prompt_tokens, p.completion_tokens, p.latency_s, p.queue_s, p.run,
+                 p.status, p.error))
 
     def feedback(self, request_id: str, score: float | None, correction: str | None, comment: str | None) -> str | None:
         """Record feedback; the arm that answered, or None for an unknown request id."""
@@ -159,16 +168,15 @@ class PredictionLog:
 
 
 def query(con: sqlite3.Connection, *, arm: str | None = None, user: str | None = None, since: str | None = None,
-          feedback: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-    """Predictions with their latest feedback, oldest first. `feedback`: 'any' (has some),
-    'none', 'corrected'."""
+          feedback: str | None = None, limit: int | None = None, status: str | None = None) -> Iterator[dict[str, Any]]:
+    """Predictions with their latest feedback, oldest first, read as they are needed (a log of
+    any size in constant memory). `feedback`: 'any' (has some), 'none', 'corrected'; `limit`:
+    the latest N only."""
     where, args = [], []
-    if arm:
-        where.append("p.arm = ?")
-        args.append(arm)
-    if user:
-        where.append("p.user_id = ?")
-        args.append(user)
+    for col, val in (("p.arm", arm), ("p.user_id", user), ("p.status", status)):
+        if val:
+            where.append(f"{col} = ?")
+            args.append(val)
     if since:
         where.append("p.created_at >= ?")
         args.append(since)
@@ -178,10 +186,13 @@ def query(con: sqlite3.Connection, *, arm: str | None = None, user: str | None =
         where.append("f.id IS NULL")
     elif feedback == "corrected":
         where.append("f.correction IS NOT NULL AND f.correction != ''")
-    sql = LATEST_FEEDBACK + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY p.id"
-    rows = [dict(r) for r in con.execute(sql, args)]
-    if limit:
-        rows = rows[-limit:]
-    for r in rows:
-        r["passages"] = json.loads(r["passages"] or "[]")
-    return rows
+    sql = LATEST_FEEDBACK + (" WHERE " + " AND ".join(where) if where else "")
+    if limit:  # the latest N, then in order
+        sql = f"SELECT * FROM ({sql} ORDER BY p.id DESC LIMIT ?) ORDER BY id"
+        args.append(limit)
+    else:
+        sql += " ORDER BY p.id"
+    for r in con.execute(sql, args):
+        row = dict(r)
+        row["passages"] = json.loads(row["passages"] or "[]")
+        yield row

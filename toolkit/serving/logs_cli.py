@@ -39,35 +39,49 @@ def parse_since(since: str | None) -> str | None:
     return t.astimezone(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def printable(s, n: int | None = 60) -> str:
+    """Logged text made safe for a terminal: whitespace runs as one space, control and escape
+    characters shown as \\xNN (a logged answer must never move the cursor or clear the
+    screen), cut to n characters."""
+    s = " ".join(str(s or "").split())
+    s = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in s)
+    return s if n is None or len(s) <= n else s[:n - 1] + "…"
+
+
 def list_logs(db: Path, *, arm=None, user=None, since=None, feedback=None, limit=50, as_json=False) -> int:
     from toolkit.serving.log import query
     con = open_log(db)
-    rows = query(con, arm=arm, user=user, since=parse_since(since), feedback=feedback, limit=limit or None)
-    total = con.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
-    con.close()
-    if as_json:
-        for r in rows:
-            print(json.dumps(r, ensure_ascii=False))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
+    try:
+        rows = query(con, arm=arm, user=user, since=parse_since(since), feedback=feedback, limit=limit or None)
+        if as_json:  # one line per row as it is read: any size of log
+            for r in rows:
+                print(json.dumps(r, ensure_ascii=False))
+            return 0
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
 
-    t = Table(title=f"{db}: {len(rows)} of {total} requests" + (" (latest)" if limit and len(rows) == limit else ""))
-    for col in ("time (UTC)", "request id", "arm", "user", "input", "output", "score", "latency"):
-        t.add_column(col, overflow="fold", justify="right" if col in ("score", "latency") else "left")
-
-    def cut(s, n=60):
-        s = " ".join(str(s or "").split())
-        return s if len(s) <= n else s[:n - 1] + "…"
-
-    for r in rows:
-        score = "" if r["feedback_score"] is None else f"{r['feedback_score']:g}"
-        if r["feedback_correction"]:
-            score += " ✎"
-        t.add_row(r["created_at"][:19].replace("T", " "), r["request_id"], r["arm"] + (" (routed)" if r["routed"] else ""),
-                  r["user_id"] or "", cut(r["input"]), cut(r["output"]), score,
-                  f"{r['latency_s']:.2f}s" if r["latency_s"] is not None else "")
-    Console(width=200 if not os.isatty(1) else None).print(t)
+        shown = list(rows) if limit else None
+        total = con.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+        t = Table(title=Text(f"{printable(db, None)}: {len(shown) if shown is not None else total} of {total} requests"
+                             + (" (latest)" if limit and shown is not None and len(shown) == limit else "")))
+        for col in ("time (UTC)", "request id", "arm", "user", "input", "output", "score", "latency"):
+            t.add_column(col, overflow="fold", justify="right" if col in ("score", "latency") else "left")
+        for r in shown if shown is not None else query(con, arm=arm, user=user, since=parse_since(since),
+                                                       feedback=feedback):
+            score = "" if r["feedback_score"] is None else f"{r['feedback_score']:g}"
+            if r["feedback_correction"]:
+                score += " ✎"
+            status = "" if r.get("status", "ok") == "ok" else f" [{r['status']}]"
+            # Text, not markup: a logged "[/oops]" is shown as written, never parsed
+            t.add_row(*(Text(x) for x in (
+                r["created_at"][:19].replace("T", " "), printable(r["request_id"], None),
+                printable(r["arm"], None) + (" (routed)" if r["routed"] else "") + status, printable(r["user_id"]),
+                printable(r["input"]), printable(r["output"]), score,
+                f"{r['latency_s']:.2f}s" if r["latency_s"] is not None else "")))
+        Console(width=200 if not os.isatty(1) else None).print(t)
+    finally:
+        con.close()
     print("score: the latest feedback (0 bad .. 1 good); ✎ a correction was given")
     return 0
 
@@ -77,34 +91,40 @@ def export_training(db: Path, out: Path, *, min_score: float = 1.0, arm=None, si
     were), as OpenAI chat-format JSONL: {"messages": [user, assistant]}. The question is what
     the client asked; the arm adds its own instruction and passages when it trains. Written
     atomically: an interrupted export leaves no half-written file."""
-    from toolkit.runs import atomic_write
     from toolkit.serving.log import query
 
     con = open_log(db)
-    rows = query(con, arm=arm, since=parse_since(since), feedback="any")
-    con.close()
-    lines, corrected, rated = [], 0, 0
-    seen = set()
-    for r in rows:
-        if r["feedback_correction"] and r["feedback_correction"].strip():
-            answer = r["feedback_correction"].strip()
-            corrected += 1
-        elif r["feedback_score"] is not None and r["feedback_score"] >= min_score and r["output"].strip():
-            answer = r["output"].strip()
-            rated += 1
-        else:
-            continue
-        key = (r["input"].strip(), answer)
-        if key in seen:  # the same question answered the same way: one training row
-            continue
-        seen.add(key)
-        lines.append(json.dumps({"messages": [{"role": "user", "content": r["input"].strip()},
-                                              {"role": "assistant", "content": answer}]}, ensure_ascii=False))
-    if not lines:
-        raise UserError(f"nothing to export: of {len(rows)} requests with feedback, none has a correction or a score "
-                        f"of at least {min_score:g}", file=db)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, "\n".join(lines) + "\n")
-    print(f"wrote {len(lines)} training examples to {out} ({corrected} corrected, {rated} rated ≥ {min_score:g}; "
-          f"{corrected + rated - len(lines)} duplicates dropped)")
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    n_rows = written = corrected = rated = 0
+    seen = set()
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for r in query(con, arm=arm, since=parse_since(since), feedback="any"):
+                n_rows += 1
+                if r["feedback_correction"] and r["feedback_correction"].strip():
+                    answer = r["feedback_correction"].strip()
+                    corrected += 1
+                elif (r["feedback_score"] is not None and r["feedback_score"] >= min_score and r["output"].strip()
+                      and r.get("status", "ok") == "ok"):  # a cancelled or failed answer is no example
+                    answer = r["output"].strip()
+                    rated += 1
+                else:
+                    continue
+                key = (r["input"].strip(), answer)
+                if key in seen:  # the same question answered the same way: one training row
+                    continue
+                seen.add(key)
+                f.write(json.dumps({"messages": [{"role": "user", "content": r["input"].strip()},
+                                                 {"role": "assistant", "content": answer}]}, ensure_ascii=False) + "\n")
+                written += 1
+        if not written:
+            raise UserError(f"nothing to export: of {n_rows} requests with feedback, none has a correction or a score "
+                            f"of at least {min_score:g}", file=db)
+        os.replace(tmp, out)
+    finally:
+        con.close()
+        tmp.unlink(missing_ok=True)
+    print(f"wrote {written} training examples to {out} ({corrected} corrected, {rated} rated ≥ {min_score:g}; "
+          f"{corrected + rated - written} duplicates dropped)")
     return 0

@@ -1,16 +1,20 @@
 """`adaptbench serve`: a base model (`--model`) or the arms of a run (`RUN_DIR --arm ...`)
-behind the OpenAI-compatible API, in the foreground until Ctrl-C. Ctrl-C (or SIGTERM) stops
-accepting connections, answers the requests in flight, then closes the prediction log."""
+behind the OpenAI-compatible API, in the foreground until Ctrl-C. Both modes are the same app
+shell (toolkit.serving.app), the same request path (toolkit.serving.handler) and the same
+limits; they differ in what answers (toolkit.serving.targets) and in the routes they add.
+
+Ctrl-C (or SIGTERM) stops accepting connections, answers the requests in flight, then closes
+the prediction log.
+"""
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from toolkit.errors import UserError
+from toolkit.serving.app import Limits, build_app, run_server
 
 
 def api_key_from(env: str | None) -> str | None:
@@ -24,55 +28,105 @@ def api_key_from(env: str | None) -> str | None:
     return key
 
 
+def model_app(engine, name: str, *, api_key: str | None = None, metrics=None, limits: Limits | None = None,
+              log=None, jobs_dir: Path | None = None, dtype: str = "auto", quotas=None,
+              allowed_hosts: tuple[str, ...] = ()):
+    """The app of `serve --model` around an Engine whose first model is the base: chat and
+    text completions, /v1/models and, with `jobs_dir`, OpenAI's files and fine-tuning routes
+    (app.state.finetuning; close it after). Also what a local judge is served by."""
+    from toolkit.serving.endpoints import chat, completions, feedback, models
+    from toolkit.serving.handler import Handler
+    from toolkit.serving.targets import ModelTarget, ModelTargets
+
+    limits = limits or Limits(max_queue=engine.max_queue)
+    gen = engine.generators[0]
+    targets = ModelTargets(name, ModelTarget(name, 0, gen))
+    handler = Handler(targets, engine, limits=limits, log=log, metrics=metrics)
+    routers = [models.router, chat.router, completions.router] + ([feedback.router] if log is not None else [])
+    state = {"handler": handler, "finetuning": None}
+    if jobs_dir is not None:
+        from toolkit.serving.endpoints import fine_tuning
+        from toolkit.serving.ft_jobs import FineTuning
+
+        model_ref = gen.cfg.model
+
+        def register(ft_name: str, base: str, adapter: Path) -> None:
+            key = engine.add_adapter(gen, ft_name, adapter)
+            targets.add(ModelTarget(ft_name, key, gen, fine_tuned=True, root=name))
+
+        def unregister(ft_name: str) -> None:
+            targets.remove(ft_name)
+            engine.remove_adapter(ft_name)
+
+        state["finetuning"] = FineTuning(jobs_dir, bases={name: model_ref, model_ref: model_ref}, register=register,
+                                         unregister=unregister, dtype=dtype, quotas=quotas)
+        routers.append(fine_tuning.router)
+    return build_app(title="adaptbench", description="An OpenAI-compatible API in front of a local model.",
+                     routers=routers, api_key=api_key, metrics=metrics, limits=limits, model=name,
+                     allowed_hosts=allowed_hosts, state=state)
+
+
+def arm_app(arms: list, weights: dict[str, float], *, engine, name: str, run: str | None = None, log=None,
+            metrics=None, api_key: str | None = None, limits: Limits | None = None,
+            allowed_hosts: tuple[str, ...] = ()):
+    """The app of `serve RUN_DIR --arm`: the arms (toolkit.serving.arms.ServedArm) by name and
+    behind the A/B router, with the prediction log and feedback."""
+    from toolkit.serving.endpoints import chat, completions, feedback, models
+    from toolkit.serving.handler import Handler
+    from toolkit.serving.targets import ArmTarget, ArmTargets
+
+    limits = limits or Limits(max_queue=engine.max_queue)
+    targets = ArmTargets(name, [ArmTarget(a, engine.add(a.backend.generator) if a.local else None, weights.get(a.name, 0))
+                                for a in arms], weights)
+    handler = Handler(targets, engine, limits=limits, log=log, metrics=metrics, run=run)
+    return build_app(title="adaptbench", description="The arms of an adaptbench run behind an OpenAI-compatible API.",
+                     routers=[models.router, chat.router, completions.router, feedback.router], api_key=api_key,
+                     metrics=metrics, limits=limits, allowed_hosts=allowed_hosts, state={"handler": handler})
+
+
 def serve_model(model: str, *, name: str, host: str, port: int, max_batch: int, max_wait_ms: float,
-                dtype: str = "auto", device: str = "auto", api_key: str | None = None, max_queue: int = 0,
-                jobs_dir: Path | None = None) -> int:
+                dtype: str = "auto", device: str = "auto", api_key: str | None = None, limits: Limits | None = None,
+                jobs_dir: Path | None = None, fine_tuning: bool = True, log_path: Path | None = None,
+                allowed_hosts: tuple[str, ...] = ()) -> int:
     from toolkit.backends.generation import Generator
     from toolkit.cache import cache_root
     from toolkit.config import GeneratorConfig
     from toolkit.progress import status
-    from toolkit.serving.finetuning import FineTuning
+    from toolkit.serving.engine import Engine
+    from toolkit.serving.log import PredictionLog
     from toolkit.serving.metrics import Metrics
-    from toolkit.serving.openai_app import Engine, create_app
 
+    limits = limits or Limits()
     with status(f"loading {model}"):
         gen = Generator.load(GeneratorConfig(model=model, dtype=dtype, device=device))
     metrics = Metrics()
-    engine = Engine(gen, max_batch=max_batch, max_wait_ms=max_wait_ms, background=False, max_queue=max_queue,
-                    on_batch=metrics.batch.observe)
-    models: dict[str, int] = {}
-    ft = FineTuning(jobs_dir or cache_root() / "finetuning", base_model=model, dtype=dtype, name=name,
-                    register=fine_tuned_loader(engine, models, dtype=dtype, device=device))
-    app = create_app(engine, name, api_key=api_key, metrics=metrics, models=models, finetuning=ft)
+    engine = Engine(gen, max_batch=max_batch, max_wait_ms=max_wait_ms, background=False, max_queue=limits.max_queue,
+                    max_batch_tokens=limits.max_batch_tokens, on_batch=metrics.batch.observe)
+    log = PredictionLog(log_path) if log_path else None
+    app = model_app(engine, name, api_key=api_key, metrics=metrics, limits=limits, log=log, dtype=dtype,
+                    jobs_dir=(jobs_dir or cache_root() / "finetuning") if fine_tuning else None,
+                    allowed_hosts=allowed_hosts)
     where = f"{gen.device}/{str(gen.model.dtype).replace('torch.', '')}"
     try:
-        return run_server(app, engine, host, port, f"serving {name} ({where}) and its fine-tuning API", max_batch)
+        return run_server(app, engine, host, port, f"serving {name} ({where})"
+                          + (" and its fine-tuning API" if fine_tuning else ""), limits)
     finally:
-        ft.close()
-
-
-def fine_tuned_loader(engine, models: dict[str, int], *, dtype: str, device: str):
-    """What FineTuning calls for a succeeded job: the base model with the adapter merged in,
-    answering under the job's model name from then on."""
-    def register(name: str, base: str, adapter: Path) -> None:
-        from toolkit.config import GeneratorConfig
-        from toolkit.models import resolve_generator
-        from toolkit.training.trainer import load_finetuned
-        gen = load_finetuned(resolve_generator(base), GeneratorConfig(model=base, dtype=dtype, device=device), adapter)
-        models[name] = engine.add(gen)
-    return register
+        if app.state.finetuning is not None:
+            app.state.finetuning.close()
+        if log is not None:
+            log.close()
 
 
 def serve_run(run_dir: Path, arm_specs: list[str], *, name: str | None, host: str, port: int, max_batch: int,
               max_wait_ms: float, log_path: Path | None, api_key: str | None, allow_changes: bool,
-              max_queue: int = 0) -> int:
+              limits: Limits | None = None, allowed_hosts: tuple[str, ...] = ()) -> int:
     from toolkit.progress import status
     from toolkit.serving.arms import check_arms, load_arms, parse_arm_specs
+    from toolkit.serving.engine import Engine
     from toolkit.serving.log import PredictionLog
     from toolkit.serving.metrics import Metrics
-    from toolkit.serving.openai_app import Engine
-    from toolkit.serving.service import ArmService, create_arm_app
 
+    limits = limits or Limits()
     specs = parse_arm_specs(arm_specs, run_dir)
     by_run: dict[Path, list] = {}
     for sp in specs:
@@ -100,51 +154,18 @@ def serve_run(run_dir: Path, arm_specs: list[str], *, name: str | None, host: st
             print(f"warning: {a.name} is served with a different {', '.join(a.changes)} than it was evaluated with "
                   f"(--allow-changes)", file=sys.stderr, flush=True)
     metrics = Metrics()
-    engine = Engine(max_batch=max_batch, max_wait_ms=max_wait_ms, background=False, max_queue=max_queue,
-                    on_batch=metrics.batch.observe)
+    engine = Engine(max_batch=max_batch, max_wait_ms=max_wait_ms, background=False, max_queue=limits.max_queue,
+                    max_batch_tokens=limits.max_batch_tokens, on_batch=metrics.batch.observe)
     log = PredictionLog(log_path)
     try:
-        service = ArmService(arms, weights, engine=engine, name=name, run=str(Path(run_dir).name), log=log,
-                             metrics=metrics)
-        app = create_arm_app(service, api_key=api_key)
-        shares = service.router.shares()
+        app = arm_app(arms, weights, engine=engine, name=name, run=str(Path(run_dir).name), log=log,
+                      metrics=metrics, api_key=api_key, limits=limits, allowed_hosts=allowed_hosts)
+        shares = app.state.handler.targets.router.shares()
         routes = ", ".join(f"{a} {shares.get(a, 0) * 100:.0f}%" for a in weights)
         banner = (f"serving {', '.join(weights)} of {Path(run_dir).name} as '{name}' ({routes}) · log {log_path}"
                   + (" · API key required" if api_key else ""))
-        return run_server(app, engine, host, port, banner, max_batch)
+        return run_server(app, engine, host, port, banner, limits)
     finally:
         log.close()
         for res in resources:
             res.close()
-
-
-def run_server(app, engine, host: str, port: int, banner: str, max_batch: int) -> int:
-    import uvicorn
-
-    from toolkit.serving.openai_app import free_port
-
-    port = port or free_port(host)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
-    # HTTP on a thread, the model on the main thread (see Engine)
-    http = threading.Thread(target=server.run, name="http", daemon=True)
-    http.start()
-    print(f"{banner} at http://{host}:{port}/v1 - batches of up to {max_batch}; Ctrl-C stops",
-          file=sys.stderr, flush=True)
-
-    def stop(signum, frame):
-        # first Ctrl-C (or SIGTERM): stop accepting, answer what is in flight, then return;
-        # a second one stops at once
-        if server.should_exit:
-            raise KeyboardInterrupt
-        server.should_exit = True
-        print("stopping: finishing the requests in flight (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        engine.run(until=lambda: not http.is_alive())
-    finally:
-        engine.close()
-    if not server.started:
-        raise UserError(f"could not listen on {host}:{port} (in use?)", field="--port")
-    return 0

@@ -1,0 +1,1 @@
+"""One module per endpoint family, each with `router = APIRouter()`; toolkit.serving.serve composes them."""
