@@ -142,3 +142,28 @@ def test_local_judge_model_served_on_loopback_end_to_end(tiny_suite_path, tiny_l
     text = md.read_text()
     assert "Not measured" in text and "could not be scored" in text and "failed judge calls" in text
 
+
+
+def test_a_local_judge_is_reached_through_the_request_layer_without_a_server(tiny_llama, monkeypatch):
+    """A local judge model answers ragas through toolkit.backends (no HTTP server, no serving
+    import). The tiny random model writes no parseable verdicts: its rows are unmeasured."""
+    import sys
+
+    from toolkit.scoring import judge as judge_mod
+
+    calls = []
+    real = judge_mod.local_chat_model
+
+    def spy(backend, max_tokens):
+        calls.append(type(backend).__name__)
+        return real(backend, max_tokens)
+
+    monkeypatch.setattr(judge_mod, "local_chat_model", spy)
+    ex = [Example(id="0", input="When was the Alder 5 launched?", target="2014")]
+    ctx = [Passage("p/alder", "The Alder sensor was launched in 2014.", 0.9)]
+    judge = Judge(JudgeConfig(model=str(tiny_llama), max_tokens=16, max_retries=0), "all-minilm-l6-v2")
+    run = judge.score(ex, [Prediction("0", "launched in 2014", ctx)], ["faithfulness"], retrieves=True)
+    judge.close()
+    assert calls == ["TransformersBackend"] and len(run.rows) == 1
+    assert math.isnan(run.rows[0]["faithfulness"]) or 0 <= run.rows[0]["faithfulness"] <= 1
+    assert not any(m.startswith("toolkit.serving") for m in sys.modules if "judge" in m)

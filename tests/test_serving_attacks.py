@@ -154,6 +154,29 @@ def test_a_client_that_leaves_is_dropped_from_the_queue_and_its_row_says_cancell
         assert 'status="499"' in httpx.get(s.root + "/metrics").text
 
 
+def test_a_chunked_body_behind_a_small_content_length_is_still_capped(served):
+    port = int(served.root.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"x" * 65536
+        try:
+            for _ in range(40):  # 2.5 MiB against a 1 MiB cap
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        except OSError:
+            pass  # the server answered and closed
+        head = sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 413"), head[:80]
+
+
+def test_odd_but_valid_values_are_answered(served):
+    chat = served.url + "/chat/completions"
+    assert httpx.post(chat, json={**CHAT, "temperature": 1e-300}).status_code == 200  # greedy, not a 500
+    deep = ("[" * 100000 + "]" * 100000 + "\n").encode()
+    up = httpx.post(served.url + "/files", data={"purpose": "fine-tune"}, files={"file": ("d.jsonl", deep)})
+    _err(up, 400, "invalid_file_format")
+
+
 def test_idle_and_slow_sockets_are_closed(served):
     port = int(served.root.rsplit(":", 1)[1])
     for opening in (b"", b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n"):  # nothing; headers that never end
@@ -177,6 +200,10 @@ def test_a_web_page_cannot_drive_a_keyless_server(served, tiny_gen, tmp_path, mo
     assert served.ft.files() == []
     same = httpx.post(served.url + "/chat/completions", json=CHAT, headers={"Origin": served.root})
     assert same.status_code == 200
+    _err(httpx.get(served.url + "/models", headers={"Host": "127.evil.example"}), 421)  # a name, not an address
+    port = int(served.root.rsplit(":", 1)[1])
+    other_port = httpx.post(served.url + "/chat/completions", json=CHAT, headers={"Origin": f"http://127.0.0.1:{port + 1}"})
+    _err(other_port, 403, "cross_site_request")  # another port of this machine is another site
     with ModelServer(tiny_gen, tmp_path / "keyed", api_key="k3y") as keyed:  # a key: any name, bearer required
         r = httpx.get(keyed.url + "/models", headers={"Host": "api.example", "Authorization": "Bearer k3y"})
         assert r.status_code == 200

@@ -20,9 +20,9 @@ class Adapters:
     def add(self, name: str, path: Path) -> None:
         self.paths[name] = Path(path)
 
-    def remove(self, name: str) -> None:
-        self.paths.pop(name, None)
-        if name in self.loaded:
+    def unload(self, name: str) -> None:
+        """Free an adapter's memory; it loads again if asked for (a request already routed to it)."""
+        if name in self.loaded and len(self.loaded) > 1:  # peft keeps at least one adapter once it has one
             self.loaded.pop(name)
             self.peft.delete_adapter(name)
 

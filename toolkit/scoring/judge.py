@@ -1,8 +1,9 @@
 """ragas' LLM-judged metrics, with the judge the suite names and nothing else.
 
 The judge is an OpenAI-compatible endpoint (base URL, model, key from an
-environment variable) or a local Hugging Face model that adaptbench serves on a
-loopback port, so both take the same HTTP path. No judge configured: the metrics
+environment variable) or a local Hugging Face model, reached through the request
+layer (toolkit.backends) like any arm's model: ragas gets a LangChain chat model
+over that backend (`BackendChatModel`). No judge configured: the metrics
 are reported as not measured, with the reason, and never enter an average. A
 row ragas cannot score (the judge's output did not parse, the request failed
 after its retries) is NaN here, counted as unmeasured in the report, and kept in
@@ -98,22 +99,18 @@ class Judge:
             from ragas.llms import LangchainLLMWrapper
         from toolkit.models import load_embedder
 
-        if self._base_url is None:  # a local model: serve it on loopback, then talk HTTP like to any endpoint
+        if self._base_url is None:  # a local model, through the request layer like an arm's
+            from toolkit.backends import load_backend
             from toolkit.config import GeneratorConfig
-            from toolkit.backends.generation import Generator
-            from toolkit.serving.app import LoopbackServer
-            from toolkit.serving.engine import Engine
-            from toolkit.serving.serve import model_app
 
-            gen = Generator.load(GeneratorConfig(model=self.cfg.model))
-            engine = Engine(gen)
-            server = self._stack.enter_context(LoopbackServer(model_app(engine, self.cfg.model)))
-            self._stack.callback(engine.close)  # runs first on close: refuse queued requests, finish the current one
-            self._base_url = server.base_url
-        key = os.environ.get(self.cfg.api_key_env, "") if self.cfg.api_key_env else ""
-        chat = ChatOpenAI(base_url=self._base_url, model=self.cfg.model, api_key=key or "not-needed",
-                          temperature=0.0, max_tokens=self.cfg.max_tokens, timeout=self.cfg.timeout_s,
-                          max_retries=self.cfg.max_retries)
+            backend = load_backend(GeneratorConfig(model=self.cfg.model, max_new_tokens=min(self.cfg.max_tokens, 4096)))
+            self._stack.callback(backend.close)
+            chat = local_chat_model(backend, self.cfg.max_tokens)
+        else:
+            key = os.environ.get(self.cfg.api_key_env, "") if self.cfg.api_key_env else ""
+            chat = ChatOpenAI(base_url=self._base_url, model=self.cfg.model, api_key=key or "not-needed",
+                              temperature=0.0, max_tokens=self.cfg.max_tokens, timeout=self.cfg.timeout_s,
+                              max_retries=self.cfg.max_retries)
         self._llm = LangchainLLMWrapper(chat)
         self._emb = LlamaIndexEmbeddingsWrapper(load_embedder(self.embedder_name))
 
@@ -156,3 +153,49 @@ class Judge:
 
     def close(self) -> None:
         self._stack.close()
+
+
+def local_chat_model(backend, max_tokens: int):
+    """A LangChain chat model answered by a toolkit.backends Backend (what ragas calls a local
+    judge through). Written here rather than taken from langchain-huggingface, which would
+    load the model a second time, outside adaptbench's model loading (dtype, device, the
+    dequantised bundled model). A local model is not re-entrant: prompts are answered one at
+    a time, under a lock, whatever concurrency ragas asks for."""
+    import threading
+
+    from langchain_core.language_models.chat_models import BaseChatModel
+    from langchain_core.messages import AIMessage
+    from langchain_core.outputs import ChatGeneration, ChatResult
+    from pydantic import ConfigDict
+
+    from toolkit.backends import GenRequest, Settings
+
+    roles = {"human": "user", "ai": "assistant", "system": "system"}
+    lock = threading.Lock()
+
+    class BackendChatModel(BaseChatModel):
+        model_config = ConfigDict(arbitrary_types_allowed=True)
+        temperature: float = 0.0  # ragas sets it per request
+
+        @property
+        def _llm_type(self) -> str:
+            return "adaptbench-backend"
+
+        def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
+            msgs = [{"role": roles.get(m.type, "user"), "content": str(m.content)} for m in messages]
+            settings = Settings(max_tokens, tuple(stop or ()), float(self.temperature or 0.0), None)
+            with lock:
+                [c] = backend.generate([GenRequest(msgs, settings)], description=None)
+            usage = {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens}
+            return ChatResult(generations=[ChatGeneration(message=AIMessage(content=c.text),
+                                                          generation_info={"finish_reason": "stop"})],
+                              llm_output={"token_usage": usage})
+
+        def _combine_llm_outputs(self, llm_outputs):
+            total = {"prompt_tokens": 0, "completion_tokens": 0}
+            for o in llm_outputs:
+                for k in total:
+                    total[k] += ((o or {}).get("token_usage") or {}).get(k, 0)
+            return {"token_usage": total}
+
+    return BackendChatModel()

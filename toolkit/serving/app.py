@@ -28,7 +28,7 @@ from toolkit.serving.protocol import ApiError, error_body
 OPEN_PATHS = ("/healthz",)     # answered without the API key (load balancers, liveness probes)
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/feedback", "/v1/files",
              "/v1/fine_tuning/jobs", "/metrics", "/healthz")
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]", "testserver")
+LOOPBACK_NAMES = ("localhost",)  # and any loopback IP address (127.0.0.0/8, ::1)
 
 
 @dataclass
@@ -42,14 +42,26 @@ class Limits:
     max_batch_tokens: int = 0         # > 0: tokens (prompt + max_tokens) one batch holds
     max_connections: int = 512        # open connections (uvicorn answers 503 past it)
     header_timeout_s: float = 10.0    # a connection must send its request headers within this
+    body_timeout_s: float = 30.0      # ... and its body within this
+    write_timeout_s: float = 30.0     # a response part the client does not take within this ends it
+    max_logprob_tokens: int = 4096    # tokens of a text scored with logprobs (full-vocabulary logits)
     keep_alive_s: int = 5             # an idle keep-alive connection is closed after this
 
 
 def _host_of(value: str) -> str:
+    """The name in a Host header value (or an Origin's netloc), without its port."""
     value = value.strip().lower()
     if value.startswith("["):
-        return value[:value.find("]") + 1] if "]" in value else value
+        return value[1:value.find("]")] if "]" in value else value
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def _is_loopback(name: str) -> bool:
+    import ipaddress
+    try:
+        return ipaddress.ip_address(name).is_loopback  # exactly an address: "127.evil.example" is a name
+    except ValueError:
+        return False
 
 
 class Guard:
@@ -81,10 +93,14 @@ class Guard:
                 status["code"] = msg["status"]
             await send(msg)
 
+        counted = self.metrics is not None and scope["path"].startswith("/v1/")
+        if counted:
+            self.metrics.in_flight.inc()
         try:
             await self._guarded(scope, receive, send_seen)
         finally:
-            if self.metrics is not None and scope["path"].startswith("/v1/"):
+            if counted:
+                self.metrics.in_flight.dec()
                 path = next((e for e in ENDPOINTS if scope["path"] == e or scope["path"].startswith(e + "/")), "other")
                 state = scope["state"]
                 code = state.get("status") or status["code"]  # a stream that failed after its 200
@@ -101,16 +117,17 @@ class Guard:
                         "Incorrect API key provided: send `Authorization: Bearer KEY` with the server's key",
                         "invalid_request_error", None, "invalid_api_key"))
         else:
-            host = _host_of(headers.get(b"host", b"").decode("latin-1"))
-            if "*" not in self.hosts and host not in self.hosts and not host.startswith("127."):
+            raw_host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+            host = _host_of(raw_host)
+            if "*" not in self.hosts and host not in self.hosts and not _is_loopback(host):
                 return await send_json(send, 421, error_body(
                     f"this server answers loopback names only (Host '{host[:64]}'); start it with --api-key-env to "
                     f"serve other names", "invalid_request_error", None, "misdirected_request"))
             origin = headers.get(b"origin")
             if origin is not None and method not in ("GET", "HEAD", "OPTIONS"):
-                where = origin.decode("latin-1").split("://", 1)[-1]
-                if _host_of(where) != host and _host_of(where) not in self.hosts \
-                        and not _host_of(where).startswith("127."):
+                # same origin means the same host and port as the request's: a page on another port of
+                # this machine is another site too
+                if origin.decode("latin-1").split("://", 1)[-1].strip().lower().rstrip("/") != raw_host:
                     return await send_json(send, 403, error_body(
                         "a cross-site request cannot write to a server without an API key", "invalid_request_error",
                         None, "cross_site_request"))
@@ -118,19 +135,27 @@ class Guard:
         too_big = error_body(f"the request body is over {cap} bytes", "invalid_request_error", None,
                              "request_too_large")
         declared = headers.get(b"content-length")
+        send = self._timed_send(send)
+        if b"transfer-encoding" in headers:
+            declared = None  # chunked wins over a Content-Length (h11 does so): count what arrives
         if declared is not None:
             try:
                 if int(declared) > cap:
                     return await send_json(send, 413, too_big)
             except ValueError:
                 return await send_json(send, 400, error_body("bad Content-Length", "invalid_request_error"))
-            return await self.app(scope, receive, send)
+            return await self.app(scope, self._timed_receive(receive), send)
         if method not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         # a chunked body: read it up to the cap, then hand it on
         chunks, size = [], 0
+        receive_in_time = self._timed_receive(receive)
         while True:
-            msg = await receive()
+            try:
+                msg = await receive_in_time()
+            except TimeoutError:
+                return await send_json(send, 408, error_body("the request body did not arrive in time",
+                                                             "invalid_request_error", None, "request_timeout"))
             if msg["type"] == "http.disconnect":
                 return
             size += len(msg.get("body", b""))
@@ -150,6 +175,33 @@ class Guard:
             return await receive()
 
         return await self.app(scope, replay, send)
+
+
+    def _timed_receive(self, receive):
+        """The body must arrive within `body_timeout_s` (a client sending a byte every few seconds
+        would hold its connection, and its worker, for ever)."""
+        state: dict = {"deadline": None, "done": False}
+
+        async def timed():
+            import asyncio
+            if state["done"]:  # the body is in: later receives wait for a disconnect, for as long as it takes
+                return await receive()
+            now = asyncio.get_running_loop().time()
+            if state["deadline"] is None:
+                state["deadline"] = now + self.limits.body_timeout_s
+            msg = await asyncio.wait_for(receive(), timeout=max(state["deadline"] - now, 0.001))
+            if msg.get("type") != "http.request" or not msg.get("more_body"):
+                state["done"] = True
+            return msg
+        return timed
+
+    def _timed_send(self, send):
+        """A response that its client does not read within `write_timeout_s` is abandoned (a
+        stalled stream reader would hold its generation and connection for ever)."""
+        async def timed(msg):
+            import asyncio
+            await asyncio.wait_for(send(msg), timeout=self.limits.write_timeout_s)
+        return timed
 
 
 async def send_json(send, status: int, obj: dict) -> None:
@@ -218,6 +270,11 @@ def build_app(*, title: str, description: str, routers: list, api_key: str | Non
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(TimeoutError)
+    async def too_slow(request: Request, exc: TimeoutError):  # the Guard's body deadline
+        return JSONResponse(error_body("the request body did not arrive in time", "invalid_request_error", None,
+                                       "request_timeout"), status_code=408)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception):

@@ -51,6 +51,7 @@ class Work:
     future: Future = field(default_factory=Future)
     queued_at: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
+    counted_out: bool = False        # no longer counted as waiting
 
     def group(self) -> tuple:
         if self.kind == GENERATE:
@@ -96,6 +97,8 @@ class Engine:
         self._q: queue.Queue[Work] = queue.Queue()
         self._carry: collections.deque[Work] = collections.deque()  # taken, but did not fit the last batch
         self._closed = threading.Event()
+        self._count_lock = threading.Lock()
+        self._waiting = 0
         self.batches: list[int] = []  # sizes of the batches run (tests, benchmarks)
         self._worker = None
         if background:
@@ -125,9 +128,14 @@ class Engine:
         return len(self.generators) - 1
 
     def remove_adapter(self, name: str) -> None:
+        """Unload an adapter (on the worker, between batches: it changes the model). Requests
+        already on their way still get their answer: the adapter reloads for them."""
         for a in self._adapters.values():
             if name in a.paths:
-                self.call(lambda a=a: a.remove(name))  # on the worker: it changes the model
+                work = Work(CALL, 0, lambda a=a: a.unload(name))
+                work.counted_out = True  # housekeeping, not a client's request: no queue limit
+                work.future.work = work  # type: ignore[attr-defined]
+                self._q.put(work)
 
     # requests
     def generate(self, key: int, prompt, settings, on_text=None, cost: int = 0) -> Future:
@@ -145,23 +153,33 @@ class Engine:
         e.g. scoring every label of a likelihood classifier)."""
         return self._submit(Work(CALL, 0, fn))
 
-    @staticmethod
-    def cancel(f: Future) -> None:
-        """The client is gone: drop the request if it waits, stop its row if it runs."""
+    def cancel(self, f: Future) -> None:
+        """The client is gone: drop the request if it waits, stop its row if it runs. A
+        cancelled request stops counting against the queue at once."""
         work = getattr(f, "work", None)
-        if work is not None:
+        if work is not None and not work.cancelled:
             work.cancelled = True
+            self._left_queue(work)
         f.cancel()
 
     @property
     def waiting(self) -> int:
-        return self._q.qsize() + len(self._carry)
+        """Requests queued and not yet in a batch (cancelled ones not counted)."""
+        return self._waiting
+
+    def _left_queue(self, work: Work) -> None:
+        with self._count_lock:
+            if not work.counted_out:
+                work.counted_out = True
+                self._waiting -= 1
 
     def _submit(self, work: Work) -> Future:
         if self._closed.is_set():
             raise ServerClosing()
-        if self.max_queue and self.waiting >= self.max_queue:
-            raise QueueFull()
+        with self._count_lock:
+            if self.max_queue and self._waiting >= self.max_queue:
+                raise QueueFull()
+            self._waiting += 1
         work.future.work = work  # type: ignore[attr-defined]
         self._q.put(work)
         return work.future
@@ -192,6 +210,7 @@ class Engine:
             tokens += w.cost
         live = []
         for w in batch:
+            self._left_queue(w)
             if w.cancelled or w.future.cancelled():
                 _settle(w.future, exc=Cancelled())
             else:
@@ -255,6 +274,7 @@ class Engine:
 
     def _refuse_queued(self) -> None:
         while (w := self._next(0)) is not None:
+            self._left_queue(w)
             _settle(w.future, exc=ServerClosing())
 
     def close(self, timeout: float = 600) -> None:

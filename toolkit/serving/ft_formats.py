@@ -60,6 +60,8 @@ def check_training_file(data: bytes) -> tuple[int, str]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise FormatError(i, f"not valid JSON ({e.msg})") from None
+        except RecursionError:  # thousands of nested brackets
+            raise FormatError(i, "not valid JSON (nested too deeply)") from None
         if not isinstance(row, dict):
             raise FormatError(i, "each line must be a JSON object")
         here = COMPLETION if "prompt" in row and "messages" not in row else CHAT

@@ -43,6 +43,7 @@ class Quotas:
     max_files: int = 100
     max_stored_bytes: int = 1 << 30     # all uploaded files together
     max_pending_jobs: int = 4           # validating, queued or running
+    max_jobs: int = 1000                # kept in all (their state is read on every listing)
     max_epochs: int = 20
     max_batch_size: int = 64
 
@@ -98,9 +99,10 @@ class FineTuning:
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, 0o700)
         self.bases, self.register, self.unregister, self.dtype = dict(bases), register, unregister, dtype
+        self.served_name = next(iter(self.bases), "")  # what errors name (never a path the server loaded)
         self.quotas = quotas or Quotas()
         self.skipped: list[str] = []  # state files that could not be read (reported at start)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # _fail re-takes it inside locked sections
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._proc: subprocess.Popen | None = None
@@ -174,7 +176,10 @@ class FineTuning:
     def create(self, req) -> dict:
         hp = req.hyperparameters
         with self._lock:
-            pending = sum(1 for j in self.jobs() if j["status"] not in TERMINAL)
+            jobs = self.jobs()
+            if len(jobs) >= self.quotas.max_jobs:
+                raise QuotaExceeded(f"this server keeps at most {self.quotas.max_jobs} jobs")
+            pending = sum(1 for j in jobs if j["status"] not in TERMINAL)
             if pending >= self.quotas.max_pending_jobs:
                 raise QuotaExceeded(f"{pending} jobs are waiting or running (this server takes "
                                     f"{self.quotas.max_pending_jobs}); wait for one to finish, or cancel one")
@@ -261,7 +266,12 @@ class FineTuning:
         return job
 
     def _fail(self, job: dict, code: str, message: str, param: str | None = None) -> None:
-        self._update(job, status="failed", finished_at=_now(), error={"code": code, "message": message, "param": param})
+        with self._lock:  # a cancel that came meanwhile stands
+            now = self.job(job["id"]) or job
+            if now["status"] in TERMINAL or job["id"] in self._cancelled:
+                return
+            self._update(now, status="failed", finished_at=_now(),
+                         error={"code": code, "message": message, "param": param})
         self.event(job["id"], "error", message)
 
     def _run(self) -> None:

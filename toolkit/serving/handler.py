@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,7 +42,11 @@ class Handler:
     def __init__(self, targets, engine, *, limits, log=None, metrics=None, run: str | None = None):
         self.targets, self.engine, self.limits = targets, engine, limits
         self.log, self.metrics, self.run = log, metrics, run
-        self._remote = ThreadPoolExecutor(8, thread_name_prefix="remote-arm")  # arms on an API: bounded
+        self._remote = ThreadPoolExecutor(8, thread_name_prefix="remote-arm")  # arms on an API: 8 calls at once
+        self._remote_waiting = 0  # ... and at most limits.max_queue more waiting (429 past it)
+        self._remote_lock = threading.Lock()
+        if metrics is not None:
+            metrics.waiting.set_function(lambda: engine.waiting)  # read at each scrape
 
     def close(self) -> None:
         self._remote.shutdown(wait=False, cancel_futures=True)
@@ -79,13 +84,23 @@ class Handler:
                         self.engine.cancel(f)
                     raise
                 return futures
-            return [self._remote.submit(self._ask_remote, ctx, n, on_text)]
+            with self._remote_lock:
+                if self.limits.max_queue and self._remote_waiting >= self.limits.max_queue:
+                    raise QueueFull()
+                self._remote_waiting += 1
+            f = self._remote.submit(self._ask_remote, ctx, n, on_text)
+            f.add_done_callback(lambda _: self._remote_done())
+            return [f]
         except QueueFull:
             raise busy() from None
         except (ServerClosing, RuntimeError) as e:
             if isinstance(e, ServerClosing) or "shutdown" in str(e):
                 raise closing() from None
             raise
+
+    def _remote_done(self) -> None:
+        with self._remote_lock:
+            self._remote_waiting -= 1
 
     def _most_likely(self, ctx, on_text):
         from toolkit.data import Query
@@ -142,13 +157,17 @@ class Handler:
             texts = self.texts(await self.wait(futures, request), n)
         except ClientGone:
             request.state.status = CLIENT_GONE
-            self.record(ctx, "cancelled", [("", ctx.prompt_tokens, 0)], self.queue_s(futures))
+            await self.arecord(ctx, "cancelled", [("", ctx.prompt_tokens, 0)], self.queue_s(futures))
             raise
         except BaseException as e:
-            self.record(ctx, "error", [("", ctx.prompt_tokens, 0)], self.queue_s(futures), error=e)
+            await self.arecord(ctx, "error", [("", ctx.prompt_tokens, 0)], self.queue_s(futures), error=e)
             raise
-        self.record(ctx, "ok", texts, self.queue_s(futures))
+        await self.arecord(ctx, "ok", texts, self.queue_s(futures))
         return texts, self.queue_s(futures)
+
+    async def arecord(self, *args, **kw) -> None:
+        """`record` on a worker thread: a row is an fsync, which must not stall the event loop."""
+        await run_in_threadpool(self.record, *args, **kw)
 
     # the record
     def record(self, ctx: ServeContext, status: str, texts: list[tuple[str, int, int]], queue_s: float,
@@ -206,9 +225,21 @@ class Handler:
                 body["adaptbench"] = extra
             return f"data: {json.dumps(body)}\n\n"
 
+        sent: list[str] = []
+        logged = [False]
+
+        def left() -> None:
+            """The client left (the stream was cancelled, a send failed or timed out, or it
+            never started): stop the generation, log what it was sent. Runs once."""
+            if logged[0]:
+                return
+            logged[0] = True
+            self.engine.cancel(future)
+            request.state.status = CLIENT_GONE
+            # synchronous: a cancelled task cannot await (anyio cancels every later await)
+            self.record(ctx, "cancelled", [("".join(sent), ctx.prompt_tokens, 0)], self.queue_s([future]))
+
         async def events():
-            sent: list[str] = []
-            logged = False
             try:
                 yield chunk({"role": "assistant", "content": ""} if chat else "", tagged=True)
                 while (piece := await pieces.get()) is not DONE:
@@ -216,27 +247,41 @@ class Handler:
                     yield chunk({"content": piece} if chat else piece)
                 err = future.exception()
                 if err is not None:
-                    logged = True
+                    logged[0] = True
                     request.state.status = 503 if isinstance(err, ServerClosing) else 502 if isinstance(
                         err, Upstream) else 500
-                    self.record(ctx, "error", [("".join(sent), ctx.prompt_tokens, 0)], self.queue_s([future]), err)
+                    await self.arecord(ctx, "error", [("".join(sent), ctx.prompt_tokens, 0)], self.queue_s([future]),
+                                       err)
                     message = "the server is shutting down" if isinstance(err, ServerClosing) else _error_text(err)
                     yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
                     return
                 [(text, pt, ct)] = self.texts([future.result()], 1)
-                self.record(ctx, "ok", [(text, pt, ct)], self.queue_s([future]))
-                logged = True
+                logged[0] = True  # before the await: the row is written even if the client leaves meanwhile
+                await self.arecord(ctx, "ok", [(text, pt, ct)], self.queue_s([future]))
                 yield chunk({} if chat else "", finish_reason=self.finish_reason(ctx, ct), tagged=True)
                 if include_usage:
                     yield chunk(None, usage={"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct})
                 yield "data: [DONE]\n\n"
             finally:
-                if not logged:  # the client left (the task was cancelled, or a send failed)
-                    self.engine.cancel(future)
-                    request.state.status = CLIENT_GONE
-                    self.record(ctx, "cancelled", [("".join(sent), ctx.prompt_tokens, 0)], self.queue_s([future]))
+                left()
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return _Stream(events(), media_type="text/event-stream", on_close=left)
+
+
+class _Stream(StreamingResponse):
+    """A StreamingResponse that tells its handler when it ends, however it ends: Starlette may
+    cancel a stream whose client left before its body iterator ever started, and then the
+    iterator's own `finally` never runs."""
+
+    def __init__(self, *args, on_close, **kw):
+        super().__init__(*args, **kw)
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
 
 
 def _error_text(e: BaseException) -> str:

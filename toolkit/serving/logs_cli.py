@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
 from toolkit.errors import UserError
+
+UNSAFE = re.compile("[\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")  # C1 controls, bidi marks
 
 
 def open_log(db: Path) -> sqlite3.Connection:
@@ -54,8 +57,8 @@ def list_logs(db: Path, *, arm=None, user=None, since=None, feedback=None, limit
     try:
         rows = query(con, arm=arm, user=user, since=parse_since(since), feedback=feedback, limit=limit or None)
         if as_json:  # one line per row as it is read: any size of log
-            for r in rows:
-                print(json.dumps(r, ensure_ascii=False))
+            for r in rows:  # JSON escapes C0 controls; C1 controls and bidi overrides are escaped too
+                print(UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(r, ensure_ascii=False)))
             return 0
         from rich.console import Console
         from rich.table import Table

@@ -67,8 +67,8 @@ def closing() -> ApiError:
 
 
 # the documented error answers of every route (the fuzzer checks responses against them)
-ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 421, 422,
-                                                                                  429, 502, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 408, 413, 421,
+                                                                                  422, 429, 502, 503)}
 # chat and text completions answer `stream: true` with server-sent events
 STREAMED = {**ERRORS, 200: {"content": {"text/event-stream": {"schema": {
     "anyOf": [{"type": "object"}, {"type": "string"}],

@@ -48,9 +48,19 @@ def settings_for(req, default, max_tokens_cap: int):
         raise ApiError(400, f"max_tokens is {want}; this server generates at most {max_tokens_cap}",
                        param="max_tokens")
     stop = req.stops()
+    temperature = float(req.temperature) if req.temperature is not None else default.temperature
+    if temperature < 1e-5:  # sampling at 1e-300 divides the logits into infinities: that is greedy
+        temperature = 0.0
     return Settings(want if want is not None else default.max_tokens, tuple(stop) if stop else tuple(default.stop),
-                    float(req.temperature) if req.temperature is not None else default.temperature,
-                    req.seed if req.seed is not None else default.seed)
+                    temperature, req.seed if req.seed is not None else default.seed)
+
+
+def private_tokenizer(generator):
+    """A copy of a generator's tokenizer for counting prompt tokens on request threads: a fast
+    tokenizer is not safe to share with the engine's thread, which changes its padding state
+    ("Already borrowed")."""
+    import copy
+    return copy.deepcopy(generator.tokenizer)
 
 
 class Target:
@@ -82,6 +92,7 @@ class ModelTarget(Target):
         self.name, self.key, self.generator, self.fine_tuned = name, key, generator, fine_tuned
         self.root = root  # the base model a fine-tuned one was trained from
         self.default = Settings(256, (), 0.0, None)
+        self.tokenizer = private_tokenizer(generator)
 
     def prepare(self, ctx: ServeContext, req, limits, prompt: str | None = None, raw: bool = False) -> None:
         """`prompt`: one of a completion request's prompts (default the first); `raw`: score
@@ -89,7 +100,7 @@ class ModelTarget(Target):
         from toolkit.backends import Settings
         default = self.default if ctx.endpoint == "chat.completions" else Settings(16, (), 0.0, None)
         ctx.settings = settings_for(req, default, limits.max_tokens)
-        tok = self.generator.tokenizer
+        tok = self.tokenizer
         if ctx.endpoint == "chat.completions":
             messages = [{"role": m.role, "content": m.text()} for m in req.messages]
             ctx.question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
@@ -121,6 +132,7 @@ class ArmTarget(Target):
     def __init__(self, arm, key: int | None, weight: float):
         self.arm, self.name, self.key, self.weight = arm, arm.name, key, weight
         self.generator = arm.backend.generator if arm.local else None
+        self.tokenizer = private_tokenizer(self.generator) if self.generator is not None else None
         self.likelihood, self.run = arm.likelihood, arm.run
         self._lock = threading.Lock()  # retrieval and few-shot selection: one at a time per arm
 
@@ -145,12 +157,13 @@ class ArmTarget(Target):
         ctx.settings = settings_for(req, self.arm.settings, limits.max_tokens)
         with self._lock:
             messages, ctx.passages = self.arm.prompt(ctx.question, ctx.request_id)
-        if self.generator is None or self.likelihood:
-            ctx.prompt = messages  # a remote endpoint renders it; a likelihood arm scores labels after it
+        if self.generator is None:
+            ctx.prompt = messages  # the remote endpoint renders it
             ctx.prompt_tokens = self.arm.backend.count_tokens(messages)
         else:
-            ctx.prompt = self.generator.render(messages)
-            ctx.prompt_tokens = len(self.generator.tokenizer(ctx.prompt, add_special_tokens=False)["input_ids"])
+            text = self.generator.render(messages)
+            ctx.prompt_tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            ctx.prompt = messages if self.likelihood else text  # a likelihood arm scores its labels after them
         if self.generator is not None:
             check_length(ctx, context_of(self.generator), limits.max_prompt_tokens)
 

@@ -57,6 +57,22 @@ def _logprobs(got: dict, start: int, next_at: int | None = None) -> dict:
     return lp
 
 
+def _submit_all(h, make) -> list:
+    """Queue every future `make()` yields; a full queue (429) or shutdown (503) cancels the ones
+    already queued, so none is computed for nobody."""
+    from toolkit.serving.engine import QueueFull, ServerClosing
+    from toolkit.serving.protocol import busy, closing
+    futures: list = []
+    try:
+        for f in make():
+            futures.append(f)
+    except (QueueFull, ServerClosing) as e:
+        for f in futures:
+            h.engine.cancel(f)
+        raise (busy() if isinstance(e, QueueFull) else closing()) from None
+    return futures
+
+
 async def _plain(h, req: CompletionRequest, request: Request, target):
     prompts = req.prompts()
     if req.stream and (len(prompts) != 1 or req.echo or req.logprobs is not None or req.max_tokens == 0):
@@ -68,21 +84,27 @@ async def _plain(h, req: CompletionRequest, request: Request, target):
         raise ApiError(400, "max_tokens 0 needs echo: true", param="max_tokens")
     wanted = req.max_tokens if req.max_tokens is not None else 16
     likelihood = req.echo and req.logprobs is not None and wanted <= 1 and (not req.temperature or wanted == 0)
+    scored = likelihood or req.max_tokens == 0  # nothing generated: the prompt is scored as given
     rid = f"cmpl-{uuid.uuid4().hex[:24]}"
     request.state.arm = target.name
     ctxs = []
     for p in prompts:
         c = ServeContext(request_id=rid, endpoint="completions", asked=req.model, target=target, user=req.user)
-        if req.max_tokens == 0:  # nothing is generated: the prompt is scored as given
-            req_for = req.model_copy(update={"max_tokens": 1})
-        else:
-            req_for = req
-        await run_in_threadpool(target.prepare, c, req_for, h.limits, p, likelihood or req.max_tokens == 0)
+        await run_in_threadpool(target.prepare, c, req.model_copy(update={"max_tokens": 1}) if scored else req,
+                                h.limits, p, scored)
+        # log-probabilities come from full-vocabulary logits: the scored text is bounded apart
+        if req.logprobs is not None and c.prompt_tokens + (0 if scored else wanted) > h.limits.max_logprob_tokens:
+            raise ApiError(400, f"logprobs score at most {h.limits.max_logprob_tokens} tokens of prompt and "
+                           f"completion; this prompt has {c.prompt_tokens}", param="prompt",
+                           code="context_length_exceeded")
         ctxs.append(c)
+    head = ctxs[0]
+    head.prompt_tokens = sum(c.prompt_tokens for c in ctxs)  # the request's row counts all its prompts
     engine = h.engine
     try:
-        if likelihood or req.max_tokens == 0:
-            futures = [engine.prompt_logprobs(target.key, c.prompt, cost=c.prompt_tokens) for c in ctxs]
+        if scored:
+            futures = _submit_all(h, lambda: (engine.prompt_logprobs(target.key, c.prompt, cost=c.prompt_tokens)
+                                              for c in ctxs))
             got = await h.wait(futures, request)
             choices, usage = [], [0, 0]
             for p, g in zip(prompts, got):
@@ -93,35 +115,39 @@ async def _plain(h, req: CompletionRequest, request: Request, target):
                 for _ in range(req.n):
                     choices.append({"index": len(choices), "text": p + (g["next_token"] if add else ""),
                                     "logprobs": lp, "finish_reason": "length" if add else "stop"})
-            h.record(ctxs[0], "ok", [(choices[0]["text"], usage[0], usage[1])], h.queue_s(futures))
+            queue_s = h.queue_s(futures)
         else:
-            per = [h.submit(c, req.n) for c in ctxs]
+            per = [_submit_all(h, lambda c=c: (h.submit(c, 1)[0] for _ in range(req.n))) for c in ctxs]
             results = await h.wait([f for fs in per for f in fs], request)
-            choices, usage, k = [], [0, 0], 0
-            outs = []
+            queue_s = h.queue_s([f for fs in per for f in fs])
+            choices, usage, k, outs = [], [0, 0], 0, []
             for c, fs in zip(ctxs, per):
                 texts = h.texts(results[k:k + len(fs)], req.n)
                 k += len(fs)
                 usage[0] += texts[0][1]
                 outs.append((c, texts))
-            scored = {}
+            lps = {}
             if req.logprobs is not None:  # log-probabilities of the whole text, then the part the caller sees
                 todo = [(c, t) for c, texts in outs for t, _, _ in texts]
-                lps = await h.wait([engine.prompt_logprobs(target.key, c.prompt + t) for c, t in todo], request)
-                scored = {i: lp for i, lp in enumerate(lps)}
+                fs = _submit_all(h, lambda: (engine.prompt_logprobs(target.key, c.prompt + t,
+                                                                    cost=c.prompt_tokens + wanted) for c, t in todo))
+                lps = dict(enumerate(await h.wait(fs, request)))
             i = 0
             for (c, texts), p in zip(outs, prompts):
                 for text, _, ct in texts:
                     usage[1] += ct
-                    lp = _logprobs(scored[i], 0 if req.echo else len(c.prompt)) if i in scored else None
+                    lp = _logprobs(lps[i], 0 if req.echo else len(c.prompt)) if i in lps else None
                     choices.append({"index": len(choices), "text": p + text if req.echo else text, "logprobs": lp,
                                     "finish_reason": h.finish_reason(c, ct)})
                     i += 1
-            h.record(ctxs[0], "ok", [(choices[0]["text"], usage[0], usage[1])], 0.0)
     except ClientGone:
-        h.record(ctxs[0], "cancelled", [("", ctxs[0].prompt_tokens, 0)], 0.0)
+        request.state.status = 499
+        await h.arecord(head, "cancelled", [("", head.prompt_tokens, 0)], 0.0)
         return gone()
-    return {"id": rid, "object": "text_completion", "created": ctxs[0].created, "model": target.name,
+    except BaseException as e:
+        await h.arecord(head, "error", [("", head.prompt_tokens, 0)], 0.0, error=e)
+        raise
+    await h.arecord(head, "ok", [(choices[0]["text"], usage[0], usage[1])], queue_s)
+    return {"id": rid, "object": "text_completion", "created": head.created, "model": target.name,
             "choices": choices, "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1],
                                           "total_tokens": sum(usage)}}
-

@@ -72,7 +72,7 @@ async def create_job(req: JobRequest, request: Request):
     ft = _ft(request)
     if ft.base(req.model) is None:  # the same answer whatever the name is: no path is ever looked at
         raise ApiError(400, f"the model '{req.model[:80]}' is not trained by this server (it trains: "
-                       f"{', '.join(sorted(ft.bases))})", param="model", code="model_not_available")
+                       f"{ft.served_name})", param="model", code="model_not_available")
     for field in ("training_file", "validation_file"):
         fid = getattr(req, field)
         if fid is not None and await run_in_threadpool(ft.file, fid) is None:
