@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from toolkit.backends import GenRequest, LLRequest, Settings
 from toolkit.config import arm_generator
 from toolkit.data import Example, Passage, Prediction, Query
-from toolkit.resources import Resources
+
+if TYPE_CHECKING:  # the harness hands it over; strategies sit below the harness
+    from toolkit.resources import Resources
 
 
 class Strategy(ABC):

@@ -168,26 +168,12 @@ class Finetune(Strategy):
         metric = self.config.metric_for_best_model
         if metric == "loss":
             return None
-        from toolkit.scoring import metrics as M
+        score = self.res.validation_scorer(metric)  # scoring is the harness's: strategies sit below it
 
-        labels = self.res.labels
+        def on_items(outputs: list[str], items: list[TrainItem]) -> float:
+            return score(outputs, [t.target for t in items])
 
-        def score(outputs: list[str], items: list[TrainItem]) -> float:
-            golds = [t.target for t in items]
-            if metric == "rouge_l":
-                return sum(M.rouge_l(outputs, golds)) / len(golds)
-            if metric in ("accuracy", "macro_f1"):
-                import numpy as np
-                idx = {l: i for i, l in enumerate(labels)}
-                pred = [idx.get(M.map_to_label(o, labels), -1) for o in outputs]
-                gold = [idx[g] for g in golds]
-                if metric == "accuracy":
-                    return float(np.mean(np.array(pred) == np.array(gold)))
-                return M.macro_prf(np.array(gold), np.array(pred), len(labels))[2]
-            fn = {"token_f1": M.token_f1, "exact_match": M.exact_match, "contains": M.contains}[metric]
-            return sum(fn(o, g) for o, g in zip(outputs, golds)) / len(golds)
-
-        return score
+        return on_items
 
     def backend(self):
         """The base model with this arm's adapter merged in (loaded on the first uncached request),

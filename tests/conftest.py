@@ -206,7 +206,7 @@ def tiny_run(tmp_path_factory, talker) -> Path:
     a cache of its own, not the user's); shared by the serving tests."""
     import yaml
 
-    from toolkit.config import load_suite
+    from toolkit.suites import load_suite
     from toolkit.harness import run_suite
 
     root = tmp_path_factory.mktemp("served")

@@ -305,7 +305,7 @@ def test_label_likelihoods_through_the_api_equal_the_local_ones(tiny_llama, tiny
 
 
 def test_an_api_arm_without_prompt_logprobs_reports_perplexity_as_not_measured(tmp_path, tiny_suite_path, tiny_llama):
-    from toolkit.config import load_suite
+    from toolkit.suites import load_suite
     from toolkit.harness import run_suite
     from toolkit.reporting.report import render_run
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MINIMAL_SUITE
-from toolkit.config import load_suite
+from toolkit.suites import load_suite
 from toolkit.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -150,7 +150,7 @@ def test_a_suite_arm_fine_tunes_through_the_api_and_answers_from_the_new_model(f
                                                                                 tmp_path):
     import yaml
 
-    from toolkit.config import load_suite
+    from toolkit.suites import load_suite
     from toolkit.harness import run_suite
 
     client, _, _ = ft_server

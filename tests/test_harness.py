@@ -11,7 +11,7 @@ from strategies.base import Strategy
 from toolkit.data import Prediction
 from strategies.configs import StrategyConfig
 from tests.conftest import write_jsonl
-from toolkit.config import load_suite
+from toolkit.suites import load_suite
 from toolkit.harness import run_suite
 from toolkit.reporting.report import render_run
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from toolkit.config import load_suite
+from toolkit.suites import load_suite
 from toolkit.harness import run_suite
 
 

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from toolkit.data import Passage, Prediction
-from toolkit.config import JudgeConfig, load_suite
+from toolkit.config import JudgeConfig
+from toolkit.suites import load_suite
 from toolkit.data import Example
 from toolkit.harness import run_suite
 from toolkit.scoring.judge import Judge

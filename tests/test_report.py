@@ -61,7 +61,7 @@ def thirty_question_suite(tmp_path, tiny_llama, answers: dict):
     import yaml
 
     from tests.conftest import write_jsonl
-    from toolkit.config import load_suite
+    from toolkit.suites import load_suite
     write_jsonl(tmp_path / "train.jsonl", [{"question": "train q", "answer": "x"}])
     write_jsonl(tmp_path / "test.jsonl", [{"question": f"Q{i}?", "answer": f"A{i}"} for i in range(30)])
     (tmp_path / "s.yaml").write_text(yaml.safe_dump({
@@ -107,7 +107,7 @@ def test_report_weights_override_changes_recommendation(tmp_path, tiny_llama, sc
 def test_prices_turn_seconds_into_dollars(tmp_path, tiny_llama, scripted):  # noqa: F811
     import yaml
 
-    from toolkit.config import load_suite
+    from toolkit.suites import load_suite
     from toolkit.reporting.report import build, render_run
     ls = make_suite(tmp_path, tiny_llama, {"echo": {"type": "scripted", "answers": SCRIPT}})
     raw = yaml.safe_load(ls.path.read_text())

@@ -8,7 +8,8 @@ import json
 import yaml
 
 from toolkit.backends import GenRequest, Settings
-from toolkit.config import GeneratorConfig, load_suite
+from toolkit.config import GeneratorConfig
+from toolkit.suites import load_suite
 from toolkit.harness import run_suite
 
 

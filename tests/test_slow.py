@@ -11,7 +11,7 @@ import math
 import pytest
 
 from tests.conftest import REPO
-from toolkit.config import load_suite
+from toolkit.suites import load_suite
 from toolkit.harness import run_suite
 
 

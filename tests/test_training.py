@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from toolkit.config import load_suite
+from toolkit.suites import load_suite
 from toolkit.harness import run_suite
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

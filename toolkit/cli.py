@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_run(args) -> int:
     _quiet_libraries()
-    from toolkit.config import load_suite
+    from toolkit.suites import load_suite
     from toolkit.harness import run_suite
     from toolkit.progress import console, log
     from toolkit.reporting.decision import parse_weights
@@ -289,7 +289,8 @@ def _run_seeds(ls, args, only) -> int:
     from toolkit.progress import console, log
     from toolkit.seeds import run_seeds
 
-    parent, summary = run_seeds(ls, args.seeds, only=only, limit=args.limit, out=args.out)
+    from toolkit.reporting.report import render_run
+    parent, summary = run_seeds(ls, args.seeds, only=only, limit=args.limit, out=args.out, on_run=render_run)
     if parent is None:
         return 0
     metrics = [m for m in summary["metrics_order"] if any(m in a for a in summary["arms"].values())][:6]
@@ -311,7 +312,7 @@ def _check_data_dir(d: Path | None) -> None:
 
 
 def cmd_validate(args) -> int:
-    from toolkit.config import load_suite
+    from toolkit.suites import load_suite
     from toolkit.preflight import check_suite
     from toolkit.data.suite_data import load_task_data
 

@@ -1,4 +1,6 @@
-"""Suite files: typed, validated on load, with help text on every field.
+"""The suite schema: typed, with help text on every field. Pure pydantic, importing nothing
+above the ground layer; loading a suite file (registries, defaults, cross-field checks) is
+toolkit.suites.
 
 Importing this module must stay cheap (no torch, no chromadb): `adaptbench
 validate`, `ls` and `--help` go through it.
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from toolkit.errors import UserError, check_name, read_utf8
 
@@ -237,6 +239,11 @@ def check_url(v: str) -> None:
         raise ValueError(f"'{v}' is not an http(s) URL (expected e.g. http://localhost:8000/v1)")
 
 
+# the recommendation's criteria and their default weights (toolkit.reporting.decision weighs them)
+DEFAULT_WEIGHTS = {"quality": 0.7, "latency": 0.06, "cost_per_query": 0.06, "setup": 0.06,
+                   "knowledge_update": 0.06, "data_needed": 0.06}
+
+
 class DecisionConfig(StrictModel):
     expected_queries: int = Field(10_000, ge=1, description=(
         "Queries the chosen arm will answer over the period the decision covers: cost is compared as setup plus "
@@ -248,7 +255,6 @@ class DecisionConfig(StrictModel):
     @field_validator("weights")
     @classmethod
     def _known(cls, v: dict[str, float]) -> dict[str, float]:
-        from toolkit.reporting.decision import DEFAULT_WEIGHTS
         for k, w in v.items():
             if k not in DEFAULT_WEIGHTS:
                 raise ValueError(f"unknown criterion '{k}' (choose from: {', '.join(DEFAULT_WEIGHTS)})")
@@ -342,8 +348,9 @@ class Suite(StrictModel):
 
     @property
     def metric_names(self) -> list[str]:
-        from toolkit.scoring.registry import default_metrics
-        return self.metrics or default_metrics(self.task)
+        """The metrics to report: the suite's, or its task's defaults (filled in by the loader,
+        toolkit.suites, from the metric registry)."""
+        return list(self.metrics or [])
 
 
 class LoadedSuite(BaseModel):
@@ -364,7 +371,7 @@ class LoadedSuite(BaseModel):
             root = yaml.compose(read_utf8(self.path, "suite file"))
         except (UserError, yaml.YAMLError):
             root = None
-        return {"file": self.path, "line": _line_of(root, loc) if root is not None else None,
+        return {"file": self.path, "line": line_of(root, loc) if root is not None else None,
                 "field": ".".join(str(x) for x in loc) or None}
 
 
@@ -380,7 +387,7 @@ def resolve_path(p: str, suite_path: Path, data_dir: Path | None, field: str) ->
 
 # --- YAML with line numbers -------------------------------------------------
 
-def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
+def line_of(node: yaml.Node | None, loc: tuple) -> int | None:
     """Line (1-based) of the deepest YAML node reached by a pydantic error location."""
     line = node.start_mark.line + 1 if node is not None else None
     for key in loc:
@@ -400,139 +407,3 @@ def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
         else:
             break
     return line
-
-
-def _no_duplicate_keys(node: yaml.Node | None, path: Path, where: tuple = ()) -> None:
-    """YAML lets a later key silently replace an earlier one (two `zero_shot:` arms, say):
-    an error here, naming both lines."""
-    if isinstance(node, yaml.MappingNode):
-        first: dict[str, int] = {}
-        for k, v in node.value:
-            name = str(k.value)
-            if name in first:
-                field = ".".join((*where, name))
-                raise UserError(f"duplicate key '{name}' (first given at line {first[name]}); each key may appear once",
-                                file=path, line=k.start_mark.line + 1, field=field)
-            first[name] = k.start_mark.line + 1
-            _no_duplicate_keys(v, path, (*where, name))
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            _no_duplicate_keys(v, path, (*where, str(i)))
-
-
-def _raise_validation(err: ValidationError, path: Path, root: yaml.Node | None, prefix: tuple = ()) -> None:
-    first = err.errors()[0]
-    loc = prefix + tuple(x for x in first["loc"] if not (isinstance(x, str) and x.startswith("function-")))
-    # pydantic adds union-member names (e.g. 'FileSpec') to loc; drop capitalised class names
-    loc = tuple(x for x in loc if not (isinstance(x, str) and (x[:1].isupper() or x == "[key]")))
-    field = ".".join(str(x) for x in loc) or None
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        msg = "unknown field (check the spelling; `adaptbench validate --help` lists the fields)"
-    elif first["type"] == "missing":
-        msg = "required field is missing"
-    raise UserError(msg, file=path, line=_line_of(root, loc), field=field)
-
-
-def load_suite(path: str | Path, data_dir: str | Path | None = None) -> LoadedSuite:
-    """Read and validate a suite file. Raises UserError with file, line and field."""
-    from strategies.registry import STRATEGY_TYPES, config_class
-
-    path = Path(path)
-    text = read_utf8(path, "suite file")
-    try:
-        root = yaml.compose(text)
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"malformed YAML: {problem}", file=path,
-                        line=mark.line + 1 if mark else None) from None
-    _no_duplicate_keys(root, path)
-    if not isinstance(raw, dict):
-        raise UserError("a suite file must be a YAML mapping (name:, task:, data:, strategies: ...)", file=path, line=1)
-    try:
-        suite = Suite.model_validate(raw)
-    except ValidationError as e:
-        _raise_validation(e, path, root)
-
-    if data_dir is None:
-        data_dir = os.environ.get("ADAPTBENCH_DATA_DIR") or None
-    ddir = Path(data_dir).expanduser() if data_dir else None
-
-    arms: dict[str, Any] = {}
-    for arm, settings in suite.strategies.items():
-        settings = dict(settings)
-        stype = settings.pop("type", arm)
-        if stype not in STRATEGY_TYPES:
-            raise UserError(f"unknown strategy '{stype}' (choose from: {', '.join(STRATEGY_TYPES)})",
-                            file=path, line=_line_of(root, ("strategies", arm)), field=f"strategies.{arm}")
-        try:
-            cfg = config_class(stype).model_validate(settings)
-        except ValidationError as e:
-            _raise_validation(e, path, root, prefix=("strategies", arm))
-        if getattr(cfg, "needs_knowledge_base", False) and not suite.knowledge_base:
-            raise UserError(f"strategy '{stype}' retrieves from documents: set `knowledge_base`",
-                            file=path, line=_line_of(root, ("strategies", arm)), field=f"strategies.{arm}")
-        task_of = getattr(cfg, "metric_for_best_model", "loss")
-        from strategies.registry import BEST_MODEL_METRICS
-        if BEST_MODEL_METRICS.get(task_of) not in (None, "classification" if suite.task in LABEL_TASKS else suite.task):
-            raise UserError(f"metric_for_best_model '{task_of}' is a {BEST_MODEL_METRICS[task_of]} metric; this suite's "
-                            f"task is {suite.task}", file=path, line=_line_of(root, ("strategies", arm, "metric_for_best_model")),
-                            field=f"strategies.{arm}.metric_for_best_model")
-        try:
-            gen = arm_generator(suite.generator, cfg.generator)
-        except ValidationError as e:
-            _raise_validation(e, path, root, prefix=("strategies", arm, "generator"))
-        if getattr(cfg, "method", None) == "openai_api" and gen.backend != "openai":
-            raise UserError("method openai_api fine-tunes through an OpenAI-compatible API: give the arm a generator "
-                            "with `backend: openai` (base_url, model, api_key_env)",
-                            file=path, line=_line_of(root, ("strategies", arm, "method")),
-                            field=f"strategies.{arm}.generator.backend")
-        if getattr(cfg, "trains_locally", False) and gen.backend != "transformers":
-            raise UserError(f"strategy '{stype}' trains its model here, so its generator needs `backend: transformers`",
-                            file=path, line=_line_of(root, ("strategies", arm, "generator")),
-                            field=f"strategies.{arm}.generator.backend")
-        arms[arm] = (stype, cfg)
-
-    from toolkit.scoring.registry import for_task
-    for i, m in enumerate(suite.metric_names):
-        if m not in for_task(suite.task):
-            raise UserError(f"unknown metric '{m}' for task '{suite.task}' (choose from: {', '.join(for_task(suite.task))})",
-                            file=path, line=_line_of(root, ("metrics", i)), field=f"metrics.{i}")
-    if suite.task not in LABEL_TASKS and suite.classification_mode != "generate":
-        raise UserError("`classification_mode` is only for task: classification or multiple_choice", file=path,
-                        line=_line_of(root, ("classification_mode",)), field="classification_mode")
-    if suite.task not in LABEL_TASKS and suite.labels:
-        raise UserError("`labels` is only for task: classification", file=path,
-                        line=_line_of(root, ("labels",)), field="labels")
-    return LoadedSuite(suite=suite, path=path, data_dir=ddir, arms=arms)
-
-
-def load_resolved(cfg: dict, *, file: Path) -> LoadedSuite:
-    """The suite a run ran, from its resolved config.yaml (`file`): what `serve` rebuilds an
-    arm from, so a suite file edited since the run does not change what is served. Data
-    paths resolve as they did in the run (against the suite file's folder)."""
-    from strategies.registry import STRATEGY_TYPES, config_class
-
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("strategies"), dict):
-        raise UserError("not a resolved suite (no strategies)", file=file)
-    raw = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    raw["strategies"] = {name: dict(arm) for name, arm in raw["strategies"].items()}
-    try:
-        suite = Suite.model_validate(raw)
-    except ValidationError as e:
-        _raise_validation(e, file, None)
-    arms: dict[str, Any] = {}
-    for name, settings in suite.strategies.items():
-        settings = dict(settings)
-        stype = settings.pop("type", name)
-        if stype not in STRATEGY_TYPES:
-            raise UserError(f"unknown strategy '{stype}'", file=file, field=f"strategies.{name}.type")
-        try:
-            arms[name] = (stype, config_class(stype).model_validate(settings))
-        except ValidationError as e:
-            _raise_validation(e, file, None, prefix=("strategies", name))
-    data_dir = cfg.get("_data_dir") or os.environ.get("ADAPTBENCH_DATA_DIR") or None
-    return LoadedSuite(suite=suite, path=Path(cfg.get("_suite_file") or file), arms=arms,
-                       data_dir=Path(data_dir).expanduser() if data_dir else None)

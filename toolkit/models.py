@@ -242,3 +242,14 @@ def embed(name: str, texts: list[str], batch_size: int = 64):
     vecs = np.asarray(model.get_text_embedding_batch(list(texts)), dtype=np.float32)
     norms = np.linalg.norm(vecs, axis=1, keepdims=True)
     return vecs / np.clip(norms, 1e-12, None)
+
+
+def merged_model(ref: ModelRef, gen_cfg, adapter: Path):
+    """The fine-tuned model as one plain transformers model (adapter merged in)."""
+    device = pick_device(gen_cfg.device)
+    dtype = pick_dtype(device, gen_cfg.dtype)
+    if not (adapter / "adapter_config.json").exists():  # method 'full': the folder is the model
+        return load_causal_lm(ModelRef(ref.name, str(adapter), ref.fingerprint), device, dtype), device
+    from peft import PeftModel
+    base = load_causal_lm(ref, device, dtype)
+    return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().eval(), device

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from toolkit.backends.generation import Messages
+from toolkit.chat import Messages
 
 
 def system_prompt(instruction: str, labels: list[str] | None) -> str:

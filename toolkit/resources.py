@@ -39,6 +39,12 @@ class Resources:
         return self._once(("backend", ident, adapter_key),
                           lambda: CachedBackend(load_backend(cfg, **kw), self.store))
 
+    def validation_scorer(self, metric: str):
+        """score(outputs, golds) of a task metric on validation answers, for a strategy that
+        trains with early stopping on it (strategies do not reach into scoring themselves)."""
+        from toolkit.scoring.metrics import validation_score
+        return lambda outputs, golds: validation_score(metric, outputs, golds, self.labels)
+
     def release_adapters(self) -> None:
         """Free the models an arm trained (a merged copy of the base each) once it is done;
         the base models stay for the arms that follow."""

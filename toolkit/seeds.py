@@ -37,11 +37,11 @@ def seeded(ls: LoadedSuite, seed: int) -> LoadedSuite:
 
 
 def run_seeds(ls: LoadedSuite, n: int, *, only=None, limit=None, out: Path | None = None,
-              reports_root: Path = Path("reports")) -> tuple[Path, dict]:
+              reports_root: Path = Path("reports"), on_run=None) -> tuple[Path, dict]:
+    """The suite run once per seed; `on_run(run_dir)` after each (the CLI renders its report)."""
     from toolkit.training import distributed as D
     from toolkit.harness import run_suite, select_arms
     from toolkit.progress import log
-    from toolkit.reporting.report import render_run
     from toolkit.data.suite_data import load_task_data
 
     from toolkit import preflight
@@ -62,7 +62,8 @@ def run_seeds(ls: LoadedSuite, n: int, *, only=None, limit=None, out: Path | Non
                                  out=parent / f"seed-{seed}" if parent else None)
         if run is None:  # helper process of a distributed launch
             continue
-        render_run(run.path)
+        if on_run is not None:
+            on_run(run.path)
         runs.append((seed, run.path, results))
     if not D.is_main():
         return None, {}

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from toolkit.chat import Messages, cut_at_stop, render_chat
 from toolkit.config import GeneratorConfig
-from toolkit.models import ModelRef, load_causal_lm, load_tokenizer, pick_device, pick_dtype, resolve_generator
+from toolkit.models import (ModelRef, load_causal_lm, load_tokenizer, merged_model, pick_device, pick_dtype,
+                            resolve_generator)
 from toolkit.progress import task_bar
 
 @dataclass
@@ -364,3 +365,9 @@ class Generator:
                                         latency_s=dt, compute_s=dt / len(idx))
                 advance(len(idx))
         return out  # type: ignore[return-value]
+
+
+def load_finetuned(ref: ModelRef, gen_cfg: GeneratorConfig, adapter: Path, *, prefix_cache_mb: int = 0) -> Generator:
+    """A fresh base model with the adapter merged in (merging avoids LoRA overhead per token)."""
+    model, device = merged_model(ref, gen_cfg, adapter)
+    return Generator(gen_cfg, model, load_tokenizer(ref.path), ref, device, prefix_cache_mb=prefix_cache_mb).warm_up()

@@ -41,7 +41,7 @@ class TransformersBackend(Backend):
         if self._gen is None:
             from toolkit.backends.generation import Generator
             if self.adapter is not None:
-                from toolkit.training.trainer import load_finetuned
+                from toolkit.backends.generation import load_finetuned
                 self._gen = load_finetuned(self.ref, self.cfg, self.adapter, prefix_cache_mb=self._prefix_mb)
             else:
                 self._gen = Generator.load(self.cfg, self.ref, prefix_cache_mb=self._prefix_mb)

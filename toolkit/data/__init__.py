@@ -149,6 +149,21 @@ def _multiple_choice(row: dict, question: Any, answer: Any, *, path, line, field
     return text, letters[idx], list(letters)
 
 
+NUMBER = re.compile(r"[-+]?(?:\d[\d,]*\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def parse_number(text: str) -> float | None:
+    """The first number in an answer ('about 1,250.5 mAh' -> 1250.5), or None: how a regression
+    target is read here and how an answer is scored (toolkit.scoring.metrics)."""
+    m = NUMBER.search(text or "")
+    if not m:
+        return None
+    try:
+        return float(m.group().replace(",", ""))
+    except ValueError:
+        return None
+
+
 def _only_number(s: str) -> bool:
     import re
     return re.fullmatch(r"\s*[-+]?(\d[\d,]*\.?\d*|\.\d+)([eE][-+]?\d+)?\s*", s) is not None
@@ -213,7 +228,6 @@ def example_from_row(row: Any, *, origin: tuple[Path, int], task: str,
     if not isinstance(tgt, (str, int, float)) or not str(tgt).strip():
         raise UserError("must be a non-empty string", file=path, line=line, field=tgt_key)
     if task == "regression":
-        from toolkit.scoring.metrics import parse_number
         if isinstance(tgt, bool) or (parse_number(str(tgt)) is None or not _only_number(str(tgt))):
             raise UserError(f"must be a number for task: regression (got {str(tgt)[:40]!r})", file=path, line=line,
                             field=tgt_key)

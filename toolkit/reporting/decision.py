@@ -9,8 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 # Quality dominates unless arms are close: costs separate arms whose quality is similar.
-DEFAULT_WEIGHTS = {"quality": 0.7, "latency": 0.06, "cost_per_query": 0.06, "setup": 0.06,
-                   "knowledge_update": 0.06, "data_needed": 0.06}
+from toolkit.config import DEFAULT_WEIGHTS  # the schema validates them; the decision weighs them
 CRITERIA_HELP = {
     "quality": "the suite's first metric (higher is better)",
     "latency": "seconds one caller waits per answer (an API arm's p50 per request; a local arm's one-at-a-time p50)",

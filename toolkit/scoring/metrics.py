@@ -21,24 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.data import NUMBER, parse_number  # noqa: F401 -- the data layer reads numbers the same way
 from toolkit.scoring.registry import for_task
 
 # task -> metric -> higher is better (from the registry)
 KNOWN_METRICS: dict[str, dict[str, bool]] = {t: {n: m.higher_is_better for n, m in for_task(t).items()}
                                              for t in ("qa", "classification", "multiple_choice", "regression")}
 
-NUMBER = re.compile(r"[-+]?(?:\d[\d,]*\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
-
-
-def parse_number(text: str) -> float | None:
-    """The first number in an answer ('about 1,250.5 mAh' -> 1250.5), or None."""
-    m = NUMBER.search(text or "")
-    if not m:
-        return None
-    try:
-        return float(m.group().replace(",", ""))
-    except ValueError:
-        return None
 
 def perplexity(nll: list[float], tokens: list[int], *, seed: int = 0) -> "MetricValue":
     """exp(total NLL / total answer tokens) of the gold answers, with a bootstrap CI over examples."""
@@ -329,3 +318,19 @@ def aggregate_regression(rows: list[dict], *, metrics: list[str], seed: int) -> 
             gold = np.array([r["gold_value"] for r in ok])
             out[m] = bootstrap_statistic(len(ok), lambda idx: r_squared(pred[idx], gold[idx]), seed=seed)
     return out
+
+
+def validation_score(metric: str, outputs: list[str], golds: list[str], labels: list[str] | None) -> float:
+    """The mean of one metric over validation answers: what early stopping and the search follow
+    when `metric_for_best_model` is not the loss."""
+    if metric == "rouge_l":
+        return sum(rouge_l(outputs, golds)) / len(golds)
+    if metric in ("accuracy", "macro_f1"):
+        idx = {lab: i for i, lab in enumerate(labels or [])}
+        pred = [idx.get(map_to_label(o, labels), -1) for o in outputs]
+        gold = [idx[g] for g in golds]
+        if metric == "accuracy":
+            return float(np.mean(np.array(pred) == np.array(gold)))
+        return macro_prf(np.array(gold), np.array(pred), len(labels))[2]
+    fn = {"token_f1": token_f1, "exact_match": exact_match, "contains": contains}[metric]
+    return sum(fn(o, g) for o, g in zip(outputs, golds)) / len(golds)

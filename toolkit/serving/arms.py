@@ -112,7 +112,7 @@ def load_arms(run_dir: Path, names: list[str], *, allow_changes: bool = False) -
     """Rebuild the named arms of a run. Returns (Resources, arms); close the Resources after."""
     from strategies.registry import strategy_class
     from toolkit.cache import content_hash
-    from toolkit.config import load_resolved
+    from toolkit.suites import load_resolved
     from toolkit.data.suite_data import load_task_data
     from toolkit.resources import Resources
 

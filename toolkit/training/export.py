@@ -35,7 +35,7 @@ def export(run_dir: Path, arm: str, out: Path, *, merge: bool) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     if merge:
-        from toolkit.training.trainer import merged_model
+        from toolkit.models import merged_model
         # merged on the CPU in float32, so the export does not depend on this machine's bf16 support
         model, _ = merged_model(ref, GeneratorConfig(model=ref.name, device="cpu", dtype="float32"), folder)
         model.save_pretrained(tmp)

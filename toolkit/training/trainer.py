@@ -326,20 +326,3 @@ def _train(ref: ModelRef, gen_cfg: GeneratorConfig, train: list[TrainItem], vali
     D.barrier()  # the others wait until the adapter is in the cache
     tok.padding_side = "left"
     return folder, {**info, "cached": False}
-
-
-def merged_model(ref: ModelRef, gen_cfg: GeneratorConfig, adapter: Path):
-    """The fine-tuned model as one plain transformers model (adapter merged in)."""
-    device = pick_device(gen_cfg.device)
-    dtype = pick_dtype(device, gen_cfg.dtype)
-    if not (adapter / "adapter_config.json").exists():  # method 'full': the folder is the model
-        return load_causal_lm(ModelRef(ref.name, str(adapter), ref.fingerprint), device, dtype), device
-    from peft import PeftModel
-    base = load_causal_lm(ref, device, dtype)
-    return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().eval(), device
-
-
-def load_finetuned(ref: ModelRef, gen_cfg: GeneratorConfig, adapter: Path, *, prefix_cache_mb: int = 0) -> Generator:
-    """A fresh base model with the adapter merged in (merging avoids LoRA overhead per token)."""
-    model, device = merged_model(ref, gen_cfg, adapter)
-    return Generator(gen_cfg, model, load_tokenizer(ref.path), ref, device, prefix_cache_mb=prefix_cache_mb).warm_up()
