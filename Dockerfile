@@ -12,10 +12,7 @@ FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    HF_HUB_OFFLINE=1 \
-    TRANSFORMERS_OFFLINE=1 \
-    ANONYMIZED_TELEMETRY=False \
-    TOKENIZERS_PARALLELISM=false
+    ADAPTBENCH_OFFLINE=1
 
 WORKDIR /opt/adaptbench
 # the CPU wheel: torch from PyPI alone pulls several GB of CUDA packages

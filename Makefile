@@ -5,12 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 # Offline by design: a stray hub or telemetry call fails at once instead of hanging.
-export HF_HUB_OFFLINE := 1
-export TRANSFORMERS_OFFLINE := 1
-export HF_DATASETS_OFFLINE := 1
-export ANONYMIZED_TELEMETRY := False
-export RAGAS_DO_NOT_TRACK := true
-export TOKENIZERS_PARALLELISM := false
+# (toolkit/__init__.py turns it into the Hugging Face libraries' offline switches, and turns telemetry off)
+export ADAPTBENCH_OFFLINE := 1
 # Public datasets live beside the checkout; suites read them from here, never copied in.
 export ADAPTBENCH_DATA_DIR ?= $(abspath ../shared/datasets)
 

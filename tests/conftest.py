@@ -9,11 +9,9 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ["ANONYMIZED_TELEMETRY"] = "False"
+os.environ["ADAPTBENCH_OFFLINE"] = "1"  # read by toolkit/__init__.py, the one place that sets such defaults
 os.environ["ADAPTBENCH_QUIET"] = "1"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import toolkit  # noqa: E402,F401 -- before any Hugging Face library reads its offline switch
 os.environ.pop("OPENAI_API_KEY", None)  # the key-checking tests must not find a real one
 
 REPO = Path(__file__).resolve().parent.parent

@@ -214,8 +214,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from toolkit.models import keep_freed_memory
     keep_freed_memory()
     args = build_parser().parse_args(argv)

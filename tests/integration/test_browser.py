@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from tests.test_harness import SCRIPT, make_suite, scripted  # noqa: F401
+from test_harness import SCRIPT, make_suite, scripted  # noqa: F401
 from toolkit.harness import run_suite
 from toolkit.reporting.report import render_run
 

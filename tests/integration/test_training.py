@@ -12,7 +12,7 @@ import yaml
 from toolkit.suites import load_suite
 from toolkit.harness import run_suite
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def set_arms(path, arms: dict) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tests.test_harness import SCRIPT, make_suite, scripted  # noqa: F401  (fixture)
+from test_harness import SCRIPT, make_suite, scripted  # noqa: F401  (fixture)
 from toolkit.reporting import decision
 from toolkit.scoring import stats
 from toolkit.harness import run_suite

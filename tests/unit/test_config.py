@@ -9,7 +9,7 @@ from tests.conftest import MINIMAL_SUITE
 from toolkit.suites import load_suite
 from toolkit.errors import UserError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path, text: str) -> Path:
