@@ -31,8 +31,9 @@ class Tags(HTMLParser):
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make test installs Debian's chromium when it can)")
 def test_report_renders_in_headless_chromium(tmp_path, tiny_llama, scripted):  # noqa: F811
     hostile = {**SCRIPT, "Colour of the sky?": '"><svg onload=alert(3)>'}
+    # (an arm named like 'x" onmouseover="alert(4)' is refused when the suite loads: names are identifiers)
     ls = make_suite(tmp_path, tiny_llama, {"echo": {"type": "scripted", "answers": hostile},
-                                           'x" onmouseover="alert(4)': {"type": "scripted", "answers": {}}})
+                                           "quiet": {"type": "scripted", "answers": {}}})
     run, _ = run_suite(ls, out=tmp_path / "run")
     _, html = render_run(run.path)
     url = html.resolve().as_uri()
