@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "of this environment variable (e.g. ADAPTBENCH_API_KEY)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     sv.add_argument("--insecure", action="store_true", help="allow a --host other than loopback without "
-                    "--api-key-env (anyone who can reach it can use the model)")
+                    "--api-key-env, answering any Host name (anyone who can reach it can use the model)")
     sv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     sv.add_argument("--max-batch", type=int, default=16, help="most requests answered together (default 16)")
     sv.add_argument("--max-wait-ms", type=float, default=25.0,
