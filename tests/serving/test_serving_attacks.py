@@ -360,3 +360,19 @@ def test_a_job_error_never_shows_the_servers_paths(tmp_path):
     msg = scrub(f"FileNotFoundError: [Errno 2] No such file: '{root}/files/file-abc.jsonl' "
                 f"(from /root/.cache/adaptbench/models/x/config.json)", root)
     assert str(tmp_path) not in msg and "/root/.cache" not in msg and msg.startswith("FileNotFoundError")
+
+
+def test_logprobs_k_returns_the_top_k_tokens_as_lm_evaluation_harness_reads_them(served):
+    c = served.client()
+    echo = c.completions.create(model="tiny", prompt="The Alder 5 sensor", max_tokens=1, echo=True, logprobs=3)
+    lp = echo.choices[0].logprobs
+    assert len(lp.top_logprobs) == len(lp.tokens) == len(lp.token_logprobs)
+    assert lp.top_logprobs[0] is None and all(len(t) == 3 for t in lp.top_logprobs[1:])
+    # the greedy next token is the most likely of its top 3 (lm-eval's is_greedy check)
+    last = lp.top_logprobs[-1]
+    assert max(last, key=last.get) == lp.tokens[-1] and abs(last[lp.tokens[-1]] - lp.token_logprobs[-1]) < 1e-4
+    gen = c.completions.create(model="tiny", prompt="The Alder 5 sensor", max_tokens=3, logprobs=1)
+    g = gen.choices[0].logprobs
+    assert g.top_logprobs is not None and len(g.top_logprobs) == len(g.tokens)
+    plain = c.completions.create(model="tiny", prompt="The Alder 5 sensor", max_tokens=0, echo=True, logprobs=0)
+    assert plain.choices[0].logprobs.top_logprobs is None

@@ -219,11 +219,14 @@ class Generator:
                 out[i] = (float(-lp[j]), len(items[i][1]))
         return out  # type: ignore[return-value]
 
-    def prompt_logprobs(self, texts: list[str]) -> list[dict]:
+    def prompt_logprobs(self, texts: list[str], top_k: int = 0) -> list[dict]:
         """For each text: the log-probability of every token given the tokens before it (the
         first has none), each token's string and character offset (what /v1/completions returns
-        with `echo` and `logprobs`), and the greedy next token with its log-probability. Texts
-        are left-padded into batches of at most 4,096 tokens (position ids count real tokens)."""
+        with `echo` and `logprobs`), the greedy next token with its log-probability and, with
+        `top_k`, the k most likely tokens at every position ({token: log-probability}, as
+        OpenAI's `top_logprobs`; lm-evaluation-harness reads them to tell a greedy answer).
+        Texts are left-padded into batches of at most 4,096 tokens (position ids count real
+        tokens)."""
         import torch
 
         tok = self.tokenizer
@@ -252,6 +255,12 @@ class Generator:
                           "text_offset": [a for a, _ in offsets], "next_token_id": nxt,
                           "next_token": "" if nxt in stop_ids else tok.decode([nxt]),
                           "next_logprob": float(lp[-1, nxt])}
+                if top_k:
+                    vals, top = lp.topk(top_k, dim=-1)
+                    tops = [{tok.decode([t]): float(v) for t, v in zip(ti.tolist(), vi.tolist())}
+                            for ti, vi in zip(top, vals)]
+                    out[i]["top_logprobs"] = ([None] + tops[:-1]) if encs[i]["input_ids"] else []
+                    out[i]["next_top_logprobs"] = tops[-1]
         return out  # type: ignore[return-value]
 
     def choice_nll(self, prompts: list[Messages], choices: list[str]) -> list[list[float]]:

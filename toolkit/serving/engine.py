@@ -57,7 +57,7 @@ class Work:
         if self.kind == GENERATE:
             s = self.settings
             return (GENERATE, self.key, s.max_tokens, tuple(s.stop), s.temperature, s.seed)
-        return (self.kind, self.key) if self.kind == LOGPROBS else (CALL, id(self))
+        return (self.kind, self.key, self.settings) if self.kind == LOGPROBS else (CALL, id(self))
 
 
 def _settle(f: Future, result: Any = None, exc: BaseException | None = None) -> None:
@@ -144,9 +144,10 @@ class Engine:
         says when it was queued. `on_text(piece)` streams the answer as it is generated."""
         return self._submit(Work(GENERATE, key, prompt, settings, on_text, cost))
 
-    def prompt_logprobs(self, key: int, text: str, cost: int = 0) -> Future:
-        """Token log-probabilities of a text and its greedy next token (batched with others)."""
-        return self._submit(Work(LOGPROBS, key, text, cost=cost))
+    def prompt_logprobs(self, key: int, text: str, cost: int = 0, top_k: int = 0) -> Future:
+        """Token log-probabilities of a text and its greedy next token (batched with others of
+        the same `top_k`)."""
+        return self._submit(Work(LOGPROBS, key, text, settings=top_k, cost=cost))
 
     def call(self, fn) -> Future:
         """Run fn() on the engine's thread, between batches (work that needs a model alone,
@@ -263,7 +264,8 @@ class Engine:
     def _run_model(gen, items: list[Work]) -> list:
         head = items[0]
         if head.kind == LOGPROBS:
-            results = gen.prompt_logprobs([w.payload for w in items])
+            results = gen.prompt_logprobs([w.payload for w in items], **({"top_k": head.settings} if head.settings
+                                                                          else {}))
         else:
             streams = [w.on_text for w in items]
             extra = {"streams": streams} if any(streams) else {}

@@ -48,12 +48,16 @@ async def completions(req: CompletionRequest, request: Request):
 def _logprobs(got: dict, start: int, next_at: int | None = None) -> dict:
     """The part of a text's log-probabilities the caller sees (from character `start`)."""
     keep = [i for i, off in enumerate(got["text_offset"]) if off >= start]
+    tops = got.get("top_logprobs")
     lp = {"tokens": [got["tokens"][i] for i in keep], "token_logprobs": [got["token_logprobs"][i] for i in keep],
-          "text_offset": [got["text_offset"][i] - start for i in keep], "top_logprobs": None}
+          "text_offset": [got["text_offset"][i] - start for i in keep],
+          "top_logprobs": [tops[i] for i in keep] if tops is not None else None}
     if next_at is not None:  # the greedy next token (max_tokens 1)
         lp["tokens"].append(got["next_token"])
         lp["token_logprobs"].append(got["next_logprob"])
         lp["text_offset"].append(next_at)
+        if tops is not None:
+            lp["top_logprobs"].append(got["next_top_logprobs"])
     return lp
 
 
@@ -103,8 +107,8 @@ async def _plain(h, req: CompletionRequest, request: Request, target):
     engine = h.engine
     try:
         if scored:
-            futures = _submit_all(h, lambda: (engine.prompt_logprobs(target.key, c.prompt, cost=c.prompt_tokens)
-                                              for c in ctxs))
+            futures = _submit_all(h, lambda: (engine.prompt_logprobs(target.key, c.prompt, cost=c.prompt_tokens,
+                                                                     top_k=req.logprobs or 0) for c in ctxs))
             got = await h.wait(futures, request)
             choices, usage = [], [0, 0]
             for p, g in zip(prompts, got):
@@ -129,8 +133,8 @@ async def _plain(h, req: CompletionRequest, request: Request, target):
             lps = {}
             if req.logprobs is not None:  # log-probabilities of the whole text, then the part the caller sees
                 todo = [(c, t) for c, texts in outs for t, _, _ in texts]
-                fs = _submit_all(h, lambda: (engine.prompt_logprobs(target.key, c.prompt + t,
-                                                                    cost=c.prompt_tokens + wanted) for c, t in todo))
+                fs = _submit_all(h, lambda: (engine.prompt_logprobs(target.key, c.prompt + t, cost=c.prompt_tokens + wanted,
+                                                                    top_k=req.logprobs) for c, t in todo))
                 lps = dict(enumerate(await h.wait(fs, request)))
             i = 0
             for (c, texts), p in zip(outs, prompts):
