@@ -24,19 +24,18 @@ def tables(run_dir: Path) -> str:
     results, samples = load_run(run_dir)
     heads = headline_metrics(results, 5)
     metric = primary_metric(results)
-    d = results["data"]
-    out = [f"#### {results['suite']}: {d['test_scored']} test examples, {d['train']} train, "
-           f"{d['validation']} validation · {results['device']}/{results['dtype']}", "",
+    d = results.data
+    out = [f"#### {results.suite}: {d.test_scored} test examples, {d.train} train, "
+           f"{d.validation} validation · {results.device}/{results.dtype}", "",
            "| arm | " + " | ".join(LABELS.get(m, m) for m in heads) + " | setup s | p50 s/answer |",
            "|---" * (len(heads) + 3) + "|"]
-    for name, a in results["strategies"].items():
-        if a.get("status") != "success":
-            out.append(f"| {name} | {a.get('status')}: {a.get('error', '')} |")
+    for name, a in results.strategies.items():
+        if not a.ok:
+            out.append(f"| {name} | {a.status}: {a.error or ''} |")
             continue
-        c = a["cost"]
-        out.append(f"| {name} | " + " | ".join(fmt_ci(a["metrics"].get(m)) for m in heads)
-                   + f" | {c['setup_s']:.0f} | {c['latency_p50_s']:.2f} |")
-    ok = [n for n, a in results["strategies"].items() if a.get("status") == "success"]
+        out.append(f"| {name} | " + " | ".join(fmt_ci(a.metrics.get(m)) for m in heads)
+                   + f" | {a.cost.setup_s:.0f} | {a.cost.latency_p50_s:.2f} |")
+    ok = list(results.ok_arms())
     if metric and len(ok) > 1:
         out += ["", f"Paired differences in {LABELS.get(metric, metric)} (same test examples):", "",
                 "| A | B | A − B [95% CI] | p | |", "|---|---|---|---|---|"]
@@ -46,9 +45,9 @@ def tables(run_dir: Path) -> str:
     split = retrieval_split(samples, metric, ok) if metric else []
     if split:
         out += [""] + retrieval_split_lines(split, LABELS.get(metric, metric))
-    if results.get("majority_baseline"):
-        mb = results["majority_baseline"]
-        out += ["", f"Majority-class baseline (always `{mb['label']}`): accuracy {mb['accuracy']:.3f}."]
+    if results.majority_baseline:
+        mb = results.majority_baseline
+        out += ["", f"Majority-class baseline (always `{mb.label}`): accuracy {mb.accuracy:.3f}."]
     out += ["", "Recommendation: " + " ".join(recommendation(results, samples, None)), ""]
     return "\n".join(out)
 

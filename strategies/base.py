@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from toolkit.backends import GenRequest, LLRequest, Settings
 from toolkit.config import arm_generator
 from toolkit.data import Example, Passage, Prediction, Query
+from toolkit.records import ArmInfo
 
 if TYPE_CHECKING:  # the harness hands it over; strategies sit below the harness
     from toolkit.resources import Resources
@@ -56,7 +57,7 @@ class Strategy(ABC):
     def prepare(self, train: list[Example], validation: list[Example]) -> None:
         """Expensive, cacheable work. Default: nothing."""
 
-    def restore(self, run_dir, info: dict, train: list[Example], validation: list[Example]) -> None:
+    def restore(self, run_dir, info: ArmInfo, train: list[Example], validation: list[Example]) -> None:
         """Rebuild what `prepare` built in the run at `run_dir` (`info`: its results.json
         info), for `adaptbench serve`. Never trains: arms that train find their model in the
         run directory or the cache. Default: prepare again (selection and indexes are

@@ -7,10 +7,13 @@ import itertools
 import random
 import shutil
 import time
+from pathlib import Path
 
 from strategies.base import Strategy
 from toolkit.data import Example, Query, subsample
-from toolkit.errors import inside
+from toolkit.cache import cache_root
+from toolkit.errors import UserError, inside
+from toolkit.records import ArmInfo
 from toolkit.chat import TrainItem
 from toolkit.training.trainer import train_model
 
@@ -106,20 +109,15 @@ class Finetune(Strategy):
             self.res.store.put_many("ftjob", {key: info})
         return {**info, "build_s": {"fine-tuning job": info["train_s"]}}
 
-    def restore(self, run_dir, info: dict, train: list[Example], validation: list[Example]) -> None:
+    def restore(self, run_dir, info: ArmInfo, train: list[Example], validation: list[Example]) -> None:
         """The adapter the run kept (run_dir/adapters/NAME), or the trained model in the cache;
         for method openai_api, the fine-tuned model the job made."""
         if self.config.method == "openai_api":
-            self.adapter, self.ft_model = None, info["fine_tuned_model"]
+            self.adapter, self.ft_model = None, info.fine_tuned_model
             self.info = {"fine_tuned_model": self.ft_model}
             return
-        from pathlib import Path
-
-        from toolkit.cache import cache_root
-        from toolkit.errors import UserError
-
-        key = info.get("adapter_key")
-        places = ([Path(run_dir) / info["adapter_dir"]] if info.get("adapter_dir") else []) \
+        key = info.adapter_key
+        places = ([Path(run_dir) / info.adapter_dir] if info.adapter_dir else []) \
             + ([cache_root() / "adapters" / key] if key else [])
         found = next((p for p in places if (p / "adapter_config.json").exists() or (p / "config.json").exists()), None)
         if found is None:
@@ -132,8 +130,6 @@ class Finetune(Strategy):
         """Train every trial (each cached by content hash), keep the best by
         metric_for_best_model on the validation split (lowest loss, or highest task metric).
         The whole search counts as setup cost."""
-        from toolkit.errors import UserError
-
         sc = self.config.search
         if not val_items:
             raise UserError("hyperparameter search scores trials on the validation split, which is empty",

@@ -7,6 +7,7 @@ from __future__ import annotations
 from strategies.finetune import Finetune
 from toolkit.data import Example, Query
 from toolkit.chat import TrainItem
+from toolkit.records import ArmInfo
 
 
 class RagFinetune(Finetune):
@@ -20,7 +21,7 @@ class RagFinetune(Finetune):
         self.info = {**self.info, "index_key": self.retriever.key, "chunks": self.retriever.n_chunks,
                      "build_s": {"index": self.retriever.build_s, **self.info["build_s"]}}
 
-    def restore(self, run_dir, info: dict, train: list[Example], validation: list[Example]) -> None:
+    def restore(self, run_dir, info: ArmInfo, train: list[Example], validation: list[Example]) -> None:
         self.retriever = self.res.retriever(self.config.chunk_size, self.config.chunk_overlap)
         self.retriever.build()
         super().restore(run_dir, info, train, validation)

@@ -215,5 +215,5 @@ def tiny_run(tmp_path_factory, talker) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ADAPTBENCH_CACHE", str(root / "cache"))
         run, results = run_suite(load_suite(suite), out=root / "run")
-    assert results["status"] == "success"
+    assert results.status == "success"
     return run.path

@@ -48,7 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prompt, retrieve or fine-tune? Runs the same task, on the same split, through every "
                     "approach and reports quality (with 95% CIs), cost and a recommendation side by side.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_run_parser, _validate_parser, _report_parser, _compare_parser, _export_parser, _serve_parser, _logs_parser, _ab_parser, _runs_parser, _ls_parser):
+        add(sub)
+    return p
 
+
+def _run_parser(sub) -> None:
     r = sub.add_parser("run", help="run a suite's arms and write a run directory with results and report",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Run every arm of SUITE on its test split. Writes config.yaml, env.json, "
@@ -72,14 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "(split, few-shot choice, training seed) and report mean ± std across them")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
+
+def _validate_parser(sub) -> None:
     v = sub.add_parser("validate", help="check a suite file and its data without loading any model")
     v.add_argument("suite", type=Path)
     v.add_argument("--data-dir", type=Path, help="where {data_dir} in the suite points (default: $ADAPTBENCH_DATA_DIR)")
 
+
+def _report_parser(sub) -> None:
     rep = sub.add_parser("report", help="re-render report.md and report.html from a run directory (loads no model)")
     rep.add_argument("run_dir", type=Path)
     rep.add_argument("--weights", help="decision weights, e.g. quality=0.7,latency=0.1 (default: the suite's)")
 
+
+def _compare_parser(sub) -> None:
     c = sub.add_parser("compare", help="compare runs against the first (baseline): per arm and metric, difference with CI",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Compare runs, e.g. before/after a knowledge-base change or two base models. "
@@ -89,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--fail-on-regression", metavar="METRIC", action="append", default=[],
                    help="exit 3 when METRIC got significantly worse for any arm (repeatable; 'any' for every metric)")
 
+
+def _export_parser(sub) -> None:
     e = sub.add_parser("export", help="write a fine-tuned arm's adapter, or the merged model, to a folder")
     e.add_argument("run_dir", type=Path)
     e.add_argument("out", type=Path, help="output folder (must not exist or be empty)")
@@ -96,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--merge", action="store_true", help="merge the adapter into the base model: a plain "
                    "transformers model folder (safetensors + tokenizer); without it, the peft adapter alone")
 
+
+def _serve_parser(sub) -> None:
     sv = sub.add_parser(
         "serve", help="serve a run's arms (or a base model) over an OpenAI-compatible API, logging every prediction",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -143,19 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-batch", type=int, default=16, help="most requests answered together (default 16)")
     sv.add_argument("--max-wait-ms", type=float, default=25.0,
                     help="how long a request waits for others to batch with (default 25 ms)")
-    lim = sv.add_argument_group("limits (each checked before a request is queued; past it, OpenAI's error JSON)")
-    lim.add_argument("--max-queue", type=int, default=256, help="requests that may wait for a batch; more get "
-                     "HTTP 429 with Retry-After (default 256)")
-    lim.add_argument("--max-tokens", type=int, default=4096, help="most tokens one answer may generate (default 4096)")
-    lim.add_argument("--max-prompt-tokens", type=int, default=0, help="most tokens one prompt may hold (default: the "
-                     "model's context; prompt + max_tokens past the context is 400 context_length_exceeded)")
-    lim.add_argument("--max-batch-tokens", type=int, default=0, help="most tokens (prompt + max_tokens) one batch "
-                     "holds, bounding its memory (default: no bound beyond --max-batch)")
-    lim.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest JSON request body (default 1 MiB; "
-                     "413 past it)")
-    lim.add_argument("--max-upload-bytes", type=int, default=64 << 20, help="with --model: largest fine-tuning file "
-                     "upload (default 64 MiB)")
-    lim.add_argument("--max-connections", type=int, default=512, help="open connections; more get 503 (default 512)")
+    _serve_limits(sv)
     sv.add_argument("--allowed-host", action="append", default=[], metavar="NAME", help="without --api-key-env only "
                     "loopback Host names are answered (421 otherwise: a web page cannot reach the server through DNS "
                     "rebinding); add a name clients use, e.g. --allowed-host myserver.internal")
@@ -169,6 +172,24 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--jobs-dir", type=Path, metavar="DIR", help="with --model: where the fine-tuning API keeps "
                     "uploaded files and jobs (default ~/.cache/adaptbench/finetuning)")
 
+
+def _serve_limits(sv) -> None:
+    lim = sv.add_argument_group("limits (each checked before a request is queued; past it, OpenAI's error JSON)")
+    lim.add_argument("--max-queue", type=int, default=256, help="requests that may wait for a batch; more get "
+                     "HTTP 429 with Retry-After (default 256)")
+    lim.add_argument("--max-tokens", type=int, default=4096, help="most tokens one answer may generate (default 4096)")
+    lim.add_argument("--max-prompt-tokens", type=int, default=0, help="most tokens one prompt may hold (default: the "
+                     "model's context; prompt + max_tokens past the context is 400 context_length_exceeded)")
+    lim.add_argument("--max-batch-tokens", type=int, default=0, help="most tokens (prompt + max_tokens) one batch "
+                     "holds, bounding its memory (default: no bound beyond --max-batch)")
+    lim.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest JSON request body (default 1 MiB; "
+                     "413 past it)")
+    lim.add_argument("--max-upload-bytes", type=int, default=64 << 20, help="with --model: largest fine-tuning file "
+                     "upload (default 64 MiB)")
+    lim.add_argument("--max-connections", type=int, default=512, help="open connections; more get 503 (default 512)")
+
+
+def _logs_parser(sub) -> None:
     lg = sub.add_parser(
         "logs", help="list a prediction log (serve.db), or export corrected and well-rated answers as training data",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -190,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--min-score", type=float, default=1.0, help="with --export: the lowest score whose answer is "
                     "kept as it was (default 1.0: thumbs up); corrections are always kept")
 
+
+def _ab_parser(sub) -> None:
     ab = sub.add_parser(
         "ab", help="the A/B test in a prediction log: per arm, feedback with 95%% CIs, the difference and p-value",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -206,11 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--html", type=Path, metavar="PATH", help="where to write the HTML page (default: ab.html "
                     "beside the log)")
 
+
+def _runs_parser(sub) -> None:
     rs = sub.add_parser("runs", help="list past runs with their headline numbers")
     rs.add_argument("--root", type=Path, default=Path("reports"), help="where run directories live (default: reports)")
 
+
+def _ls_parser(sub) -> None:
     sub.add_parser("ls", help="list strategies, data loaders, bundled models and bundled suites")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,17 +275,17 @@ def cmd_run(args) -> int:
         raise UserError("must be at least 1", field="--seeds")
     _check_data_dir(args.data_dir)
     weights = parse_weights(args.weights) or None
-    ls = load_suite(args.suite, args.data_dir)
+    loaded = load_suite(args.suite, args.data_dir)
     if args.judge_url or args.judge_model or args.judge_key_env:
         from pydantic import ValidationError
 
         from toolkit.config import JudgeConfig
-        base = ls.suite.judge.model_dump() if ls.suite.judge else {}
+        base = loaded.suite.judge.model_dump() if loaded.suite.judge else {}
         model = args.judge_model or base.get("model")
         if not model:
             raise UserError("say which judge model to use", field="--judge-model")
         try:
-            ls.suite.judge = JudgeConfig(**{**base, "model": model, "base_url": args.judge_url or base.get("base_url"),
+            loaded.suite.judge = JudgeConfig(**{**base, "model": model, "base_url": args.judge_url or base.get("base_url"),
                                             "api_key_env": args.judge_key_env or base.get("api_key_env")})
         except ValidationError as e:
             err = e.errors()[0]
@@ -267,8 +293,8 @@ def cmd_run(args) -> int:
             raise UserError(err["msg"].removeprefix("Value error, "), field=flag.get(str(err["loc"][0]), "judge")) from None
     only = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
     if args.seeds > 1:
-        return _run_seeds(ls, args, only)
-    run, results = run_suite(ls, only=only, limit=args.limit, out=args.out)
+        return _run_seeds(loaded, args, only)
+    run, results = run_suite(loaded, only=only, limit=args.limit, out=args.out)
     if run is None:  # a helper process of a distributed launch: it trained, process 0 reports
         return 0
     md, html = render_run(run.path, weights)
@@ -278,21 +304,21 @@ def cmd_run(args) -> int:
         log(s)
     log(f"\nRun directory: {run.path}\nReport: {html}")
     print(run.path)  # stdout: the run directory, for scripts
-    return 0 if results["status"] == "success" else 1
+    return 0 if results.status == "success" else 1
 
 
-def _run_seeds(ls, args, only) -> int:
+def _run_seeds(loaded, args, only) -> int:
     from rich.table import Table
 
     from toolkit.progress import console, log
     from toolkit.seeds import run_seeds
 
     from toolkit.reporting.report import render_run
-    parent, summary = run_seeds(ls, args.seeds, only=only, limit=args.limit, out=args.out, on_run=render_run)
+    parent, summary = run_seeds(loaded, args.seeds, only=only, limit=args.limit, out=args.out, on_run=render_run)
     if parent is None:
         return 0
     metrics = [m for m in summary["metrics_order"] if any(m in a for a in summary["arms"].values())][:6]
-    t = Table(title=f"{ls.suite.name}: mean ± std across seeds {', '.join(map(str, summary['seeds']))}")
+    t = Table(title=f"{loaded.suite.name}: mean ± std across seeds {', '.join(map(str, summary['seeds']))}")
     t.add_column("arm", style="bold")
     for m in metrics:
         t.add_column(m, justify="right")
@@ -315,11 +341,11 @@ def cmd_validate(args) -> int:
     from toolkit.data.suite_data import load_task_data
 
     _check_data_dir(args.data_dir)
-    ls = load_suite(args.suite, args.data_dir)
-    data = load_task_data(ls)
-    check_suite(ls, data, ls.arms)
+    loaded = load_suite(args.suite, args.data_dir)
+    data = load_task_data(loaded)
+    check_suite(loaded, data, loaded.arms)
     sizes = data.splits.sizes()
-    print(f"{args.suite}: ok · task {ls.suite.task} · arms {', '.join(ls.arms)} · "
+    print(f"{args.suite}: ok · task {loaded.suite.task} · arms {', '.join(loaded.arms)} · "
           f"train {sizes['train']} / validation {sizes['validation']} / test {sizes['test']}"
           + (f" · {len(data.kb.documents)} documents" if data.kb else "")
           + (f" · {len(data.labels)} labels" if data.labels else ""))
@@ -331,8 +357,8 @@ def cmd_validate(args) -> int:
 def cmd_report(args) -> int:
     from toolkit.reporting.decision import parse_weights
     from toolkit.reporting.report import render_run
-    if not (args.run_dir / "results.json").exists():
-        raise UserError("not a run directory (no results.json)", file=args.run_dir)
+    from toolkit.runs import RunDir
+    RunDir.open(args.run_dir)  # a UserError naming the folder when it holds no run
     md, html = render_run(args.run_dir, parse_weights(args.weights) or None)
     print(html)
     return 0

@@ -8,7 +8,6 @@ validate`, `ls` and `--help` go through it.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal

@@ -17,19 +17,21 @@ from toolkit.config import LoadedSuite
 from toolkit.data import Example
 from toolkit.errors import UserError
 from toolkit.progress import log, task_bar
+from toolkit.records import (ArmCost, ArmInfo, ArmResult, Context, DataSummary, JudgeCost, MajorityBaseline,
+                             ModelInfo, RunResults, Sample)
 from toolkit.runs import RunDir, environment, now_iso
 
 CHUNK_BATCHES = 2  # a local arm's answers are scored and appended to samples.jsonl every 2 batches
 
 
-def select_arms(ls: LoadedSuite, only: list[str] | None) -> dict[str, tuple[str, Any]]:
+def select_arms(loaded: LoadedSuite, only: list[str] | None) -> dict[str, tuple[str, Any]]:
     if not only:
-        return dict(ls.arms)
-    unknown = [a for a in only if a not in ls.arms]
+        return dict(loaded.arms)
+    unknown = [a for a in only if a not in loaded.arms]
     if unknown:
-        raise UserError(f"'{unknown[0]}' is not an arm of this suite (arms: {', '.join(ls.arms)})",
-                        file=ls.path, field="--strategies")
-    return {a: ls.arms[a] for a in only}
+        raise UserError(f"'{unknown[0]}' is not an arm of this suite (arms: {', '.join(loaded.arms)})",
+                        file=loaded.path, field="--strategies")
+    return {a: loaded.arms[a] for a in only}
 
 
 def limit_test(test: list[Example], limit: int | None, *, seed: int, stratify: bool) -> tuple[list[Example], list[str]]:
@@ -45,31 +47,54 @@ def limit_test(test: list[Example], limit: int | None, *, seed: int, stratify: b
         f"--limit {limit}: scored a random sample of {limit} of the {len(test)} test examples (seed {seed}{strat})"]
 
 
-def resolved_config(ls: LoadedSuite, arms: dict, limit: int | None) -> dict:
-    cfg = ls.suite.model_dump(mode="json")
+def resolved_config(loaded: LoadedSuite, arms: dict, limit: int | None, run: RunDir) -> dict:
+    """The suite as it ran, every default filled in: what `serve` rebuilds arms from. The
+    suite file and data folder are recorded relative to the run directory (a run moved
+    together with its suite still finds its data) and as they were (a run moved alone)."""
+    cfg = loaded.suite.model_dump(mode="json")
     cfg["strategies"] = {name: {"type": stype, **c.model_dump(mode="json")} for name, (stype, c) in arms.items()}
-    cfg["metrics"] = ls.suite.metric_names
-    cfg["_suite_file"] = str(ls.path.resolve())
-    cfg["_data_dir"] = str(ls.data_dir.resolve()) if ls.data_dir else None
+    cfg["metrics"] = loaded.suite.metric_names
+    cfg["_suite_file"] = run.relative(loaded.path)
+    cfg["_suite_file_absolute"] = str(loaded.path.resolve())
+    cfg["_data_dir"] = run.relative(loaded.data_dir) if loaded.data_dir else None
+    cfg["_data_dir_absolute"] = str(loaded.data_dir.resolve()) if loaded.data_dir else None
     cfg["_limit"] = limit
     return cfg
 
 
-def run_suite(ls: LoadedSuite, *, only: list[str] | None = None, limit: int | None = None,
-              out: Path | None = None, reports_root: Path = Path("reports")) -> tuple[RunDir, dict]:
-    from toolkit.models import pick_device, pick_dtype
-    from toolkit.resources import Resources
-    from toolkit.data.suite_data import load_task_data
+def new_results(loaded: LoadedSuite, data, test: list[Example], limit_note: list[str], device: str, dtype: str,
+                run: RunDir) -> RunResults:
+    suite = loaded.suite
+    results = RunResults(
+        suite=suite.name, status="started", started=now_iso(), task=suite.task, description=suite.description,
+        generator=suite.generator.model, embedder=suite.embedder.model, device=device, dtype=dtype,
+        expected_queries=suite.decision.expected_queries,
+        expected_queries_is_default="expected_queries" not in suite.decision.model_fields_set,
+        data=DataSummary(**data.splits.sizes(), test_scored=len(test), notes=data.splits.notes + limit_note,
+                         knowledge_base_documents=len(data.kb.documents) if data.kb else 0,
+                         extra_train=data.extra_train),
+        metrics_order=suite.metric_names, inputs=run.inputs(loaded.path, loaded.data_dir, data.files))
+    if data.labels:
+        results.labels = data.labels
+        if data.splits.train and test:  # what always answering the commonest train label would score
+            from collections import Counter
+            top = Counter(e.label for e in data.splits.train).most_common(1)[0][0]
+            results.majority_baseline = MajorityBaseline(label=top, accuracy=sum(e.label == top for e in test) / len(test))
+    return results
 
-    suite = ls.suite
-    arms = select_arms(ls, only)
-    # Everything that can be wrong with the input is checked before a model loads or the
-    # run directory exists; API endpoints answer GET /v1/models first.
-    data = load_task_data(ls)
-    preflight.check_suite(ls, data, arms)
-    preflight.check_out(out, reports_root)
-    preflight.check_cache()
-    preflight.check_models(ls, arms)
+
+def run_suite(loaded: LoadedSuite, *, only: list[str] | None = None, limit: int | None = None,
+              out: Path | None = None, reports_root: Path = Path("reports"),
+              models_checked: bool = False) -> tuple[RunDir | None, RunResults | None]:
+    """Every selected arm of the suite on its test split, into a new run directory. Returns
+    (None, None) in the helper processes of a distributed launch. `models_checked`: the
+    caller (run_seeds) already checked the models the suite names."""
+    from toolkit.models import pick_device, pick_dtype  # imports torch: not at module load (--help)
+    from toolkit.resources import Resources
+
+    suite = loaded.suite
+    arms = select_arms(loaded, only)
+    data = preflight.check_run(loaded, arms, out, reports_root, models=not models_checked)
     test, limit_note = limit_test(data.splits.test, limit, seed=suite.seed, stratify=suite.has_labels)
     local = suite.generator.backend == "transformers"
     device = pick_device(suite.generator.device) if local else "api"
@@ -82,27 +107,12 @@ def run_suite(ls: LoadedSuite, *, only: list[str] | None = None, limit: int | No
         train_together(arms, Resources(suite, data.labels, data.kb, None), data)
         D.go_solo()
         if not D.is_main():
-            return None, {}
+            return None, None
 
     run = RunDir.create(out, suite.name, reports_root)
-    run.write_config(resolved_config(ls, arms, limit))
-    run.write_env(environment(data.files, device, dtype))
-    results: dict[str, Any] = {
-        "suite": suite.name, "status": "started", "started": now_iso(), "task": suite.task,
-        "description": suite.description, "generator": suite.generator.model, "embedder": suite.embedder.model,
-        "device": device, "dtype": dtype, "expected_queries": suite.decision.expected_queries,
-        "expected_queries_is_default": "expected_queries" not in suite.decision.model_fields_set,
-        "data": {**data.splits.sizes(), "test_scored": len(test), "notes": data.splits.notes + limit_note,
-                 "knowledge_base_documents": len(data.kb.documents) if data.kb else 0,
-                 "extra_train": data.extra_train},
-        "metrics_order": suite.metric_names, "strategies": {},
-    }
-    if data.labels:
-        results["labels"] = data.labels
-        if data.splits.train and test:  # what always answering the commonest train label would score
-            from collections import Counter
-            top = Counter(e.label for e in data.splits.train).most_common(1)[0][0]
-            results["majority_baseline"] = {"label": top, "accuracy": sum(e.label == top for e in test) / len(test)}
+    run.write_config(resolved_config(loaded, arms, limit, run))
+    run.write_env(environment(device, dtype))
+    results = new_results(loaded, data, test, limit_note, device, dtype, run)
     run.write_results(results)
     log(f"[bold]{suite.name}[/]: {len(test)} test examples, {len(data.splits.train)} train, "
         f"{len(data.splits.validation)} validation · {len(arms)} arms · {device}/{dtype} · run dir {run.path}")
@@ -110,33 +120,40 @@ def run_suite(ls: LoadedSuite, *, only: list[str] | None = None, limit: int | No
     store = PredictionCache()
     res = Resources(suite, data.labels, data.kb, run.path, store)
     try:
-        for name, (stype, cfg) in arms.items():
-            try:
-                results["strategies"][name] = run_arm(name, stype, cfg, res, data, test, run)
-            except (UserError, KeyboardInterrupt):
-                raise
-            except Exception as e:  # one arm failing must not lose the others
-                (run.path / "errors.log").open("a").write(f"--- {name}\n{traceback.format_exc()}\n")
-                results["strategies"][name] = {"type": stype, "status": "error", "error": f"{type(e).__name__}: {e}"}
-                log(f"[red]✗ {name} failed:[/] {type(e).__name__}: {e} (traceback in {run.path / 'errors.log'})")
-            finally:
-                res.release_adapters()
-            run.write_results(results)
-        failed = [n for n, r in results["strategies"].items() if r.get("status") == "error"]
-        results["status"] = "error" if failed else "success"
+        run_arms(arms, res, data, test, run, results)
+        results.status = "error" if results.failed else "success"
     except KeyboardInterrupt:
-        results["status"] = "cancelled"
+        results.status = "cancelled"
         raise
     except UserError as e:
-        results["status"] = "error"
-        results["error"] = str(e)
+        results.status = "error"
+        results.error = str(e)
         raise
     finally:
-        results["finished"] = now_iso()
+        results.finished = now_iso()
         run.write_results(results)
         res.close()
         store.close()
     return run, results
+
+
+def run_arms(arms: dict, res, data, test: list[Example], run: RunDir, results: RunResults) -> None:
+    """Each arm in turn, the record rewritten after each. An arm that fails is recorded as an
+    error with its traceback in errors.log, and the others still run; bad input (UserError)
+    and Ctrl-C stop the run."""
+    for name, (stype, cfg) in arms.items():
+        try:
+            results.strategies[name] = run_arm(name, stype, cfg, res, data, test, run)
+        except (UserError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # one arm failing must not lose the others
+            with (run.path / "errors.log").open("a") as f:
+                f.write(f"--- {name}\n{traceback.format_exc()}\n")
+            results.strategies[name] = ArmResult(type=stype, status="error", error=f"{type(e).__name__}: {e}")
+            log(f"[red]✗ {name} failed:[/] {type(e).__name__}: {e} (traceback in {run.path / 'errors.log'})")
+        finally:
+            res.release_adapters()
+        run.write_results(results)
 
 
 def train_together(arms: dict, res, data) -> None:
@@ -154,11 +171,10 @@ def train_together(arms: dict, res, data) -> None:
 SINGLE_SAMPLE = 4  # test questions a local arm answers one at a time, for its single-request latency
 
 
-def run_arm(name: str, stype: str, cfg, res, data, test: list[Example], run: RunDir) -> dict:
+def run_arm(name: str, stype: str, cfg, res, data, test: list[Example], run: RunDir) -> ArmResult:
+    """Prepare one arm, answer the test split chunk by chunk (each chunk scored and appended to
+    samples.jsonl as it finishes, so a killed run keeps what it answered), then aggregate."""
     from strategies.registry import strategy_class
-    from toolkit.scoring import metrics as M
-    from toolkit.backends import NotMeasured
-    from toolkit.scoring.judge import JUDGE_METRICS, not_measured_reason
 
     suite = res.suite
     strategy = strategy_class(stype)(name, cfg, res)
@@ -166,26 +182,105 @@ def run_arm(name: str, stype: str, cfg, res, data, test: list[Example], run: Run
     t0 = time.perf_counter()
     strategy.prepare(data.splits.train, data.splits.validation)
     prepare_s = time.perf_counter() - t0
-    backend = strategy.backend()
-    gen = strategy.gen_cfg
-
-    rows_by_id: dict[str, dict] = {}
-    preds: dict[str, Any] = {}
-    doc_text = {d.id: d.text for d in res.kb.documents} if res.kb else None
-    # answers are scored and appended to samples.jsonl chunk by chunk (a local arm: every two
-    # batches; an API arm: every four rounds of concurrent requests)
-    step = gen.batch_size * CHUNK_BATCHES if backend.batched else gen.concurrency * 4
-    wanted = [m for m in suite.metric_names if m in JUDGE_METRICS] if suite.task == "qa" else []
-    not_measured = {m: r for m in wanted if (r := not_measured_reason(m, suite.judge, strategy.retrieves))}
-    judged = [m for m in wanted if m not in not_measured]
-    likelihood = suite.task == "qa" and "perplexity" in suite.metric_names and strategy.scores_likelihood
-    judge_usage = np.zeros(3)  # input tokens, output tokens, seconds
-    judge_errors: dict[str, int] = {}
+    scoring = ArmScoring(suite, res, strategy)
     t1 = time.perf_counter()
+    preds = answer_and_score(name, strategy, scoring, test, run)
+    answer_s = time.perf_counter() - t1
+    single = strategy.single_latency([e.to_query() for e in test[:SINGLE_SAMPLE]])
+    scored, not_measured, unmeasured = scoring.aggregate(test)
+
+    fp = strategy.fingerprint()
+    backend = strategy.backend()
+    cost = arm_cost(strategy, [preds[e.id] for e in test], prepare_s, answer_s, single)
+    if scoring.judged:
+        cost.judge = scoring.judge_cost()
+    result = ArmResult(
+        type=stype, status="success", fingerprint=content_hash(fp),
+        # the parts' hashes let `serve` say what differs when it rebuilds an arm that is not as evaluated
+        fingerprint_parts={k: content_hash(v, 12) for k, v in fp.items()},
+        model=ModelInfo(**backend.describe()), metrics=scored.metrics, **scored.record,
+        unmeasured=unmeasured, not_measured=not_measured,
+        not_applicable=[m for m in suite.metric_names if m not in scored.metrics and m not in not_measured],
+        cost=cost, info=ArmInfo(**{k: v for k, v in strategy.info.items() if k != "build_s"}))
+    head = ", ".join(f"{k} {v.mean:.3f}" for k, v in list(result.metrics.items())[:3])
+    log(f"[green]✓ {name}[/]: {head} · setup {cost.setup_s:.1f}s · p50 {cost.latency_p50_s:.2f}s"
+        + (f" · {cost.cached_answers} of {len(test)} answers from the cache" if cost.cached_answers else ""))
+    return result
+
+
+class ArmScoring:
+    """One arm's scoring: the task's scorer (from the registry), plus what a model adds on
+    top for the tasks whose scorer asks for it: gold-answer likelihood and judged metrics."""
+
+    def __init__(self, suite, res, strategy):
+        from toolkit.scoring.judge import not_measured_reason
+        from toolkit.scoring.scorers import scorer_for
+
+        self.suite, self.res, self.strategy = suite, res, strategy
+        scorer = scorer_for(suite.task)
+        self.scorer = scorer(metrics=suite.metric_names, seed=suite.seed, labels=res.labels,
+                             doc_text={d.id: d.text for d in res.kb.documents} if res.kb else None,
+                             embedder=suite.embedder.model)
+        wanted = [m for m in suite.metric_names if m in scorer.judged]
+        self.not_measured = {m: r for m in wanted if (r := not_measured_reason(m, suite.judge, strategy.retrieves))}
+        self.judged = [m for m in wanted if m not in self.not_measured]
+        self.likelihood = scorer.likelihood_metric in suite.metric_names and strategy.scores_likelihood
+        self.judge_usage = np.zeros(3)  # input tokens, output tokens, seconds
+        self.judge_errors: dict[str, int] = {}
+        self.rows: dict[str, dict] = {}
+
+    def score(self, chunk: list[Example], preds: list) -> list[dict]:
+        from toolkit.backends import NotMeasured
+
+        scores = self.scorer.score(chunk, preds, retrieves=self.strategy.retrieves)
+        if self.likelihood:
+            try:
+                add_answer_nll(self.strategy, chunk, scores)
+            except NotMeasured as e:
+                self.not_measured[self.scorer.likelihood_metric] = str(e)
+                self.likelihood = False
+        if self.judged:
+            self.judge_usage += add_judge_scores(self.res.judge(), self.judged, self.strategy.retrieves, chunk, preds,
+                                                 scores, self.res.store, self.judge_errors)
+        self.rows.update({e.id: sc for e, sc in zip(chunk, scores)})
+        return scores
+
+    def aggregate(self, test: list[Example]):
+        """(Scored, not_measured, unmeasured) over the test split, in test order (aggregation
+        pairs rows with gold labels)."""
+        rows = [self.rows[e.id] for e in test]
+        if self.scorer.likelihood_metric in self.not_measured:
+            for r in rows:
+                r.pop("answer_nll", None)
+                r.pop("base_answer_nll", None)
+        scored = self.scorer.aggregate(rows, test)
+        unmeasured = {}
+        for m in self.judged:  # judged rows that still failed are counted, never averaged as 0
+            missing = sum(1 for r in rows if isinstance(r.get(m), float) and r[m] != r[m])
+            if missing:
+                unmeasured[m] = missing
+            if m not in scored.metrics:
+                self.not_measured[m] = f"the judge's output could not be scored for any of the {len(rows)} examples"
+        return scored, self.not_measured, unmeasured
+
+    def judge_cost(self) -> JudgeCost:
+        u = self.judge_usage
+        return JudgeCost(input_tokens=int(u[0]), output_tokens=int(u[1]), seconds=round(float(u[2]), 3),
+                         model=self.suite.judge.model, errors=self.judge_errors,
+                         usd=token_usd(self.suite.prices, u[0], u[1]))
+
+
+def answer_and_score(name: str, strategy, scoring: ArmScoring, test: list[Example], run: RunDir) -> dict:
+    """Every test example answered, scored and appended to samples.jsonl, chunk by chunk (a
+    local arm: every two batches; an API arm: every four rounds of concurrent requests).
+    Returns id -> prediction."""
+    gen = strategy.gen_cfg
+    step = gen.batch_size * CHUNK_BATCHES if strategy.backend().batched else gen.concurrency * 4
     by_id = {e.id: e for e in test}
     # the prompts of the whole split, sorted by length once: every generation batch holds
     # prompts of similar length (less padding)
     sequence = [by_id[q.id] for q in strategy.order([e.to_query() for e in test])]
+    preds: dict[str, Any] = {}
     with task_bar(f"{name}: answering", len(test)) as advance:
         for i in range(0, len(sequence), step):
             chunk = sequence[i:i + step]
@@ -194,120 +289,52 @@ def run_arm(name: str, stype: str, cfg, res, data, test: list[Example], run: Run
                 raise RuntimeError(f"strategy returned {len(new)} predictions for {len(chunk)} queries")
             preds.update({p.id: p for p in new})
             chunk_preds = [preds[e.id] for e in chunk]
-            if suite.task == "qa":
-                scores = M.score_qa(chunk, chunk_preds, metrics=suite.metric_names, doc_text=doc_text,
-                                    embedder=suite.embedder.model, retrieves=strategy.retrieves)
-                if likelihood:
-                    try:
-                        add_answer_nll(strategy, chunk, scores)
-                    except NotMeasured as e:
-                        not_measured["perplexity"] = str(e)
-                        likelihood = False
-                if judged:
-                    judge_usage += add_judge_scores(res.judge(), judged, strategy.retrieves, chunk, chunk_preds,
-                                                    scores, res.store, judge_errors)
-            elif suite.task == "regression":
-                scores = M.score_regression(chunk, chunk_preds)
-            else:
-                scores = M.score_classification(chunk, chunk_preds, labels=res.labels)
-            rows_by_id.update({e.id: sc for e, sc in zip(chunk, scores)})
+            scores = scoring.score(chunk, chunk_preds)
             run.append_samples([sample_row(name, e, p, s) for e, p, s in zip(chunk, chunk_preds, scores)])
             advance(len(chunk))
-    answer_s = time.perf_counter() - t1
-    single = strategy.single_latency([e.to_query() for e in test[:SINGLE_SAMPLE]])
-    rows = [rows_by_id[e.id] for e in test]  # test order: aggregation pairs rows with gold labels
-    if "perplexity" in not_measured:
-        for r in rows:
-            r.pop("answer_nll", None)
-            r.pop("base_answer_nll", None)
-
-    fp = strategy.fingerprint()
-    # the parts' hashes let `serve` say what differs when it rebuilds an arm that is not as evaluated
-    result: dict[str, Any] = {"type": stype, "status": "success", "fingerprint": content_hash(fp),
-                              "fingerprint_parts": {k: content_hash(v, 12) for k, v in fp.items()},
-                              "model": backend.describe()}
-    if suite.task == "qa":
-        agg = M.aggregate_qa(rows, metrics=suite.metric_names, seed=suite.seed)
-    elif suite.task == "regression":
-        agg = M.aggregate_regression(rows, metrics=suite.metric_names, seed=suite.seed)
-        result["parse_failures"] = int(sum(r["parse_failure_rate"] for r in rows))
-    else:
-        agg, confusion = M.aggregate_classification(rows, [e.label for e in test], labels=res.labels,
-                                                    metrics=suite.metric_names, seed=suite.seed)
-        result["confusion_matrix"] = confusion
-    result["metrics"] = {k: v.to_dict() for k, v in agg.items()}
-    if rows and "base_answer_nll" in rows[0]:  # the same gold answers under the untrained base model
-        result["perplexity_base"] = M.perplexity([r["base_answer_nll"] for r in rows],
-                                                 [r["answer_tokens"] for r in rows], seed=suite.seed).to_dict()
-    for m in judged:  # judged rows that still failed are counted, never averaged as 0
-        missing = sum(1 for r in rows if isinstance(r.get(m), float) and r[m] != r[m])
-        if missing:
-            result.setdefault("unmeasured", {})[m] = missing
-        if m not in agg:
-            not_measured[m] = f"the judge's output could not be scored for any of the {len(rows)} examples"
-    if not_measured:
-        result["not_measured"] = not_measured
-    result["not_applicable"] = [m for m in suite.metric_names if m not in agg and m not in not_measured]
-    result["cost"] = arm_cost(strategy, [preds[e.id] for e in test], prepare_s, answer_s, single)
-    if judged:
-        result["cost"]["judge"] = {"input_tokens": int(judge_usage[0]), "output_tokens": int(judge_usage[1]),
-                                   "seconds": round(float(judge_usage[2]), 3), "model": suite.judge.model}
-        if judge_errors:
-            result["cost"]["judge"]["errors"] = judge_errors
-        usd = token_usd(suite.prices, judge_usage[0], judge_usage[1])
-        if usd is not None:
-            result["cost"]["judge"]["usd"] = usd
-    result["info"] = {k: v for k, v in strategy.info.items() if k != "build_s"}
-    head = ", ".join(f"{k} {v['mean']:.3f}" for k, v in list(result["metrics"].items())[:3])
-    cached = result["cost"]["cached_answers"]
-    log(f"[green]✓ {name}[/]: {head} · setup {result['cost']['setup_s']:.1f}s · p50 {result['cost']['latency_p50_s']:.2f}s"
-        + (f" · {cached} of {len(test)} answers from the cache" if cached else ""))
-    return result
+    return preds
 
 
-def arm_cost(strategy, ordered: list, prepare_s: float, answer_s: float, single: list[float]) -> dict:
+def arm_cost(strategy, ordered: list, prepare_s: float, answer_s: float, single: list[float]) -> ArmCost:
     """Setup, latency, tokens and money of one arm. An API arm's latency is per request (what a
     caller waits) and its money is tokens at the model's prices; a local arm's latency is its
     batch wall time, beside a measured one-request latency, and its money is compute time at
     the suite's $ per hour."""
-    suite, gen = strategy.res.suite, strategy.gen_cfg
+    suite, gen, backend = strategy.res.suite, strategy.gen_cfg, strategy.backend()
     lat = np.array([p.latency_s for p in ordered])
     build = strategy.info.get("build_s") or {}
-    cost: dict[str, Any] = {
-        "setup_s": round(sum(build.values()), 3) if build else round(prepare_s, 3),
-        "setup_breakdown_s": {k: round(v, 3) for k, v in build.items()},
-        "setup_s_this_run": round(prepare_s, 3),
-        "answer_s_this_run": round(answer_s, 3),
-        "latency_p50_s": float(np.percentile(lat, 50)), "latency_p95_s": float(np.percentile(lat, 95)),
-        "latency_kind": "per batch" if strategy.backend().batched else "per request",
-        "compute_s_per_answer": float(np.mean([p.compute_s for p in ordered])),
-        "prompt_tokens_mean": float(np.mean([p.prompt_tokens for p in ordered])),
-        "completion_tokens_mean": float(np.mean([p.completion_tokens for p in ordered])),
-        "cached_answers": sum(bool(p.cached) for p in ordered),
-    }
+    cost = ArmCost(
+        setup_s=round(sum(build.values()), 3) if build else round(prepare_s, 3),
+        setup_breakdown_s={k: round(v, 3) for k, v in build.items()},
+        setup_s_this_run=round(prepare_s, 3), answer_s_this_run=round(answer_s, 3),
+        latency_p50_s=float(np.percentile(lat, 50)), latency_p95_s=float(np.percentile(lat, 95)),
+        latency_kind="per batch" if backend.batched else "per request",
+        compute_s_per_answer=float(np.mean([p.compute_s for p in ordered])),
+        prompt_tokens_mean=float(np.mean([p.prompt_tokens for p in ordered])),
+        completion_tokens_mean=float(np.mean([p.completion_tokens for p in ordered])),
+        cached_answers=sum(bool(p.cached) for p in ordered))
     if single:
-        cost["single_request_latency_s"] = float(np.median(single))
-        cost["single_request_sample"] = len(single)
-    rate = suite.prices.gpu_per_hour if str(getattr(strategy.backend().backend, "device", "")).startswith("cuda") \
-        else suite.prices.cpu_per_hour
+        cost.single_request_latency_s = float(np.median(single))
+        cost.single_request_sample = len(single)
+    rate = suite.prices.gpu_per_hour if backend.device.startswith("cuda") else suite.prices.cpu_per_hour
     if gen.backend == "openai":
-        cost["api_requests_concurrency"] = gen.concurrency
+        cost.api_requests_concurrency = gen.concurrency
         if gen.input_per_1m_tokens is not None and gen.output_per_1m_tokens is not None:
-            per_query = (cost["prompt_tokens_mean"] * gen.input_per_1m_tokens
-                         + cost["completion_tokens_mean"] * gen.output_per_1m_tokens) / 1e6
-            cost["usd_per_1k_queries"] = per_query * 1000
+            per_query = (cost.prompt_tokens_mean * gen.input_per_1m_tokens
+                         + cost.completion_tokens_mean * gen.output_per_1m_tokens) / 1e6
+            cost.usd_per_1k_queries = per_query * 1000
             # what was built here (an index, a few-shot pool) is billed at the local rate, if given
-            cost["setup_usd"] = cost["setup_s"] / 3600 * rate if rate is not None else 0.0
-            cost["usd_source"] = "the model's token prices"
+            cost.setup_usd = cost.setup_s / 3600 * rate if rate is not None else 0.0
+            cost.usd_source = "the model's token prices"
     else:
-        usd = token_usd(suite.prices, cost["prompt_tokens_mean"], cost["completion_tokens_mean"])
+        usd = token_usd(suite.prices, cost.prompt_tokens_mean, cost.completion_tokens_mean)
         if usd is not None:  # what these prompts and answers would cost at an API's token prices
-            cost["api_usd_per_1k_queries"] = usd * 1000
+            cost.api_usd_per_1k_queries = usd * 1000
         if rate is not None:  # measured seconds at the suite's $ per hour
-            cost["usd_per_hour"] = rate
-            cost["setup_usd"] = cost["setup_s"] / 3600 * rate
-            cost["usd_per_1k_queries"] = cost["compute_s_per_answer"] * 1000 / 3600 * rate
-            cost["usd_source"] = f"${rate:g}/h of compute"
+            cost.usd_per_hour = rate
+            cost.setup_usd = cost.setup_s / 3600 * rate
+            cost.usd_per_1k_queries = cost.compute_s_per_answer * 1000 / 3600 * rate
+            cost.usd_source = f"${rate:g}/h of compute"
     return cost
 
 
@@ -363,11 +390,11 @@ def add_judge_scores(judge, metrics: list[str], retrieves: bool, chunk: list[Exa
     return usage
 
 
-def sample_row(arm: str, e: Example, p, scores: dict) -> dict:
-    return {"strategy": arm, "id": e.id, "input": e.input, "target": e.target, "label": e.label,
-            "context_ids": e.context_ids, "metadata": e.metadata, "output": p.output,
-            "contexts": [{"doc_id": c.doc_id, "score": round(c.score, 4), "text": c.text} for c in p.contexts],
-            "prompt_tokens": p.prompt_tokens, "completion_tokens": p.completion_tokens,
-            "latency_s": round(p.latency_s, 4), "compute_s": round(p.compute_s, 4),
-            "scores": {k: (None if isinstance(v, float) and v != v else v) for k, v in scores.items()},
-            "cached": p.cached}
+def sample_row(arm: str, e: Example, p, scores: dict) -> Sample:
+    return Sample(strategy=arm, id=e.id, input=e.input, target=e.target, label=e.label,
+                  context_ids=e.context_ids or [], metadata=e.metadata or {}, output=p.output,
+                  contexts=[Context(doc_id=c.doc_id, score=round(c.score, 4), text=c.text) for c in p.contexts],
+                  prompt_tokens=p.prompt_tokens, completion_tokens=p.completion_tokens,
+                  latency_s=round(p.latency_s, 4), compute_s=round(p.compute_s, 4),
+                  scores={k: (None if isinstance(v, float) and v != v else v) for k, v in scores.items()},
+                  cached=bool(p.cached))

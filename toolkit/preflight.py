@@ -4,8 +4,8 @@ run directory and the cache. They run before any model loads and before anything
 written, so bad input costs a second and leaves nothing behind (exit 2, one line
 naming file, line and field).
 
-`adaptbench validate` runs the light checks (no torch import); `adaptbench run` runs
-them all.
+`check_run` is the one entry point `adaptbench run` (and `--seeds`) goes through;
+`adaptbench validate` runs the light checks (no torch import).
 """
 
 from __future__ import annotations
@@ -16,14 +16,30 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.config import LoadedSuite
+from toolkit.data.suite_data import TaskData, load_task_data
 from toolkit.errors import UserError
 
 
-def check_suite(ls: LoadedSuite, data, arms: dict[str, tuple[str, Any]]) -> None:
+def check_run(loaded: LoadedSuite, arms: dict[str, tuple[str, Any]], out: Path | None, reports_root: Path, *,
+              models: bool = True) -> TaskData:
+    """Everything that can be wrong with a run's input, before a model loads or the run
+    directory exists: the data (read here once, and returned), the arms' settings against it,
+    the output folder, the cache and, with `models`, every model the suite names (an API
+    endpoint answers GET /v1/models)."""
+    data = load_task_data(loaded)
+    check_suite(loaded, data, arms)
+    check_out(out, reports_root)
+    check_cache()
+    if models:
+        check_models(loaded, arms)
+    return data
+
+
+def check_suite(loaded: LoadedSuite, data, arms: dict[str, tuple[str, Any]]) -> None:
     """The arms' settings against the loaded data. Cheap: no model, no torch."""
     splits = data.splits
     for name, (stype, cfg) in arms.items():
-        where = lambda *f: ls.where("strategies", name, *f)  # noqa: E731
+        where = lambda *f: loaded.where("strategies", name, *f)  # noqa: E731
         if stype in ("few_shot", "finetune", "rag_finetune") and not splits.train:
             raise UserError("the train split is empty, and this arm learns from it", **where())
         if not getattr(cfg, "method", None):
@@ -40,16 +56,16 @@ def check_suite(ls: LoadedSuite, data, arms: dict[str, tuple[str, Any]]) -> None
             check_model_name(cfg.augment.model, **where("augment", "model"))
 
 
-def check_models(ls: LoadedSuite, arms: dict[str, tuple[str, Any]]) -> None:
+def check_models(loaded: LoadedSuite, arms: dict[str, tuple[str, Any]]) -> None:
     """Every model the suite names can be found, the device exists, and LoRA's target
     modules exist in the generator. Imports torch, loads no weights."""
     from toolkit.config import arm_generator
     from toolkit.models import dtype_override, pick_device
 
-    s = ls.suite
-    check_model_name(s.embedder.model, kind="embedder", **ls.where("embedder", "model"))
+    s = loaded.suite
+    check_model_name(s.embedder.model, kind="embedder", **loaded.where("embedder", "model"))
     if s.judge and not s.judge.base_url:
-        check_model_name(s.judge.model, **ls.where("judge", "model"))
+        check_model_name(s.judge.model, **loaded.where("judge", "model"))
     dtype_override()  # a bad $ADAPTBENCH_DTYPE
     checked: set[str] = set()
     for name, (stype, cfg) in arms.items():
@@ -57,30 +73,30 @@ def check_models(ls: LoadedSuite, arms: dict[str, tuple[str, Any]]) -> None:
         own = ("strategies", name, "generator") if cfg.generator else ("generator",)
         if gen.backend == "openai":
             if gen.tokenizer:
-                check_model_name(gen.tokenizer, **ls.where(*own, "tokenizer"))
+                check_model_name(gen.tokenizer, **loaded.where(*own, "tokenizer"))
             if gen.model_dump_json() not in checked:  # each endpoint and model once
                 from toolkit.backends.openai_api import check_endpoint
                 try:
                     check_endpoint(gen, ".".join(own))
                 except UserError as e:
-                    raise UserError(e.message, **ls.where(*own, e.field.rsplit(".", 1)[-1])) from None
+                    raise UserError(e.message, **loaded.where(*own, e.field.rsplit(".", 1)[-1])) from None
                 checked.add(gen.model_dump_json())
             continue
-        check_model_name(gen.model, **ls.where(*own, "model"))
+        check_model_name(gen.model, **loaded.where(*own, "model"))
         try:
             device = pick_device(gen.device)
         except UserError as e:
-            raise UserError(e.message, **ls.where(*own, "device")) from None
+            raise UserError(e.message, **loaded.where(*own, "device")) from None
         method = getattr(cfg, "method", None)
         if method == "qlora":
-            where = ls.where("strategies", name, "method")
+            where = loaded.where("strategies", name, "method")
             if not device.startswith("cuda"):
                 raise UserError("method: qlora needs a CUDA GPU (4-bit bitsandbytes kernels); use method: lora on "
                                 "this machine", **where)
             if importlib.util.find_spec("bitsandbytes") is None:
                 raise UserError("method: qlora needs bitsandbytes: pip install bitsandbytes", **where)
         if method in ("lora", "qlora") and isinstance(cfg.target_modules, list):
-            check_target_modules(gen.model, cfg.target_modules, **ls.where("strategies", name, "target_modules"))
+            check_target_modules(gen.model, cfg.target_modules, **loaded.where("strategies", name, "target_modules"))
 
 
 def check_model_name(name: str, *, kind: str = "generator", file=None, line=None, field=None) -> None:

@@ -53,7 +53,7 @@ class Resources:
 
     def local_generator(self, cfg: GeneratorConfig):
         """The raw toolkit.backends.generation.Generator of a local base model (loads it)."""
-        return self.backend(cfg).backend.generator
+        return self.backend(cfg).uncached.generator
 
     def retriever(self, chunk_size: int, chunk_overlap: int):
         def make():

@@ -16,50 +16,45 @@ from typing import Any
 
 import numpy as np
 
+from toolkit import preflight
 from toolkit.config import LoadedSuite
+from toolkit.harness import run_suite, select_arms
+from toolkit.progress import log
+from toolkit.records import RunResults
 from toolkit.runs import RunDir, atomic_write
+from toolkit.training import distributed as D
 
 
-def seeded(ls: LoadedSuite, seed: int) -> LoadedSuite:
-    suite = ls.suite.model_copy(deep=True)
-    shift = seed - ls.suite.seed
+def seeded(loaded: LoadedSuite, seed: int) -> LoadedSuite:
+    suite = loaded.suite.model_copy(deep=True)
+    shift = seed - loaded.suite.seed
     suite.seed = seed
-    suite.data.split.seed = ls.suite.data.split.seed + shift
+    suite.data.split.seed = loaded.suite.data.split.seed + shift
     arms = {}
-    for name, (stype, cfg) in ls.arms.items():
+    for name, (stype, cfg) in loaded.arms.items():
         upd = {}
         if getattr(cfg, "seed", None) is not None:
             upd["seed"] = cfg.seed + shift
         if getattr(cfg, "augment", None) is not None:
             upd["augment"] = cfg.augment.model_copy(update={"seed": cfg.augment.seed + shift})
         arms[name] = (stype, cfg.model_copy(update=upd) if upd else cfg)
-    return ls.model_copy(update={"suite": suite, "arms": arms})
+    return loaded.model_copy(update={"suite": suite, "arms": arms})
 
 
-def run_seeds(ls: LoadedSuite, n: int, *, only=None, limit=None, out: Path | None = None,
+def run_seeds(loaded: LoadedSuite, n: int, *, only=None, limit=None, out: Path | None = None,
               reports_root: Path = Path("reports"), on_run=None) -> tuple[Path, dict]:
     """The suite run once per seed; `on_run(run_dir)` after each (the CLI renders its report)."""
-    from toolkit.training import distributed as D
-    from toolkit.harness import run_suite, select_arms
-    from toolkit.progress import log
-    from toolkit.data.suite_data import load_task_data
-
-    from toolkit import preflight
-    arms = select_arms(ls, only)
-    data = load_task_data(ls)  # bad input fails here, before any directory exists
-    preflight.check_suite(ls, data, arms)
-    preflight.check_out(out, reports_root)
-    preflight.check_cache()
-    preflight.check_models(ls, arms)
+    arms = select_arms(loaded, only)
+    preflight.check_run(loaded, arms, out, reports_root)  # bad input fails here, before any directory exists
     parent = Path(out) if out else None
     if D.is_main():
-        parent = RunDir.create(out, ls.suite.name + f"-{n}seeds", reports_root, claim="seeds.json").path
+        parent = RunDir.create(out, loaded.suite.name + f"-{n}seeds", reports_root, claim="seeds.json").path
     runs = []
     for k in range(n):
-        seed = ls.suite.seed + k
+        seed = loaded.suite.seed + k
         log(f"[bold]seed {seed}[/] ({k + 1}/{n})")
-        run, results = run_suite(seeded(ls, seed), only=only, limit=limit,
-                                 out=parent / f"seed-{seed}" if parent else None)
+        run, results = run_suite(seeded(loaded, seed), only=only, limit=limit,
+                                 out=parent / f"seed-{seed}" if parent else None, models_checked=True)
         if run is None:  # helper process of a distributed launch
             continue
         if on_run is not None:
@@ -73,16 +68,15 @@ def run_seeds(ls: LoadedSuite, n: int, *, only=None, limit=None, out: Path | Non
     return parent, summary
 
 
-def summarise(runs: list[tuple[int, Path, dict]]) -> dict[str, Any]:
+def summarise(runs: list[tuple[int, Path, RunResults]]) -> dict[str, Any]:
     arms: dict[str, dict[str, dict]] = {}
     order: list[str] = []
     for seed, path, res in runs:
-        order = order or res.get("metrics_order", [])
-        for arm, r in res["strategies"].items():
-            for m, v in (r.get("metrics") or {}).items():
-                arms.setdefault(arm, {}).setdefault(m, {"values": [], "seeds": [],
-                                                        "higher_is_better": v.get("higher_is_better", True)})
-                arms[arm][m]["values"].append(v["mean"])
+        order = order or res.metrics_order
+        for arm, r in res.strategies.items():
+            for m, v in r.metrics.items():
+                arms.setdefault(arm, {}).setdefault(m, {"values": [], "seeds": [], "higher_is_better": v.higher_is_better})
+                arms[arm][m]["values"].append(v.mean)
                 arms[arm][m]["seeds"].append(seed)
     for per in arms.values():
         for m, d in per.items():
@@ -92,15 +86,12 @@ def summarise(runs: list[tuple[int, Path, dict]]) -> dict[str, Any]:
             d["n_seeds"] = len(x)
     tests = [_test_ids(p) for _, p, _ in runs]
     return {"seeds": [s for s, _, _ in runs], "runs": [str(p) for _, p, _ in runs], "metrics_order": order,
-            "statuses": {str(s): r["status"] for s, _, r in runs}, "arms": arms,
+            "statuses": {str(s): r.status for s, _, r in runs}, "arms": arms,
             "same_test_set": len(tests) > 1 and all(t == tests[0] for t in tests)}
 
 
 def _test_ids(run_path: Path) -> frozenset[str]:
-    samples = Path(run_path) / "samples.jsonl"
-    if not samples.exists():
-        return frozenset()
-    return frozenset(json.loads(line)["id"] for line in samples.read_text().splitlines() if line.strip())
+    return frozenset(s.id for s in RunDir(run_path).read_samples())
 
 
 def render(summary: dict) -> str:

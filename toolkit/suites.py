@@ -60,7 +60,8 @@ def _raise_validation(err: ValidationError, path: Path, root: yaml.Node | None, 
 
 
 def load_suite(path: str | Path, data_dir: str | Path | None = None) -> LoadedSuite:
-    """Read and validate a suite file. Raises UserError with file, line and field."""
+    """Read and validate a suite file. Raises UserError with file, line and field. The
+    cross-field checks are in the order their errors should surface (the first one wins)."""
     path = Path(path)
     text = read_utf8(path, "suite file")
     try:
@@ -154,6 +155,20 @@ def load_resolved(cfg: dict, *, file: Path) -> LoadedSuite:
             arms[name] = (stype, config_class(stype).model_validate(settings))
         except ValidationError as e:
             _raise_validation(e, file, None, prefix=("strategies", name))
-    data_dir = cfg.get("_data_dir") or os.environ.get("ADAPTBENCH_DATA_DIR") or None
-    return LoadedSuite(suite=suite, path=Path(cfg.get("_suite_file") or file), arms=arms,
+    run_dir = Path(file).parent
+    suite_file = recorded_path(run_dir, cfg.get("_suite_file"), cfg.get("_suite_file_absolute"), folder=False) or file
+    data_dir = (recorded_path(run_dir, cfg.get("_data_dir"), cfg.get("_data_dir_absolute"), folder=True)
+                or os.environ.get("ADAPTBENCH_DATA_DIR") or None)
+    return LoadedSuite(suite=suite, path=Path(suite_file), arms=arms,
                        data_dir=Path(data_dir).expanduser() if data_dir else None)
+
+
+def recorded_path(run_dir: Path, relative: str | None, absolute: str | None, *, folder: bool) -> Path | None:
+    """A path a run recorded: relative to the run directory (found when the run was moved
+    together with its suite and data), else where it was (the run moved alone, on the same
+    machine). A suite file found nowhere falls back to a folder that still exists, where its
+    data paths resolve. Runs before records version 2 recorded one absolute path."""
+    candidates = [(run_dir / p).resolve() if not Path(p).is_absolute() else Path(p) for p in (relative, absolute) if p]
+    if folder:
+        return next((p for p in candidates if p.is_dir()), None)
+    return next((p for p in candidates if p.is_file()), None) or next((p for p in candidates if p.parent.is_dir()), None)

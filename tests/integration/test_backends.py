@@ -5,7 +5,6 @@ server here is adaptbench's own app on loopback over real HTTP, called with the 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import yaml
 
 from toolkit.backends import GenRequest, LLRequest, NotMeasured, Settings
 from toolkit.config import GeneratorConfig
+from toolkit.runs import RunDir
 from conftest import scripted_app
 from toolkit.serving.app import LoopbackServer
 from toolkit.serving.engine import Engine
@@ -197,16 +197,16 @@ def test_one_suite_compares_a_local_arm_with_an_api_arm(tmp_path, tiny_suite_pat
     _api_suite(tmp_path, tiny_suite_path, server.base_url, tokenizer=str(tiny_llama), input_per_1m_tokens=0.15,
                output_per_1m_tokens=0.6)
     assert main(["run", str(tiny_suite_path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
-    local, hosted = results["strategies"]["zero_shot"], results["strategies"]["hosted"]
-    assert local["status"] == hosted["status"] == "success"
-    assert local["model"]["backend"] == "transformers" and hosted["model"] == {
+    results = RunDir(tmp_path / "run").results()
+    local, hosted = results.strategies["zero_shot"], results.strategies["hosted"]
+    assert local.status == hosted.status == "success"
+    assert local.model.backend == "transformers" and hosted.model.model_dump() == {
         "backend": "openai", "model": "tiny", "where": server.base_url}
-    assert hosted["cost"]["latency_kind"] == "per request" and local["cost"]["latency_kind"] == "per batch"
-    assert local["cost"]["single_request_latency_s"] > 0 and "single_request_latency_s" not in hosted["cost"]
-    assert "perplexity" in hosted["metrics"]  # measured through /v1/completions echo + logprobs
-    expected = (hosted["cost"]["prompt_tokens_mean"] * 0.15 + hosted["cost"]["completion_tokens_mean"] * 0.6) / 1000
-    assert hosted["cost"]["usd_per_1k_queries"] == pytest.approx(expected)
+    assert hosted.cost.latency_kind == "per request" and local.cost.latency_kind == "per batch"
+    assert local.cost.single_request_latency_s > 0 and hosted.cost.single_request_latency_s is None
+    assert "perplexity" in hosted.metrics  # measured through /v1/completions echo + logprobs
+    expected = (hosted.cost.prompt_tokens_mean * 0.15 + hosted.cost.completion_tokens_mean * 0.6) / 1000
+    assert hosted.cost.usd_per_1k_queries == pytest.approx(expected)
     md, _ = render_run(tmp_path / "run")
     text = md.read_text()
     assert "tiny (openai" in text and "(transformers" in text
@@ -315,9 +315,9 @@ def test_an_api_arm_without_prompt_logprobs_reports_perplexity_as_not_measured(t
     with LoopbackServer(scripted_app(chat_only, "tiny")) as s:
         _api_suite(tmp_path, tiny_suite_path, s.base_url, tokenizer=str(tiny_llama))
         run, res = run_suite(load_suite(tiny_suite_path), out=tmp_path / "run")
-    hosted = res["strategies"]["hosted"]
-    assert hosted["status"] == "success" and "perplexity" not in hosted["metrics"]
-    assert "no prompt log-probabilities" in hosted["not_measured"]["perplexity"]
-    assert "perplexity" in res["strategies"]["zero_shot"]["metrics"]  # the local arm still measures it
+    hosted = res.strategies["hosted"]
+    assert hosted.status == "success" and "perplexity" not in hosted.metrics
+    assert "no prompt log-probabilities" in hosted.not_measured["perplexity"]
+    assert "perplexity" in res.strategies["zero_shot"].metrics  # the local arm still measures it
     md, _ = render_run(run.path)
     assert "hosted · Perplexity (gold): not measured: the endpoint gives no prompt log-probabilities" in md.read_text()

@@ -32,9 +32,9 @@ class Tags(HTMLParser):
 def test_report_renders_in_headless_chromium(tmp_path, tiny_llama, scripted):  # noqa: F811
     hostile = {**SCRIPT, "Colour of the sky?": '"><svg onload=alert(3)>'}
     # (an arm named like 'x" onmouseover="alert(4)' is refused when the suite loads: names are identifiers)
-    ls = make_suite(tmp_path, tiny_llama, {"echo": {"type": "scripted", "answers": hostile},
+    loaded = make_suite(tmp_path, tiny_llama, {"echo": {"type": "scripted", "answers": hostile},
                                            "quiet": {"type": "scripted", "answers": {}}})
-    run, _ = run_suite(ls, out=tmp_path / "run")
+    run, _ = run_suite(loaded, out=tmp_path / "run")
     _, html = render_run(run.path)
     url = html.resolve().as_uri()
     profile = tmp_path / "profile"

@@ -71,8 +71,8 @@ SCRIPT = {"Capital of France?": "Paris", "2+2?": "5", "<script>alert('q')</scrip
 
 
 def test_run_directory_contract_and_scores(tmp_path, tiny_llama, scripted):
-    ls = make_suite(tmp_path, tiny_llama, {"echo": {"type": "scripted", "answers": SCRIPT}})
-    run, results = run_suite(ls, out=tmp_path / "run")
+    loaded = make_suite(tmp_path, tiny_llama, {"echo": {"type": "scripted", "answers": SCRIPT}})
+    run, results = run_suite(loaded, out=tmp_path / "run")
     for f in ("config.yaml", "env.json", "samples.jsonl", "results.json"):
         assert (run.path / f).exists(), f
     on_disk = json.loads((run.path / "results.json").read_text())
@@ -89,9 +89,9 @@ def test_run_directory_contract_and_scores(tmp_path, tiny_llama, scripted):
 
 
 def test_a_failing_arm_keeps_the_finished_ones(tmp_path, tiny_llama, scripted):
-    ls = make_suite(tmp_path, tiny_llama, {"good": {"type": "scripted", "answers": SCRIPT},
+    loaded = make_suite(tmp_path, tiny_llama, {"good": {"type": "scripted", "answers": SCRIPT},
                                            "bad": {"type": "scripted", "fail": True}})
-    run, results = run_suite(ls, out=tmp_path / "run")
+    run, results = run_suite(loaded, out=tmp_path / "run")
     on_disk = json.loads((run.path / "results.json").read_text())
     assert on_disk["status"] == "error"
     assert on_disk["strategies"]["good"]["status"] == "success"
@@ -100,8 +100,8 @@ def test_a_failing_arm_keeps_the_finished_ones(tmp_path, tiny_llama, scripted):
 
 
 def test_report_escapes_hostile_text(tmp_path, tiny_llama, scripted):
-    ls = make_suite(tmp_path, tiny_llama, {"echo": {"type": "scripted", "answers": SCRIPT}})
-    run, _ = run_suite(ls, out=tmp_path / "run")
+    loaded = make_suite(tmp_path, tiny_llama, {"echo": {"type": "scripted", "answers": SCRIPT}})
+    run, _ = run_suite(loaded, out=tmp_path / "run")
     md, html = render_run(run.path)
     page = html.read_text()
     assert "<script>alert" not in page and "<img src=x" not in page and "<b onmouseover" not in page
@@ -118,7 +118,7 @@ def test_strategies_never_see_gold(tmp_path, tiny_llama, scripted, monkeypatch):
         return orig(self, queries)
 
     monkeypatch.setattr(Scripted, "answer", spy)
-    ls = make_suite(tmp_path, tiny_llama, {"echo": {"type": "scripted", "answers": SCRIPT}})
-    run_suite(ls, out=tmp_path / "run")
+    loaded = make_suite(tmp_path, tiny_llama, {"echo": {"type": "scripted", "answers": SCRIPT}})
+    run_suite(loaded, out=tmp_path / "run")
     # options (a multiple-choice item's own letters, shown in its input anyway) are empty here
     assert seen and all(set(vars(q)) == {"id", "input", "options"} and q.options == () for q in seen)

@@ -22,18 +22,18 @@ def test_all_five_strategies_end_to_end(tiny_suite, tmp_path, isolated_cache):
     from safetensors.torch import load_file
 
     run, results = run_suite(tiny_suite, out=tmp_path / "run")
-    assert results["status"] == "success", {n: r.get("error") for n, r in results["strategies"].items()}
-    arms = results["strategies"]
+    assert results.status == "success", {n: r.error for n, r in results.strategies.items()}
+    arms = results.strategies
     assert set(arms) == {"zero_shot", "few_shot", "rag", "finetune", "rag_finetune"}
     for name, r in arms.items():
-        assert r["metrics"]["token_f1"]["n"] == 6, name
-        assert r["cost"]["prompt_tokens_mean"] > 0 and r["cost"]["latency_p50_s"] > 0
+        assert r.metrics["token_f1"].n == 6, name
+        assert r.cost.prompt_tokens_mean > 0 and r.cost.latency_p50_s > 0
     # few-shot prompts carry examples, RAG prompts carry passages
-    assert arms["few_shot"]["cost"]["prompt_tokens_mean"] > arms["zero_shot"]["cost"]["prompt_tokens_mean"]
-    assert arms["rag"]["cost"]["prompt_tokens_mean"] > arms["zero_shot"]["cost"]["prompt_tokens_mean"]
+    assert arms["few_shot"].cost.prompt_tokens_mean > arms["zero_shot"].cost.prompt_tokens_mean
+    assert arms["rag"].cost.prompt_tokens_mean > arms["zero_shot"].cost.prompt_tokens_mean
     # real retrieval: MiniLM finds the right product document for most paraphrased questions
-    assert arms["rag"]["metrics"]["hit_at_k"]["mean"] >= 0.5
-    assert "context_recall" in arms["rag"]["metrics"] and "hit_at_k" not in arms["zero_shot"]["metrics"]
+    assert arms["rag"].metrics["hit_at_k"].mean >= 0.5
+    assert "context_recall" in arms["rag"].metrics and "hit_at_k" not in arms["zero_shot"].metrics
     samples = [json.loads(l) for l in (run.path / "samples.jsonl").read_text().splitlines()]
     rag_rows = [s for s in samples if s["strategy"] == "rag"]
     assert all(len(s["contexts"]) == 2 and s["contexts"][0]["doc_id"].startswith("p/") for s in rag_rows)
@@ -44,22 +44,22 @@ def test_all_five_strategies_end_to_end(tiny_suite, tmp_path, isolated_cache):
 
     # the adapters were trained: LoRA B starts at zero, so non-zero B means optimisation moved it
     for arm in ("finetune", "rag_finetune"):
-        info = arms[arm]["info"]
-        folder = isolated_cache / "adapters" / info["adapter_key"]
+        info = arms[arm].info
+        folder = isolated_cache / "adapters" / info.adapter_key
         assert (folder / "adapter_config.json").exists()
         weights = load_file(str(folder / "adapter_model.safetensors"))
         b = [v for k, v in weights.items() if "lora_B" in k]
         assert b and all(float(v.abs().sum()) > 0 for v in b), arm
-        assert any("eval_loss" in h for h in info["history"]), "validation loss every epoch"
-        assert info["train_examples"] == 12
+        assert any("eval_loss" in h for h in info.history), "validation loss every epoch"
+        assert info.train_examples == 12
 
     # an unchanged rerun reuses index, adapters and answers
     _, again = run_suite(tiny_suite, out=tmp_path / "run2")
-    for name, r in again["strategies"].items():
-        assert r["cost"]["cached_answers"] == 6, name
-        assert r["metrics"] == arms[name]["metrics"], name
-    assert again["strategies"]["finetune"]["info"]["cached"] is True
-    assert again["strategies"]["rag"]["info"]["index_cached"] is True
+    for name, r in again.strategies.items():
+        assert r.cost.cached_answers == 6, name
+        assert r.metrics == arms[name].metrics, name
+    assert again.strategies["finetune"].info.cached is True
+    assert again.strategies["rag"].info.index_cached is True
 
 
 def test_changed_setting_recomputes_only_what_it_affects(tiny_suite, tmp_path):
@@ -69,9 +69,9 @@ def test_changed_setting_recomputes_only_what_it_affects(tiny_suite, tmp_path):
     cfg["strategies"]["rag"]["top_k"] = 1
     tiny_suite.path.write_text(yaml.safe_dump(cfg))
     _, res = run_suite(load_suite(tiny_suite.path), only=only, out=tmp_path / "b")
-    assert res["strategies"]["zero_shot"]["cost"]["cached_answers"] == 6
-    assert res["strategies"]["rag"]["cost"]["cached_answers"] == 0
-    assert res["strategies"]["rag"]["info"]["index_cached"] is True  # top_k does not change the index
+    assert res.strategies["zero_shot"].cost.cached_answers == 6
+    assert res.strategies["rag"].cost.cached_answers == 0
+    assert res.strategies["rag"].info.index_cached is True  # top_k does not change the index
 
 
 def test_cli_run_then_report_rerenders_without_models(tiny_suite, tmp_path):
@@ -113,16 +113,16 @@ def test_classification_suite_end_to_end(tmp_path, tiny_llama):
                             "finetune_bare": {"type": "finetune", "num_train_epochs": 1, "r": 4,
                                               "label_list": False}}}
     (tmp_path / "clf.yaml").write_text(yaml.safe_dump(suite))
-    ls = load_suite(tmp_path / "clf.yaml")
-    run, res = run_suite(ls, out=tmp_path / "run")
-    assert res["status"] == "success" and res["labels"] == ["activate_card", "card_arrival", "lost_card"]
-    assert res["data"]["test"] == 6 and res["data"]["validation"] == 3
-    for name, r in res["strategies"].items():
-        assert set(r["metrics"]) == {"accuracy", "macro_precision", "macro_recall", "macro_f1", "unmapped_rate"}
-        cm = r["confusion_matrix"]
-        assert len(cm["matrix"]) == 3 and sum(map(sum, cm["matrix"])) == 6
+    loaded = load_suite(tmp_path / "clf.yaml")
+    run, res = run_suite(loaded, out=tmp_path / "run")
+    assert res.status == "success" and res.labels == ["activate_card", "card_arrival", "lost_card"]
+    assert res.data.test == 6 and res.data.validation == 3
+    for name, r in res.strategies.items():
+        assert set(r.metrics) == {"accuracy", "macro_precision", "macro_recall", "macro_f1", "unmapped_rate"}
+        cm = r.confusion_matrix
+        assert len(cm.matrix) == 3 and sum(map(sum, cm.matrix)) == 6
     # label_list: false trains and answers without the label list: shorter prompts, same labels scored
-    tokens = {n: res["strategies"][n]["cost"]["prompt_tokens_mean"] for n in ("finetune", "finetune_bare")}
+    tokens = {n: res.strategies[n].cost.prompt_tokens_mean for n in ("finetune", "finetune_bare")}
     assert tokens["finetune_bare"] < tokens["finetune"] - 5, tokens
     md, html = render_run(run.path)
     assert "Accuracy" in md.read_text()
@@ -145,16 +145,16 @@ def test_trainer_controls_full_finetuning_perplexity_and_export(tiny_suite, tmp_
     }
     tiny_suite.path.write_text(yaml.safe_dump(cfg))
     run, res = run_suite(load_suite(tiny_suite.path), out=tmp_path / "run")
-    assert res["status"] == "success", {n: r.get("error") for n, r in res["strategies"].items()}
-    ft, full = res["strategies"]["finetune"], res["strategies"]["full"]
-    evals = [h for h in ft["info"]["history"] if "eval_loss" in h]
+    assert res.status == "success", {n: r.error for n, r in res.strategies.items()}
+    ft, full = res.strategies["finetune"], res.strategies["full"]
+    evals = [h for h in ft.info.history if "eval_loss" in h]
     assert len(evals) >= 2 and all(h["step"] % 3 == 0 for h in evals)  # every 3 steps
-    assert ft["info"]["best_eval_loss"] == min(h["eval_loss"] for h in evals)
-    assert full["info"]["method"] == "full" and full["info"]["trainable_params"] > 1_000_000
+    assert ft.info.best_eval_loss == min(h["eval_loss"] for h in evals)
+    assert full.info.method == "full" and full.info.trainable_params > 1_000_000
     # perplexity of the gold answers, base vs trained, per arm
     for r in (ft, full):
-        assert r["metrics"]["perplexity"]["mean"] > 1 and r["perplexity_base"]["mean"] > 1
-    assert ft["metrics"]["perplexity"]["mean"] < ft["perplexity_base"]["mean"]
+        assert r.metrics["perplexity"].mean > 1 and r.perplexity_base.mean > 1
+    assert ft.metrics["perplexity"].mean < ft.perplexity_base.mean
 
     merged = export(run.path, "finetune", tmp_path / "merged", merge=True)
     adapter = export(run.path, "finetune", tmp_path / "adapter", merge=False)
@@ -191,17 +191,17 @@ def test_hyperparameter_search_picks_lowest_validation_loss(tiny_suite, tmp_path
                                                                              "r": [2, 4]}}}}
     tiny_suite.path.write_text(yaml.safe_dump(cfg))
     run, res = run_suite(load_suite(tiny_suite.path), out=tmp_path / "run")
-    info = res["strategies"]["finetune"]["info"]
-    trials = info["trials"]
+    info = res.strategies["finetune"].info
+    trials = info.trials
     assert len(trials) == 4 and sum(t["chosen"] for t in trials) == 1
     chosen = next(t for t in trials if t["chosen"])
     assert chosen["best_eval_loss"] == min(t["best_eval_loss"] for t in trials)
-    assert info["chosen_params"] == {"learning_rate": chosen["learning_rate"], "r": chosen["r"]}
-    assert res["strategies"]["finetune"]["cost"]["setup_s"] == pytest.approx(sum(t["train_s"] for t in trials), abs=0.01)
+    assert info.chosen_params == {"learning_rate": chosen["learning_rate"], "r": chosen["r"]}
+    assert res.strategies["finetune"].cost.setup_s == pytest.approx(sum(t["train_s"] for t in trials), abs=0.01)
     _, html = render_run(run.path)
     assert "Hyperparameter search: finetune" in html.read_text()
     _, again = run_suite(load_suite(tiny_suite.path), out=tmp_path / "run2")
-    assert all(t["cached"] for t in again["strategies"]["finetune"]["info"]["trials"])
+    assert all(t["cached"] for t in again.strategies["finetune"].info.trials)
 
 
 def test_search_settings_are_validated(tmp_path):
@@ -289,9 +289,9 @@ def test_classification_by_label_likelihood_never_unmapped(tmp_path, tiny_llama)
              "strategies": {"zero_shot": {}, "few_shot": {"num_fewshot": 2}}}
     (tmp_path / "clf.yaml").write_text(yaml.safe_dump(suite))
     run, res = run_suite(load_suite(tmp_path / "clf.yaml"), out=tmp_path / "run")
-    assert res["status"] == "success"
-    for r in res["strategies"].values():
-        assert r["metrics"]["unmapped_rate"]["mean"] == 0.0
+    assert res.status == "success"
+    for r in res.strategies.values():
+        assert r.metrics["unmapped_rate"].mean == 0.0
     outs = {json.loads(l)["output"] for l in (run.path / "samples.jsonl").read_text().splitlines()}
     assert outs <= {"activate_card", "lost_card", "card_arrival"}
 
@@ -330,15 +330,15 @@ def test_regression_suite_end_to_end(tmp_path, tiny_llama):
                        "finetune": {"num_train_epochs": 2, "per_device_train_batch_size": 4, "r": 4,
                                     "learning_rate": 5.0e-3, "eval_strategy": "no"}}}))
     run, res = run_suite(load_suite(tmp_path / "suite.yaml"), out=tmp_path / "run")
-    assert res["status"] == "success", {n: r.get("error") for n, r in res["strategies"].items()}
-    for name, r in res["strategies"].items():
-        m = r["metrics"]
-        assert m["parse_failure_rate"]["n"] == 8 and not m["parse_failure_rate"]["higher_is_better"]
-        assert r["parse_failures"] == round(m["parse_failure_rate"]["mean"] * 8)
-        if r["parse_failures"] < 8:  # the errors are over the answers that held a number
-            assert m["mae"]["n"] == 8 - r["parse_failures"] and not m["mae"]["higher_is_better"]
+    assert res.status == "success", {n: r.error for n, r in res.strategies.items()}
+    for name, r in res.strategies.items():
+        m = r.metrics
+        assert m["parse_failure_rate"].n == 8 and not m["parse_failure_rate"].higher_is_better
+        assert r.parse_failures == round(m["parse_failure_rate"].mean * 8)
+        if r.parse_failures < 8:  # the errors are over the answers that held a number
+            assert m["mae"].n == 8 - r.parse_failures and not m["mae"].higher_is_better
         else:
-            assert "mae" in r["not_applicable"]
+            assert "mae" in r.not_applicable
     md, _ = render_run(run.path)
     assert "No number in answer" in md.read_text() and "MAE" in md.read_text()
 
@@ -357,10 +357,10 @@ def test_multiple_choice_suite_by_letter_likelihood(tmp_path, tiny_llama):
              "strategies": {"zero_shot": {}, "few_shot": {"num_fewshot": 2}}}
     (tmp_path / "mc.yaml").write_text(yaml.safe_dump(suite))
     run, res = run_suite(load_suite(tmp_path / "mc.yaml"), out=tmp_path / "run")
-    assert res["status"] == "success" and res["labels"] == ["A", "B", "C"]
-    for r in res["strategies"].values():
-        assert set(r["metrics"]) == {"accuracy", "unmapped_rate"} and r["metrics"]["accuracy"]["n"] == 4
-        assert r["metrics"]["unmapped_rate"]["mean"] == 0.0
+    assert res.status == "success" and res.labels == ["A", "B", "C"]
+    for r in res.strategies.values():
+        assert set(r.metrics) == {"accuracy", "unmapped_rate"} and r.metrics["accuracy"].n == 4
+        assert r.metrics["unmapped_rate"].mean == 0.0
     samples = [json.loads(l) for l in (run.path / "samples.jsonl").read_text().splitlines()]
     assert {s["output"] for s in samples} <= {"A", "B", "C"} and "C. Lowmarsh" in samples[0]["input"]
 
@@ -409,6 +409,6 @@ def test_classification_reports_the_majority_baseline(tmp_path, tiny_llama):
         "data": {"train": {"path": "train.jsonl", "fields": {"input": "text"}}, "test": {"path": "test.jsonl", "fields": {"input": "text"}}},
         "generator": {"model": str(tiny_llama), "batch_size": 8}, "strategies": {"zero_shot": {}}}))
     run, res = run_suite(load_suite(tmp_path / "s.yaml"), out=tmp_path / "run")
-    assert res["majority_baseline"] == {"label": "common", "accuracy": 6 / 8}
+    assert res.majority_baseline.model_dump() == {"label": "common", "accuracy": 6 / 8}
     md, _ = render_run(run.path)
     assert "always answering `common`" in md.read_text()

@@ -110,10 +110,10 @@ def test_judge_metrics_without_a_judge_are_not_measured(tiny_suite_path, tmp_pat
     tiny_suite_path.write_text(yaml.safe_dump(cfg))
     _, res = run_suite(load_suite(tiny_suite_path), out=tmp_path / "run")
     for arm in ("zero_shot", "rag"):
-        r = res["strategies"][arm]
-        assert set(r["metrics"]) == {"token_f1"}
-        assert "no judge configured" in r["not_measured"]["faithfulness"]
-        assert "faithfulness" not in r["not_applicable"]
+        r = res.strategies[arm]
+        assert set(r.metrics) == {"token_f1"}
+        assert "no judge configured" in r.not_measured["faithfulness"]
+        assert "faithfulness" not in r.not_applicable
 
 
 def test_local_judge_model_served_on_loopback_end_to_end(tiny_suite_path, tiny_llama, tmp_path):
@@ -129,14 +129,14 @@ def test_local_judge_model_served_on_loopback_end_to_end(tiny_suite_path, tiny_l
     cfg["prices"] = {"input_per_1m_tokens": 0.15, "output_per_1m_tokens": 0.6}
     tiny_suite_path.write_text(yaml.safe_dump(cfg))
     run, res = run_suite(load_suite(tiny_suite_path), out=tmp_path / "run")
-    rag = res["strategies"]["rag"]
-    assert rag["unmeasured"] == {"faithfulness": 6, "llm_context_recall": 6}
-    assert "could not be scored" in rag["not_measured"]["faithfulness"]
-    judge_cost = rag["cost"]["judge"]
-    assert judge_cost["input_tokens"] > 0 and judge_cost["usd"] > 0
-    assert sum(judge_cost["errors"].values()) > 0
-    assert res["strategies"]["zero_shot"]["not_measured"]["faithfulness"] == "this arm retrieves no passages"
-    assert "api_usd_per_1k_queries" in rag["cost"]
+    rag = res.strategies["rag"]
+    assert rag.unmeasured == {"faithfulness": 6, "llm_context_recall": 6}
+    assert "could not be scored" in rag.not_measured["faithfulness"]
+    judge_cost = rag.cost.judge
+    assert judge_cost.input_tokens > 0 and judge_cost.usd > 0
+    assert sum(judge_cost.errors.values()) > 0
+    assert res.strategies["zero_shot"].not_measured["faithfulness"] == "this arm retrieves no passages"
+    assert rag.cost.api_usd_per_1k_queries is not None
     samples = [json.loads(l) for l in (run.path / "samples.jsonl").read_text().splitlines()]
     assert sum(1 for s in samples if s["strategy"] == "rag" and s["scores"]["faithfulness"] is None) == 6
     md, _ = render_run(run.path)

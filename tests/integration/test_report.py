@@ -12,16 +12,25 @@ from test_harness import SCRIPT, make_suite, scripted  # noqa: F401  (fixture)
 from toolkit.reporting import decision
 from toolkit.scoring import stats
 from toolkit.harness import run_suite
+from toolkit.records import RunResults, Sample
 
 
-def fake_results(arms: dict[str, tuple[float, float, float, float]]) -> dict:
+def fake_results(arms: dict[str, tuple[float, float, float, float]]) -> RunResults:
     """arms: name -> (token_f1 mean, setup_s, p50 latency, compute_s per answer)."""
-    return {"metrics_order": ["token_f1"], "strategies": {
-        n: {"type": "rag" if "rag" in n else "zero_shot", "status": "success",
-            "metrics": {"token_f1": {"mean": q, "ci_low": q - 0.05, "ci_high": q + 0.05, "n": 100, "higher_is_better": True}},
-            "cost": {"setup_s": s, "latency_p50_s": lat, "compute_s_per_answer": c, "setup_breakdown_s": {"index": s}},
-            "info": {}}
-        for n, (q, s, lat, c) in arms.items()}}
+    return RunResults.model_validate({
+        "suite": "fake", "status": "success", "started": "2026-01-01T00:00:00+00:00", "task": "qa",
+        "data": {"train": 10, "validation": 0, "test": 100, "test_scored": 100},
+        "metrics_order": ["token_f1"], "strategies": {
+            n: {"type": "rag" if "rag" in n else "zero_shot", "status": "success",
+                "metrics": {"token_f1": {"mean": q, "ci_low": q - 0.05, "ci_high": q + 0.05, "n": 100}},
+                "cost": {"setup_s": s, "latency_p50_s": lat, "latency_p95_s": lat, "compute_s_per_answer": c,
+                         "prompt_tokens_mean": 10, "completion_tokens_mean": 5, "setup_breakdown_s": {"index": s}}}
+            for n, (q, s, lat, c) in arms.items()}})
+
+
+def samples_of(rows: list[dict]) -> list[Sample]:
+    """samples.jsonl rows from the fields a test cares about."""
+    return [Sample.model_validate({"input": "", "output": "", **r}) for r in rows]
 
 
 def test_weights_decide_and_sensitivity_finds_the_switch():
@@ -95,9 +104,9 @@ def test_compare_flags_regressions_and_gates_ci(tmp_path, tiny_llama, scripted):
 
 def test_report_weights_override_changes_recommendation(tmp_path, tiny_llama, scripted):  # noqa: F811
     from toolkit.reporting.report import build
-    ls = make_suite(tmp_path, tiny_llama, {"good": {"type": "scripted", "answers": SCRIPT},
+    loaded = make_suite(tmp_path, tiny_llama, {"good": {"type": "scripted", "answers": SCRIPT},
                                            "none": {"type": "scripted", "answers": {}}})
-    run, _ = run_suite(ls, out=tmp_path / "run")
+    run, _ = run_suite(loaded, out=tmp_path / "run")
     ctx = build(run.path)
     assert ctx["decision"].winner == "good" and ctx["recommendation"][0].startswith("Use good:")
     assert ctx["paired"]["exact_match"][0]["n"] == 4
@@ -109,14 +118,14 @@ def test_prices_turn_seconds_into_dollars(tmp_path, tiny_llama, scripted):  # no
 
     from toolkit.suites import load_suite
     from toolkit.reporting.report import build, render_run
-    ls = make_suite(tmp_path, tiny_llama, {"echo": {"type": "scripted", "answers": SCRIPT}})
-    raw = yaml.safe_load(ls.path.read_text())
+    loaded = make_suite(tmp_path, tiny_llama, {"echo": {"type": "scripted", "answers": SCRIPT}})
+    raw = yaml.safe_load(loaded.path.read_text())
     raw["prices"] = {"cpu_per_hour": 3.6, "gpu_per_hour": 7.2}
-    ls.path.write_text(yaml.safe_dump(raw))
-    run, res = run_suite(load_suite(ls.path), out=tmp_path / "run")
-    c = res["strategies"]["echo"]["cost"]
-    rate = 7.2 if res["device"].startswith("cuda") else 3.6
-    assert c["usd_per_1k_queries"] == pytest.approx(c["compute_s_per_answer"] * 1000 / 3600 * rate)
+    loaded.path.write_text(yaml.safe_dump(raw))
+    run, res = run_suite(load_suite(loaded.path), out=tmp_path / "run")
+    c = res.strategies["echo"].cost
+    rate = 7.2 if res.device.startswith("cuda") else 3.6
+    assert c.usd_per_1k_queries == pytest.approx(c.compute_s_per_answer * 1000 / 3600 * rate)
     assert "per 1,000 queries at $" in " ".join(build(run.path)["recommendation"])
     _, html = render_run(run.path)
     assert "$ per 1,000 queries" in html.read_text()
@@ -132,10 +141,10 @@ def test_cheaper_means_cheaper_over_the_expected_volume_with_the_break_even(expe
 
     # the held-out classification case: few_shot is quick to set up but slow per query
     res = fake_results({"finetune": (0.81, 762.0, 0.2, 0.108), "few_shot": (0.80, 6.59, 2.6, 2.592)})
-    res["strategies"]["finetune"]["type"], res["strategies"]["few_shot"]["type"] = "finetune", "few_shot"
-    res["expected_queries"], res["expected_queries_is_default"] = expected, expected == 10_000
-    samples = [{"strategy": a, "id": str(i), "scores": {"token_f1": float(i % 2)}}
-               for a in ("finetune", "few_shot") for i in range(40)]  # the same answers: tied
+    res.strategies["finetune"].type, res.strategies["few_shot"].type = "finetune", "few_shot"
+    res.expected_queries, res.expected_queries_is_default = expected, expected == 10_000
+    samples = samples_of([{"strategy": a, "id": str(i), "scores": {"token_f1": float(i % 2)}}
+                          for a in ("finetune", "few_shot") for i in range(40)])  # the same answers: tied
     text = " ".join(recommendation(res, samples))
     assert text.startswith("Use finetune") and words in text, text
     if expected == 100:
@@ -153,12 +162,13 @@ def test_retrieval_split_separates_missed_passages_from_unread_ones():
         return {"strategy": arm, "id": f"q{i}", "output": output, "contexts": [passage if hit else other],
                 "scores": {"hit_at_k": float(hit), "token_f1": f1}}
 
-    samples = [row("rag", 0, True, 1.0, "The Alder 3 was launched in 2011"), row("rag", 1, True, 0.5, "In 2011."),
-               row("rag", 2, False, 0.0, "No idea"), row("zero_shot", 0, False, 0.2, "x")]
-    samples[-1]["contexts"] = []
-    (r,) = retrieval_split(samples, "token_f1", ["rag", "zero_shot"])
+    rows = [row("rag", 0, True, 1.0, "The Alder 3 was launched in 2011"), row("rag", 1, True, 0.5, "In 2011."),
+            row("rag", 2, False, 0.0, "No idea"), row("zero_shot", 0, False, 0.2, "x")]
+    rows[-1]["contexts"] = []
+    (r,) = retrieval_split(samples_of(rows), "token_f1", ["rag", "zero_shot"])
     assert r == {"arm": "rag", "n_hit": 2, "n_miss": 1, "on_hit": 0.75, "on_miss": 0.0, "quoted": 1, "n": 3}
-    assert not quotes_passage("", [passage]) and quotes_passage("Kestlewick  works.", [passage])
+    (ctx,) = samples_of([{"strategy": "rag", "id": "p", "contexts": [passage]}])[0].contexts
+    assert not quotes_passage("", [ctx]) and quotes_passage("Kestlewick  works.", [ctx])
 
 
 def test_seeds_summary_says_whether_the_test_set_was_shared(tmp_path):
@@ -168,9 +178,12 @@ def test_seeds_summary_says_whether_the_test_set_was_shared(tmp_path):
     for seed, acc in ((0, 0.5), (1, 0.7)):
         d = tmp_path / f"seed-{seed}"
         d.mkdir()
-        (d / "samples.jsonl").write_text("".join(json.dumps({"id": i, "strategy": "few_shot"}) + "\n" for i in "ab"))
-        runs.append((seed, d, {"status": "success", "metrics_order": ["accuracy"],
-                               "strategies": {"few_shot": {"metrics": {"accuracy": {"mean": acc}}}}}))
+        (d / "samples.jsonl").write_text("".join(
+            json.dumps({"id": i, "strategy": "few_shot", "input": "", "output": ""}) + "\n" for i in "ab"))
+        res = fake_results({"few_shot": (acc, 1.0, 1.0, 1.0)})
+        res.metrics_order = ["accuracy"]
+        res.strategies["few_shot"].metrics = {"accuracy": res.strategies["few_shot"].metrics["token_f1"]}
+        runs.append((seed, d, res))
     summary = summarise(runs)
     assert summary["same_test_set"] is True
     assert summary["arms"]["few_shot"]["accuracy"]["std"] == pytest.approx(0.1414, abs=1e-4)
@@ -184,10 +197,11 @@ def test_corpus_level_metrics_are_compared_by_resampling_examples():
     gold = [["cat", "dog", "fox"][i % 3] for i in range(60)]
     good = [g if rng.random() < 0.9 else "dog" for g in gold]
     bad = [g if rng.random() < 0.4 else None for g in gold]  # None: an output mapped to no label
-    samples = [{"strategy": arm, "id": str(i), "label": g,
-                "scores": {"accuracy": float(p == g), "mapped_label": p, "answer_nll": 2.0 + (arm == "bad"),
-                           "answer_tokens": 2}}
-               for arm, preds in (("good", good), ("bad", bad)) for i, (g, p) in enumerate(zip(gold, preds))]
+    rows = [{"strategy": arm, "id": str(i), "label": g,
+             "scores": {"accuracy": float(p == g), "mapped_label": p, "answer_nll": 2.0 + (arm == "bad"),
+                        "answer_tokens": 2}}
+            for arm, preds in (("good", good), ("bad", bad)) for i, (g, p) in enumerate(zip(gold, preds))]
+    samples = samples_of(rows)
     [pair] = stats.compare_arms(samples, "macro_f1")
     expected = (f1_score(gold, good, average="macro")
                 - f1_score(gold, [p or "(none)" for p in bad], labels=["cat", "dog", "fox"], average="macro"))
@@ -195,4 +209,4 @@ def test_corpus_level_metrics_are_compared_by_resampling_examples():
     [ppl] = stats.compare_arms(samples, "perplexity")  # lower is better: "good" (e^1) beats "bad" (e^1.5)
     assert ppl.diff == pytest.approx(np.exp(1.0) - np.exp(1.5)) and ppl.a_better and not ppl.higher_is_better
     # a run whose samples lack what a corpus metric needs gets no pair, so no claimed win
-    assert stats.compare_arms([{**s, "scores": {"accuracy": 1.0}} for s in samples], "macro_f1") == []
+    assert stats.compare_arms(samples_of([{**s, "scores": {"accuracy": 1.0}} for s in rows]), "macro_f1") == []

@@ -94,26 +94,26 @@ def test_padding_free_metric_early_stopping_and_augmentation(tiny_suite_path, tm
                                  "r": 4, "augment": {"paraphrases": 3, "seed": 1}},
     })
     _, res = run_suite(load_suite(tiny_suite_path), out=tmp_path / "run")
-    assert res["status"] == "success", {n: r.get("error") for n, r in res["strategies"].items()}
-    ft = res["strategies"]["finetune"]["info"]
-    assert ft["padding_free"] is True and ft["attention"] == "sdpa"
-    scored = [h["eval_token_f1"] for h in ft["history"] if "eval_token_f1" in h]
-    assert len(scored) >= 2 and ft["best_eval_token_f1"] == max(scored[1:])  # [0]: before training
-    assert ft["initial_eval_loss"] is not None and "initial_eval_token_f1" in ft
+    assert res.status == "success", {n: r.error for n, r in res.strategies.items()}
+    ft = res.strategies["finetune"].info
+    assert ft.padding_free is True and ft.attention == "sdpa"
+    scored = [h["eval_token_f1"] for h in ft.history if "eval_token_f1" in h]
+    assert len(scored) >= 2 and ft.best_eval_token_f1 == max(scored[1:])  # [0]: before training
+    assert ft.initial_eval_loss is not None and ft.extra("initial_eval_token_f1") is not None
     # random tiny model: token F1 stays flat, so patience 1 stops before epoch 4
-    assert ft["stopped_early"] and ft["epochs_run"] < 4
+    assert ft.stopped_early and ft.epochs_run < 4
 
-    aug = res["strategies"]["finetune_paraphrased"]["info"]
-    added = aug["augment"]["paraphrases_added"]  # a random model's rewrites are mostly rejected
-    assert added + aug["augment"]["paraphrases_rejected"] == 36 and aug["train_examples"] == 12 + added
-    sample = aug["augment"]["paraphrase_examples"][0]
-    assert sample["original"] and len(sample["paraphrases"]) + len(sample["rejected"]) <= 3
-    assert res["strategies"]["finetune_paraphrased"]["cost"]["setup_breakdown_s"]["paraphrasing"] > 0
+    aug = res.strategies["finetune_paraphrased"].info
+    added = aug.augment.paraphrases_added  # a random model's rewrites are mostly rejected
+    assert added + aug.augment.paraphrases_rejected == 36 and aug.train_examples == 12 + added
+    sample = aug.augment.paraphrase_examples[0]
+    assert sample.original and len(sample.paraphrases) + len(sample.rejected) <= 3
+    assert res.strategies["finetune_paraphrased"].cost.setup_breakdown_s["paraphrasing"] > 0
 
     _, again = run_suite(load_suite(tiny_suite_path), out=tmp_path / "run2")
-    aug2 = again["strategies"]["finetune_paraphrased"]["info"]
-    assert aug2["augment"]["paraphrases_cached"] and aug2["cached"]
-    assert aug2["augment"]["paraphrase_examples"] == aug["augment"]["paraphrase_examples"]
+    aug2 = again.strategies["finetune_paraphrased"].info
+    assert aug2.augment.paraphrases_cached and aug2.cached
+    assert aug2.augment.paraphrase_examples == aug.augment.paraphrase_examples
 
 
 def test_paraphrase_filter_keeps_rewordings_only():

@@ -162,20 +162,20 @@ def test_a_suite_arm_fine_tunes_through_the_api_and_answers_from_the_new_model(f
                                      "tokenizer": str(tiny_llama)}}}
     tiny_suite_path.write_text(yaml.safe_dump(cfg))
     run, res = run_suite(load_suite(tiny_suite_path), out=tmp_path / "run1")
-    arm = res["strategies"]["ft_api"]
-    assert arm["status"] == "success", arm.get("error")
-    name = arm["info"]["fine_tuned_model"]
-    assert name.startswith("ft:tiny:adaptbench:ft_api:") and arm["model"]["model"] == name
-    assert arm["cost"]["setup_breakdown_s"]["fine-tuning job"] > 0
+    arm = res.strategies["ft_api"]
+    assert arm.status == "success", arm.error
+    name = arm.info.fine_tuned_model
+    assert name.startswith("ft:tiny:adaptbench:ft_api:") and arm.model.model == name
+    assert arm.cost.setup_breakdown_s["fine-tuning job"] > 0
     jobs = list(client.fine_tuning.jobs.list())
     assert len(jobs) == 1 and jobs[0].status == "succeeded" and jobs[0].hyperparameters.n_epochs == 1
     from toolkit.reporting.report import render_run
     _, html = render_run(run.path)
     text = html.read_text()
-    assert f"fine-tuning API (job {arm['info']['fine_tuning_job']}) on" in text and name in text
+    assert f"fine-tuning API (job {arm.info.fine_tuning_job}) on" in text and name in text
     # an unchanged rerun creates no second job
     _, res2 = run_suite(load_suite(tiny_suite_path), out=tmp_path / "run2")
-    assert res2["strategies"]["ft_api"]["info"]["fine_tuned_model"] == name
+    assert res2.strategies["ft_api"].info.fine_tuned_model == name
     assert len(list(client.fine_tuning.jobs.list())) == 1
 
 

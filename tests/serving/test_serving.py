@@ -407,7 +407,7 @@ def test_the_retraining_loop_serve_feedback_export_run_compare_serve(tiny_run, t
     assert main(["logs", str(db), "--export", str(feedback)]) == 0
 
     old_cfg = yaml.safe_load((tiny_run / "config.yaml").read_text())
-    suite_file = Path(old_cfg["_suite_file"])
+    suite_file = (tiny_run / old_cfg["_suite_file"]).resolve()  # recorded relative to the run
     cfg = yaml.safe_load(suite_file.read_text())
     cfg["data"]["extra_train"] = [str(feedback)]
     new_suite = suite_file.with_name("suite-retrained.yaml")
@@ -415,12 +415,12 @@ def test_the_retraining_loop_serve_feedback_export_run_compare_serve(tiny_run, t
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ADAPTBENCH_CACHE", str(tmp_path / "cache"))
         new_run, res = run_suite(load_suite(new_suite), only=["finetune"], out=tmp_path / "retrained")
-    assert res["data"]["extra_train"] == {str(feedback): 3}
-    assert res["data"]["train"] == json.loads((tiny_run / "results.json").read_text())["data"]["train"] + 3
-    assert res["strategies"]["finetune"]["info"]["train_examples"] == res["data"]["train"]
+    assert res.data.extra_train == {str(feedback): 3}
+    assert res.data.train == json.loads((tiny_run / "results.json").read_text())["data"]["train"] + 3
+    assert res.strategies["finetune"].info.train_examples == res.data.train
     from toolkit.reporting.compare import compare_runs, render_compare, training_lines
     cmp = compare_runs([tiny_run, new_run.path])
-    assert training_lines(cmp)[1] == (f"retrained: {res['data']['train']} training examples, 3 of them from "
+    assert training_lines(cmp)[1] == (f"retrained: {res.data.train} training examples, 3 of them from "
                                       f"production feedback (3 from {feedback})")
     assert {r["arm"] for r in cmp["rows"]} == {"finetune"}
     md, html = render_compare(cmp, tmp_path / "cmp")
@@ -472,3 +472,37 @@ def test_a_run_made_before_a_setting_was_added_is_still_served(tiny_run, tmp_pat
     res, arms = load_arms(run, ["finetune"])
     res.close()
     assert arms[0].changes == []
+
+
+def test_a_moved_run_is_reported_and_served_where_it_now_is(tiny_run, tmp_path):
+    """A run records its suite and data relative to itself: the project folder (suite, data,
+    run) copied elsewhere, as a zip carries it, is re-reported and served from the copy; the
+    run copied alone still finds the data where it was."""
+    import shutil
+
+    from toolkit.cli import main
+    from toolkit.runs import RunDir
+    from toolkit.suites import load_resolved
+
+    root = tiny_run.parent  # the suite, its data and knowledge base, and the run
+    for name in ("results.json", "config.yaml", "env.json"):  # no absolute path but the fallback ones
+        text = (tiny_run / name).read_text()
+        kept = [line for line in text.splitlines() if "_absolute" not in line]
+        assert str(root) not in "\n".join(kept), name
+    moved = tmp_path / "elsewhere" / "project"
+    shutil.copytree(root, moved, ignore=shutil.ignore_patterns("cache"))
+    run = moved / tiny_run.name
+    loaded = load_resolved(RunDir(run).config(), file=run / "config.yaml")
+    assert loaded.path.is_relative_to(moved)  # the copied suite, not the original
+    assert main(["report", str(run)]) == 0 and "adaptbench" in (run / "report.html").read_text()
+    rows = [r for r in samples(run) if r["strategy"] in ("rag", "finetune")][::3]
+    with Served(run, {"rag": 1, "finetune": 1}, tmp_path / "serve.db") as s:
+        c = s.client()
+        for r in rows:
+            out = c.chat.completions.create(model=r["strategy"], messages=[{"role": "user", "content": r["input"]}])
+            assert out.choices[0].message.content == r["output"], (r["strategy"], r["id"])
+
+    alone = tmp_path / "alone" / "run"
+    shutil.copytree(tiny_run, alone)
+    loaded = load_resolved(RunDir(alone).config(), file=alone / "config.yaml")
+    assert loaded.path.is_relative_to(root)  # moved alone on the same machine: the data where it was

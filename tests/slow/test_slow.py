@@ -28,24 +28,24 @@ def test_real_smollm2_zero_shot_and_rag_on_demo(tmp_path, monkeypatch):
     ref2 = resolve_generator("smollm2-135m-instruct")
     assert ref2.path == ref.path and time.perf_counter() - t0 < 1.0  # second resolve reuses safetensors
 
-    ls = load_suite(REPO / "eval_suites" / "demo.yaml")
-    run, res = run_suite(ls, only=["zero_shot", "rag"], limit=8, out=tmp_path / "run")
-    assert res["status"] == "success" and res["dtype"] == "float32"
-    assert any("random sample of 8" in n for n in res["data"]["notes"])
-    zs, rag = res["strategies"]["zero_shot"], res["strategies"]["rag"]
+    loaded = load_suite(REPO / "eval_suites" / "demo.yaml")
+    run, res = run_suite(loaded, only=["zero_shot", "rag"], limit=8, out=tmp_path / "run")
+    assert res.status == "success" and res.dtype == "float32"
+    assert any("random sample of 8" in n for n in res.data.notes)
+    zs, rag = res.strategies["zero_shot"], res.strategies["rag"]
     # retrieval runs on MiniLM embeddings in float32 whatever the generator's precision
-    assert rag["metrics"]["hit_at_k"]["mean"] >= 0.5
+    assert rag.metrics["hit_at_k"].mean >= 0.5
     samples = [json.loads(line) for line in (run.path / "samples.jsonl").read_text().splitlines()]
     rag_rows = [s for s in samples if s["strategy"] == "rag"]
-    top_k = ls.arms["rag"][1].top_k
+    top_k = loaded.arms["rag"][1].top_k
     assert len(rag_rows) == 8 and all(len(s["contexts"]) == top_k for s in rag_rows)
     assert all(s["output"].strip() for s in samples)
     # top_k product documents of ~90 tokens each in every RAG prompt
-    assert rag["cost"]["prompt_tokens_mean"] > zs["cost"]["prompt_tokens_mean"] + 80 * top_k
+    assert rag.cost.prompt_tokens_mean > zs.cost.prompt_tokens_mean + 80 * top_k
     # The facts are fictional: without the documents the gold answer is very unlikely, with
     # them it is written in the prompt. Measured in float32 on the whole demo test split:
     # perplexity of the gold answers 177 (zero_shot) vs 16 (rag); over 5,000 random sets of 8
     # questions the ratio was below 2 in under 1% (the sample here is fixed by the seed, and
     # float32 makes its numbers the same on every CPU).
-    ppl_zs, ppl_rag = zs["metrics"]["perplexity"]["mean"], rag["metrics"]["perplexity"]["mean"]
+    ppl_zs, ppl_rag = zs.metrics["perplexity"].mean, rag.metrics["perplexity"].mean
     assert math.isfinite(ppl_zs) and math.isfinite(ppl_rag) and ppl_rag * 2 < ppl_zs, (ppl_rag, ppl_zs)

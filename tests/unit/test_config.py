@@ -22,19 +22,19 @@ BASE = textwrap.indent(MINIMAL_SUITE, "    ")  # write() dedents
 
 
 def test_bundled_suites_validate():
-    ls = load_suite(REPO / "eval_suites" / "demo.yaml")
-    assert set(ls.arms) == {"zero_shot", "few_shot", "rag", "finetune", "rag_finetune"}
-    assert ls.arms["rag"][1].top_k == ls.arms["rag_finetune"][1].top_k == 2  # the same retrieval, trained or not
-    assert ls.arms["finetune"][1].learning_rate == pytest.approx(2e-3)
+    loaded = load_suite(REPO / "eval_suites" / "demo.yaml")
+    assert set(loaded.arms) == {"zero_shot", "few_shot", "rag", "finetune", "rag_finetune"}
+    assert loaded.arms["rag"][1].top_k == loaded.arms["rag_finetune"][1].top_k == 2  # the same retrieval, trained or not
+    assert loaded.arms["finetune"][1].learning_rate == pytest.approx(2e-3)
 
 
 def test_defaults_and_arm_variants(tmp_path):
     p = write(tmp_path, BASE.replace("  zero_shot: {}", "  zero_shot:\n      rag_k5: {type: rag, top_k: 5}")
               .replace("    strategies:", "    knowledge_base: kb\n    strategies:"))
-    ls = load_suite(p)
-    assert ls.arms["rag_k5"][0] == "rag" and ls.arms["rag_k5"][1].top_k == 5
-    assert ls.arms["zero_shot"][0] == "zero_shot"
-    assert ls.suite.generator.model == "smollm2-135m-instruct"
+    loaded = load_suite(p)
+    assert loaded.arms["rag_k5"][0] == "rag" and loaded.arms["rag_k5"][1].top_k == 5
+    assert loaded.arms["zero_shot"][0] == "zero_shot"
+    assert loaded.suite.generator.model == "smollm2-135m-instruct"
 
 
 @pytest.mark.parametrize("text, line, field, words", [
@@ -68,9 +68,9 @@ def test_data_dir_placeholder_needs_a_directory(tmp_path, monkeypatch):
     from toolkit.data.suite_data import load_task_data
     monkeypatch.delenv("ADAPTBENCH_DATA_DIR", raising=False)
     p = write(tmp_path, BASE.replace("train: train.jsonl", "train: '{data_dir}/x.jsonl'"))
-    ls = load_suite(p)
+    loaded = load_suite(p)
     with pytest.raises(UserError, match="data directory"):
-        load_task_data(ls)
+        load_task_data(loaded)
 
 
 def test_validate_and_help_do_not_import_torch():

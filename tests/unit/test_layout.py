@@ -16,7 +16,7 @@ ORDER = ["ground", "data", "backends", "training", "retrieval", "strategies", "s
          "serving", "cli"]
 LAYER_OF = {  # modules, or packages (every module under them)
     "toolkit": "ground", "toolkit.errors": "ground", "toolkit.progress": "ground", "toolkit.cache": "ground",
-    "toolkit.chat": "ground", "toolkit.config": "ground", "toolkit.runs": "ground", "toolkit.prompts": "ground",
+    "toolkit.chat": "ground", "toolkit.config": "ground", "toolkit.runs": "ground", "toolkit.records": "ground", "toolkit.prompts": "ground",
     "toolkit.data": "data",
     "toolkit.backends": "backends", "toolkit.models": "backends",
     "toolkit.training": "training",

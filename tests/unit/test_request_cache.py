@@ -79,14 +79,14 @@ def test_editing_a_question_that_keeps_its_id_gives_a_fresh_answer(tiny_suite_pa
     for i, r in enumerate(rows):
         r["id"] = f"q{i}"
     test_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    ls = _suite(tiny_suite_path, {"zero_shot": {}})
-    run_suite(ls, out=tmp_path / "r1")
-    _, res = run_suite(ls, out=tmp_path / "r2")
-    assert res["strategies"]["zero_shot"]["cost"]["cached_answers"] == len(rows)
+    loaded = _suite(tiny_suite_path, {"zero_shot": {}})
+    run_suite(loaded, out=tmp_path / "r1")
+    _, res = run_suite(loaded, out=tmp_path / "r2")
+    assert res.strategies["zero_shot"].cost.cached_answers == len(rows)
     rows[0]["question"] = "Who sells the Alder 5 sensor, and where?"
     test_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run, res = run_suite(load_suite(tiny_suite_path), out=tmp_path / "r3")
-    assert res["strategies"]["zero_shot"]["cost"]["cached_answers"] == len(rows) - 1
+    assert res.strategies["zero_shot"].cost.cached_answers == len(rows) - 1
     got = _rows(run)
     assert got[("zero_shot", "q0")]["cached"] is False and got[("zero_shot", "q1")]["cached"] is True
     assert got[("zero_shot", "q0")]["input"] == "Who sells the Alder 5 sensor, and where?"
@@ -97,11 +97,11 @@ def test_changing_one_arms_setting_recomputes_only_that_arm(tiny_suite_path, tmp
     run_suite(_suite(tiny_suite_path, arms), out=tmp_path / "r1")
     arms["short"]["generator"]["max_new_tokens"] = 4
     run, res = run_suite(_suite(tiny_suite_path, arms), out=tmp_path / "r2")
-    n = res["data"]["test_scored"]
-    assert res["strategies"]["zero_shot"]["cost"]["cached_answers"] == n
-    assert res["strategies"]["short"]["cost"]["cached_answers"] == 0
+    n = res.data.test_scored
+    assert res.strategies["zero_shot"].cost.cached_answers == n
+    assert res.strategies["short"].cost.cached_answers == 0
     # the same prompt to the same model: the gold answers' likelihood is shared, not recomputed
-    assert res["strategies"]["short"]["metrics"]["perplexity"] == res["strategies"]["zero_shot"]["metrics"]["perplexity"]
+    assert res.strategies["short"].metrics["perplexity"] == res.strategies["zero_shot"].metrics["perplexity"]
 
 
 def test_judge_scores_are_keyed_on_the_answer_text(tmp_path):

@@ -81,6 +81,13 @@ class Backend(ABC):
 
     kind: str = ""
     batched: bool = False  # answers a list together (local), not one request each
+    device: str = "api"    # where the model runs: "cpu", "cuda:0", ...; "api" for a remote endpoint
+
+    @property
+    def uncached(self) -> "Backend":
+        """The backend that computes (itself; a request cache's wrapped backend): what serving
+        answers with, since every production request is computed."""
+        return self
 
     @abstractmethod
     def identity(self) -> dict[str, Any]:

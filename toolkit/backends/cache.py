@@ -16,7 +16,11 @@ from toolkit.chat import Messages
 class CachedBackend(Backend):
     def __init__(self, backend: Backend, store: PredictionCache | None):
         self.backend, self.store = backend, store
-        self.kind, self.batched = backend.kind, backend.batched
+        self.kind, self.batched, self.device = backend.kind, backend.batched, backend.device
+
+    @property
+    def uncached(self) -> Backend:
+        return self.backend
 
     def identity(self) -> dict[str, Any]:
         return self.backend.identity()

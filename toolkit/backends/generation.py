@@ -7,6 +7,7 @@ import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from toolkit.chat import Messages, cut_at_stop, render_chat
 from toolkit.config import GeneratorConfig
@@ -295,6 +296,8 @@ class Generator:
     def generate(self, prompts: list[Messages | str], *, description: str | None = "Generating",
                  settings=None, streams: list | None = None, stop_rows: list | None = None) -> list[Generation]:
         """Answers to chat prompts (or prompts already rendered as text), batched by length.
+        One loop on purpose (the hot path): prefix cache, padding, stopping criteria and
+        streamers are set up per batch from the same locals.
         `settings` (toolkit.backends.Settings) overrides the config's max_new_tokens, stop,
         temperature and seed; `description=None` draws no progress bar (the server).
         `streams[i]`, where given, is called with each new piece of answer i as it is

@@ -171,7 +171,9 @@ def _only_number(s: str) -> bool:
 
 def example_from_row(row: Any, *, origin: tuple[Path, int], task: str,
                      fields: dict[str, str] | None = None) -> Example:
-    """Turn one parsed row into an Example or raise UserError naming file, line and field."""
+    """Turn one parsed row into an Example or raise UserError naming file, line and field.
+    Long because each accepted row shape (chat messages, prompt/completion, question/answer,
+    text/label, choices) is checked here in one place, in the order a user reads the error."""
     path, line = origin
     if not isinstance(row, dict):
         raise UserError("each line must be a JSON object", file=path, line=line)

@@ -21,62 +21,89 @@ class TaskData:
     extra_train: dict[str, int] = field(default_factory=dict)  # data.extra_train file -> examples it added
 
 
-def load_task_data(ls: LoadedSuite) -> TaskData:
-    s, d = ls.suite, ls.suite.data
-    is_clf = s.has_labels
+def load_task_data(loaded: LoadedSuite) -> TaskData:
+    """The splits, labels and knowledge base of a suite: read (files or a loader), deduplicated,
+    subsampled, extended with extra train files, and checked (ids, labels, documents)."""
+    s = loaded.suite
     files: list[Path] = []
-    kb = None
     notes: list[str] = []
+    train, val, test, kb = _read_splits(loaded, files, notes)
+    train, val, test = _deduplicate(loaded, train, val, test, notes)
+    d = s.data
+    train = subsample(train, d.max_train_examples, seed=s.seed, stratify=s.has_labels)
+    if d.validation_split and not val:
+        train, _, val = split_examples(train, fractions=(0.0, d.validation_split), seed=s.seed, stratify=s.has_labels)
+        notes.append(f"held out {len(val)} train rows for validation")
+    test = subsample(test, d.max_test_examples, seed=s.seed, stratify=s.has_labels)
+    train, extra = _add_extra_train(loaded, train, val + test, files, notes)
+    every = train + val + test
+    _check_ids(every, loaded.path)
+    labels = _labels(loaded, every) if s.has_labels else None
+    kb = _knowledge_base(loaded, kb, every, files)
+    return TaskData(splits=Splits(train, val, test, notes), kb=kb, labels=labels, files=files, extra_train=extra)
+
+
+def _read_splits(loaded: LoadedSuite, files: list[Path], notes: list[str]):
+    """(train, validation, test, knowledge base from a loader or None) as the suite names them:
+    a loader, one file split here, or three files."""
+    s, d = loaded.suite, loaded.suite.data
 
     def read(spec, field):
-        p = ls.resolve(spec.path, f"data.{field}.path")
+        p = loaded.resolve(spec.path, f"data.{field}.path")
         files.append(p)
         return read_examples(p, task=s.task, fmt=spec.format, fields=spec.fields)
 
     if d.loader:
-        train, val, test, kb = run_loader(d.loader, d.loader_args, suite_path=ls.path,
-                                          resolve=lambda p, f: ls.resolve(p, f), seed=s.seed)
-        files.append(ls.resolve(d.loader_args.get("path", "."), "data.loader_args.path"))
-    elif d.file:
+        train, val, test, kb = run_loader(d.loader, d.loader_args, suite_path=loaded.path,
+                                          resolve=lambda p, f: loaded.resolve(p, f), seed=s.seed)
+        files.append(loaded.resolve(d.loader_args.get("path", "."), "data.loader_args.path"))
+        return train, val, test, kb
+    if d.file:
         every = read(d.file, "file")
         if d.dedup:
             every, n = dedup(every)
             if n:
                 notes.append(f"dropped {n} duplicate rows from {d.file.path}")
         train, val, test = split_examples(every, fractions=(d.split.validation, d.split.test),
-                                          seed=d.split.seed, stratify=is_clf)
-        notes.append(f"split {d.file.path} with seed {d.split.seed}" + (" (stratified by label)" if is_clf else ""))
-    else:
-        train = read(d.train, "train")
-        val = read(d.validation, "validation") if d.validation else []
-        test = read(d.test, "test")
+                                          seed=d.split.seed, stratify=s.has_labels)
+        notes.append(f"split {d.file.path} with seed {d.split.seed}" + (" (stratified by label)" if s.has_labels else ""))
+        return train, val, test, None
+    return (read(d.train, "train"), read(d.validation, "validation") if d.validation else [], read(d.test, "test"),
+            None)
 
-    if d.dedup and not d.file:
+
+def _deduplicate(loaded: LoadedSuite, train, val, test, notes: list[str]):
+    """Duplicates within each split, then test questions that train also asks (leakage)."""
+    d = loaded.suite.data
+    if not d.dedup:
+        return train, val, test
+    if not d.file:  # one file was deduplicated before it was split
         for name, part in (("train", train), ("validation", val), ("test", test)):
             kept, n = dedup(part)
             if n:
                 notes.append(f"dropped {n} duplicate rows from {name}")
             part[:] = kept
-    if d.dedup:
-        seen = {normalize_text(e.input) for e in train}
-        before = len(test)
-        test = [e for e in test if normalize_text(e.input) not in seen]
-        if before - len(test):
-            notes.append(f"dropped {before - len(test)} test rows whose question also appears in train")
-        if not test:
-            raise UserError("every test question also appears in train", file=ls.path, field="data.test")
+    seen = {normalize_text(e.input) for e in train}
+    before = len(test)
+    test = [e for e in test if normalize_text(e.input) not in seen]
+    if before - len(test):
+        notes.append(f"dropped {before - len(test)} test rows whose question also appears in train")
+    if not test:
+        raise UserError("every test question also appears in train", file=loaded.path, field="data.test")
+    return train, val, test
 
-    train = subsample(train, d.max_train_examples, seed=s.seed, stratify=is_clf)
-    if d.validation_split and not val:
-        train, _, val = split_examples(train, fractions=(0.0, d.validation_split), seed=s.seed, stratify=is_clf)
-        notes.append(f"held out {len(val)} train rows for validation")
-    test = subsample(test, d.max_test_examples, seed=s.seed, stratify=is_clf)
+
+def _add_extra_train(loaded: LoadedSuite, train: list[Example], held_out: list[Example], files: list[Path],
+                     notes: list[str]) -> tuple[list[Example], dict[str, int]]:
+    """data.extra_train files (production feedback, say) appended to train, minus questions
+    the validation or test splits ask and ids train already has."""
+    s = loaded.suite
     extra: dict[str, int] = {}
-    for i, spec in enumerate(d.extra_train):
-        p = ls.resolve(spec.path, f"data.extra_train.{i}.path")
+    held = {normalize_text(e.input) for e in held_out}
+    for i, spec in enumerate(s.data.extra_train):
+        p = loaded.resolve(spec.path, f"data.extra_train.{i}.path")
         files.append(p)
         rows = read_examples(p, task=s.task, fmt=spec.format, fields=spec.fields)
-        held = {normalize_text(e.input) for e in val + test}
         have = {e.id for e in train}
         kept = []
         for e in rows:
@@ -90,42 +117,53 @@ def load_task_data(ls: LoadedSuite) -> TaskData:
         dropped = len(rows) - len(kept)
         notes.append(f"added {len(kept)} training examples from {spec.path}"
                      + (f" (dropped {dropped}: question in validation/test, or already in train)" if dropped else ""))
-    _check_ids(train + val + test, ls.path)
+    return train, extra
 
-    labels = None
-    if is_clf:
-        labels = s.labels or sorted({e.label for e in train + val + test if e.label})
-        allowed = set(labels)
-        for e in train + val + test:
-            if e.label not in allowed:
-                f, _, ln = e.origin.rpartition(":")
-                raise UserError(f"'{e.label}' is not one of the suite's labels", file=f or None,
-                                line=int(ln) if ln.isdigit() else None, field="label")
 
+def _where(e: Example) -> dict:
+    """file and line of an example, for a UserError."""
+    f, _, ln = e.origin.rpartition(":")
+    return {"file": f or None, "line": int(ln) if ln.isdigit() else None}
+
+
+def _labels(loaded: LoadedSuite, every: list[Example]) -> list[str]:
+    """The suite's labels (or those the data uses); a label outside them names its line."""
+    labels = loaded.suite.labels or sorted({e.label for e in every if e.label})
+    allowed = set(labels)
+    for e in every:
+        if e.label not in allowed:
+            raise UserError(f"'{e.label}' is not one of the suite's labels", **_where(e), field="label")
+    return labels
+
+
+def _knowledge_base(loaded: LoadedSuite, kb: KnowledgeBase | None, every: list[Example],
+                    files: list[Path]) -> KnowledgeBase | None:
+    """The suite's knowledge base (a folder, or the loader's documents), checked against the
+    arms that retrieve and the gold document ids of the examples."""
+    s = loaded.suite
     if s.knowledge_base and s.knowledge_base != "loader":
-        kb = read_knowledge_base(ls.resolve(s.knowledge_base, "knowledge_base"), suite_path=ls.path)
-        files.append(ls.resolve(s.knowledge_base, "knowledge_base"))
+        folder = loaded.resolve(s.knowledge_base, "knowledge_base")
+        kb = read_knowledge_base(folder, suite_path=loaded.path)
+        files.append(folder)
     elif s.knowledge_base == "loader" and kb is None:
-        raise UserError("is 'loader' but the data loader provides no documents", file=ls.path, field="knowledge_base")
-    if kb is None and any(getattr(cfg, "needs_knowledge_base", False) for _, cfg in ls.arms.values()):
-        raise UserError("a retrieval strategy is listed but there is no knowledge base", file=ls.path, field="knowledge_base")
-
+        raise UserError("is 'loader' but the data loader provides no documents", file=loaded.path, field="knowledge_base")
+    if kb is None and any(getattr(cfg, "needs_knowledge_base", False) for _, cfg in loaded.arms.values()):
+        raise UserError("a retrieval strategy is listed but there is no knowledge base", file=loaded.path,
+                        field="knowledge_base")
     if kb is not None:
         known = {doc.id for doc in kb.documents}
-        for e in train + val + test:
+        for e in every:
             for c in e.context_ids:
                 if c not in known:
-                    f, _, ln = e.origin.rpartition(":")
-                    raise UserError(f"document '{c}' is not in the knowledge base", file=f or None,
-                                    line=int(ln) if ln.isdigit() else None, field="context_ids")
-    return TaskData(splits=Splits(train, val, test, notes), kb=kb, labels=labels, files=files, extra_train=extra)
+                    raise UserError(f"document '{c}' is not in the knowledge base", **_where(e), field="context_ids")
+    return kb
 
 
 def _check_ids(examples: list[Example], suite_path: Path) -> None:
     seen: dict[str, str] = {}
     for e in examples:
         if e.id in seen:
-            f, _, ln = e.origin.rpartition(":")
-            raise UserError(f"duplicate id '{e.id}' (first seen at {seen[e.id]})", file=f or suite_path,
-                            line=int(ln) if ln.isdigit() else None, field="id")
+            w = _where(e)
+            raise UserError(f"duplicate id '{e.id}' (first seen at {seen[e.id]})", file=w["file"] or suite_path,
+                            line=w["line"], field="id")
         seen[e.id] = e.origin

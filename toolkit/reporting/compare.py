@@ -11,16 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.errors import UserError
-from toolkit.runs import atomic_write, load_run
+from toolkit.reporting.decision import primary_metric
+from toolkit.runs import RunDir, atomic_write, load_run
 from toolkit.scoring.stats import N_BOOTSTRAP, paired_bootstrap, per_example
 
 EXIT_REGRESSION = 3
-
-
-def _load(path: Path) -> tuple[dict, list[dict]]:
-    if not (path / "results.json").exists():
-        raise UserError("not a run directory (no results.json)", file=path)
-    return load_run(path)
 
 
 def unpaired_bootstrap(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[float, float, float, float]:
@@ -36,16 +31,16 @@ def unpaired_bootstrap(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[flo
 def compare_runs(paths: list[Path]) -> dict:
     """Per later run, arm and metric: the difference to the baseline with a 95% CI
     (paired on the examples both runs scored, else unpaired), and a regression flag."""
-    runs = [(p, *_load(p)) for p in paths]
+    runs = [(p, *load_run(p)) for p in paths]
     base_path, base, base_samples = runs[0]
     rows = []
     for path, res, samples in runs[1:]:
-        for arm, b_arm in base["strategies"].items():
-            o_arm = res["strategies"].get(arm)
-            if b_arm.get("status") != "success" or not o_arm or o_arm.get("status") != "success":
+        for arm, b_arm in base.strategies.items():
+            o_arm = res.strategies.get(arm)
+            if not b_arm.ok or not o_arm or not o_arm.ok:
                 continue
-            for metric, bm in b_arm["metrics"].items():
-                if metric not in o_arm["metrics"]:
+            for metric, bm in b_arm.metrics.items():
+                if metric not in o_arm.metrics:
                     continue
                 xs = per_example(base_samples, metric).get(arm, {})
                 ys = per_example(samples, metric).get(arm, {})
@@ -60,16 +55,15 @@ def compare_runs(paths: list[Path]) -> dict:
                     how = "unpaired: no shared examples"
                 else:
                     continue
-                hib = bm.get("higher_is_better", True)
+                hib = bm.higher_is_better
                 regression = (hi < 0) if hib else (lo > 0)
                 improvement = (lo > 0) if hib else (hi < 0)
                 rows.append({"run": str(path), "arm": arm, "metric": metric, "baseline": float(x.mean()), "value": float(y.mean()),
                              "diff": d, "ci_low": lo, "ci_high": hi, "p": p, "n": len(common) if len(common) >= 2 else None,
                              "how": how, "higher_is_better": hib, "regression": regression, "improvement": improvement})
-    training = [{"run": str(p), "train": (r.get("data") or {}).get("train"),
-                 "extra_train": (r.get("data") or {}).get("extra_train") or {}} for p, r, _ in runs]
+    training = [{"run": str(p), "train": r.data.train, "extra_train": r.data.extra_train} for p, r, _ in runs]
     return {"baseline": str(base_path), "runs": [str(p) for p in paths],
-            "suites": [r[1]["suite"] for r in runs], "rows": rows, "training": training}
+            "suites": [r.suite for _, r, _ in runs], "rows": rows, "training": training}
 
 
 def training_lines(cmp: dict) -> list[str]:
@@ -115,15 +109,12 @@ def list_runs(root: Path) -> list[dict]:
     out = []
     for d in sorted(root.glob("*/results.json")):
         try:
-            r = json.loads(d.read_text())
-        except (OSError, json.JSONDecodeError):
+            r = RunDir(d.parent).results()
+        except UserError:  # a damaged or foreign folder is not a run to list
             continue
-        if "strategies" not in r:
-            continue
-        metric = next((m for m in r.get("metrics_order", [])
-                       if any(m in (a.get("metrics") or {}) for a in r["strategies"].values())), None)
-        arms = {n: (a.get("metrics") or {}).get(metric, {}).get("mean") for n, a in r["strategies"].items()}
-        out.append({"run": str(d.parent), "suite": r.get("suite"), "status": r.get("status"), "started": r.get("started"),
-                    "metric": metric, "arms": {n: v for n, v in arms.items() if v is not None and not math.isnan(v)},
-                    "n": (r.get("data") or {}).get("test_scored")})
+        metric = primary_metric(r)
+        arms = {n: a.metrics[metric].mean for n, a in r.ok_arms().items() if metric in a.metrics}
+        out.append({"run": str(d.parent), "suite": r.suite, "status": r.status, "started": r.started,
+                    "metric": metric, "arms": {n: v for n, v in arms.items() if not math.isnan(v)},
+                    "n": r.data.test_scored})
     return out

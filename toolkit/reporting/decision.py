@@ -1,4 +1,4 @@
-"""The recommendation: a weighted score over criteria, computed from results.json,
+"""The recommendation: a weighted score over criteria, computed from the run record,
 plus a sensitivity sweep showing at which weights the choice would change."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import numpy as np
 
 # Quality dominates unless arms are close: costs separate arms whose quality is similar.
 from toolkit.config import DEFAULT_WEIGHTS  # the schema validates them; the decision weighs them
+from toolkit.records import ArmCost, RunResults
 CRITERIA_HELP = {
     "quality": "the suite's first metric (higher is better)",
     "latency": "seconds one caller waits per answer (an API arm's p50 per request; a local arm's one-at-a-time p50)",
@@ -40,38 +41,36 @@ def parse_weights(text: str | None) -> dict[str, float]:
     return out
 
 
-def criteria(results: dict) -> dict[str, dict[str, float | None]]:
+def criteria(results: RunResults) -> dict[str, dict[str, float | None]]:
     """arm -> criterion -> raw value (None: the arm cannot do it)."""
     metric = primary_metric(results)
-    ok = {n: r for n, r in results["strategies"].items() if r.get("status") == "success" and metric in r["metrics"]}
-    unit = cost_unit({n: r["cost"] for n, r in ok.items()})
+    ok = {n: a for n, a in results.ok_arms().items() if metric in a.metrics}
+    unit = cost_unit({n: a.cost for n, a in ok.items()})
     out = {}
-    for name, r in results["strategies"].items():
-        if r.get("status") != "success" or metric not in r["metrics"]:
-            continue
-        c, info, t = r["cost"], r.get("info", {}), r["type"]
-        br = c.get("setup_breakdown_s", {})
-        m = r["metrics"][metric]
-        quality = m["mean"] if m.get("higher_is_better", True) else -m["mean"]
+    for name, a in ok.items():
+        c, info, t = a.cost, a.info, a.type
+        br = c.setup_breakdown_s
+        m = a.metrics[metric]
+        quality = m.mean if m.higher_is_better else -m.mean
         if t in ("rag", "rag_finetune"):
-            update = br.get("index", c["setup_s"])  # new documents: re-index
+            update = br.get("index", c.setup_s)  # new documents: re-index
         elif t == "finetune":
-            update = br.get("training", c["setup_s"])  # new facts: re-train
+            update = br.get("training", c.setup_s)  # new facts: re-train
         elif t == "few_shot":
             update = br.get("embed_pool", 0.0)  # new solved examples join the pool
         else:
             update = None  # zero_shot cannot absorb anything new
-        data = {"zero_shot": 0, "rag": 0}.get(t, info.get("train_examples", info.get("pool_size", 0)))
-        wait = c["latency_p50_s"] if c.get("latency_kind") == "per request" else c.get("single_request_latency_s",
-                                                                                           c["latency_p50_s"])
+        data = {"zero_shot": 0, "rag": 0}.get(t, info.train_examples if info.train_examples is not None
+                                                 else (info.pool_size or 0))
+        wait = c.alone_s if c.alone_s is not None else c.latency_p50_s
         out[name] = {"quality": quality, "latency": wait, "cost_per_query": query_cost(c, unit),
                      "setup": setup_cost(c, unit), "knowledge_update": update, "data_needed": float(data)}
     return out
 
 
-def primary_metric(results: dict) -> str | None:
-    arms = [r for r in results["strategies"].values() if r.get("status") == "success"]
-    return next((m for m in results.get("metrics_order", []) if any(m in r["metrics"] for r in arms)), None)
+def primary_metric(results: RunResults) -> str | None:
+    arms = list(results.ok_arms().values())
+    return next((m for m in results.metrics_order if any(m in a.metrics for a in arms)), None)
 
 
 def normalise(values: dict[str, float | None], higher_is_better: bool, log: bool) -> dict[str, float]:
@@ -96,7 +95,7 @@ class Decision:
     weights: dict[str, float]
 
 
-def decide(results: dict, weights: dict[str, float] | None = None) -> Decision | None:
+def decide(results: RunResults, weights: dict[str, float] | None = None) -> Decision | None:
     raw = criteria(results)
     if not raw:
         return None
@@ -111,7 +110,7 @@ def decide(results: dict, weights: dict[str, float] | None = None) -> Decision |
     return Decision(winner, scores, norm, raw, w)
 
 
-def sensitivity(results: dict, weights: dict[str, float] | None = None, steps: int = 21) -> list[dict]:
+def sensitivity(results: RunResults, weights: dict[str, float] | None = None, steps: int = 21) -> list[dict]:
     """For each criterion: sweep its weight from 0 to 1 (the others keep their proportions)
     and report where the recommended arm changes."""
     base = {**DEFAULT_WEIGHTS, **(weights or {})}
@@ -135,26 +134,26 @@ def sensitivity(results: dict, weights: dict[str, float] | None = None, steps: i
 DEFAULT_EXPECTED_QUERIES = 10_000
 
 
-def cost_unit(costs: dict[str, dict]) -> str:
+def cost_unit(costs: dict[str, ArmCost]) -> str:
     """'usd' when every arm has a price (API token prices or compute $/h), else 's' (seconds:
     compute time for a local arm, request time for an API arm)."""
-    return "usd" if costs and all("usd_per_1k_queries" in c and "setup_usd" in c for c in costs.values()) else "s"
+    return "usd" if costs and all(c.priced for c in costs.values()) else "s"
 
 
-def setup_cost(c: dict, unit: str) -> float:
-    return c["setup_usd"] if unit == "usd" else c["setup_s"]
+def setup_cost(c: ArmCost, unit: str) -> float:
+    return c.setup_usd if unit == "usd" else c.setup_s
 
 
-def query_cost(c: dict, unit: str) -> float:
-    return c["usd_per_1k_queries"] / 1000 if unit == "usd" else c["compute_s_per_answer"]
+def query_cost(c: ArmCost, unit: str) -> float:
+    return c.usd_per_1k_queries / 1000 if unit == "usd" else c.compute_s_per_answer
 
 
-def total_cost(c: dict, n: int, unit: str) -> float:
+def total_cost(c: ArmCost, n: int, unit: str) -> float:
     """Setup once plus n answers."""
     return setup_cost(c, unit) + n * query_cost(c, unit)
 
 
-def break_even(cheap_setup: dict, cheap_query: dict, unit: str) -> float | None:
+def break_even(cheap_setup: ArmCost, cheap_query: ArmCost, unit: str) -> float | None:
     """Queries after which the arm that is cheap per query has paid back its higher setup;
     None when one arm is cheaper on both counts."""
     ds = setup_cost(cheap_query, unit) - setup_cost(cheap_setup, unit)

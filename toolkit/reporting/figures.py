@@ -7,6 +7,8 @@ import io
 
 import numpy as np
 
+from toolkit.records import ArmResult, ConfusionMatrix, MetricValue, Sample
+
 ARM_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C",
               "#CCB974", "#64B5CD"]
 
@@ -33,8 +35,8 @@ def _svg(fig) -> str:
     return svg[svg.index("<svg"):]
 
 
-def _yerr(v: dict) -> list[list[float]]:
-    return [[max(0.0, v["mean"] - v["ci_low"])], [max(0.0, v["ci_high"] - v["mean"])]]
+def _yerr(v: MetricValue) -> list[list[float]]:
+    return [[max(0.0, v.mean - v.ci_low)], [max(0.0, v.ci_high - v.mean)]]
 
 
 def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
@@ -46,21 +48,21 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
     return sorted(front, key=lambda a: points[a][0])
 
 
-def quality_scatter(arms: dict, metric: str, label: str, colors: dict, *, x_key: str, x_label: str,
+def quality_scatter(arms: dict[str, ArmResult], metric: str, label: str, colors: dict, *, x_key: str, x_label: str,
                     title: str, scale: float = 1.0, mark_pareto: bool = False) -> str:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.8))
     pts = {}
     for n, r in arms.items():
-        if metric not in r["metrics"]:
+        if metric not in r.metrics:
             continue
-        v, x = r["metrics"][metric], r["cost"][x_key] * scale
-        pts[n] = (x, v["mean"] if v.get("higher_is_better", True) else -v["mean"])
-        ax.errorbar([x], [v["mean"]], yerr=_yerr(v), fmt="o", color=colors[n], capsize=4, markersize=8)
-        ax.annotate(n, (x, v["mean"]), textcoords="offset points", xytext=(7, 5), fontsize=9)
+        v, x = r.metrics[metric], getattr(r.cost, x_key) * scale
+        pts[n] = (x, v.mean if v.higher_is_better else -v.mean)
+        ax.errorbar([x], [v.mean], yerr=_yerr(v), fmt="o", color=colors[n], capsize=4, markersize=8)
+        ax.annotate(n, (x, v.mean), textcoords="offset points", xytext=(7, 5), fontsize=9)
     if mark_pareto and len(pts) > 1:
         front = pareto_front(pts)
-        ax.plot([pts[a][0] for a in front], [arms[a]["metrics"][metric]["mean"] for a in front], "--",
+        ax.plot([pts[a][0] for a in front], [arms[a].metrics[metric].mean for a in front], "--",
                 color="#888", lw=1, zorder=0, label="Pareto front (nothing is cheaper and better)")
         ax.legend(fontsize=8, loc="lower right", frameon=False)
     ax.margins(x=0.2, y=0.15)
@@ -71,17 +73,17 @@ def quality_scatter(arms: dict, metric: str, label: str, colors: dict, *, x_key:
     return _svg(fig)
 
 
-def metric_bars(arms: dict, metrics: list[str], labels: dict, colors: dict) -> str:
+def metric_bars(arms: dict[str, ArmResult], metrics: list[str], labels: dict, colors: dict) -> str:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.0))
     width = 0.8 / max(1, len(arms))
     for i, (n, r) in enumerate(arms.items()):
         xs, ys, lo, hi = [], [], [], []
         for j, m in enumerate(metrics):
-            if m in r["metrics"]:
-                v = r["metrics"][m]
+            if m in r.metrics:
+                v = r.metrics[m]
                 xs.append(j + i * width)
-                ys.append(v["mean"])
+                ys.append(v.mean)
                 e = _yerr(v)
                 lo.append(e[0][0])
                 hi.append(e[1][0])
@@ -96,16 +98,16 @@ def metric_bars(arms: dict, metrics: list[str], labels: dict, colors: dict) -> s
     return _svg(fig)
 
 
-def hit_at_k_curve(samples: list[dict], colors: dict) -> str | None:
+def hit_at_k_curve(samples: list[Sample], colors: dict) -> str | None:
     """Share of questions whose gold document is among the first k retrieved documents."""
     by_arm: dict[str, list[tuple[list[str], set]]] = {}
     for s in samples:
-        if s.get("contexts") and s.get("context_ids"):
+        if s.contexts and s.context_ids:
             ranked = []
-            for c in s["contexts"]:
-                if c["doc_id"] not in ranked:
-                    ranked.append(c["doc_id"])
-            by_arm.setdefault(s["strategy"], []).append((ranked, set(s["context_ids"])))
+            for c in s.contexts:
+                if c.doc_id not in ranked:
+                    ranked.append(c.doc_id)
+            by_arm.setdefault(s.strategy, []).append((ranked, set(s.context_ids)))
     if not by_arm:
         return None
     plt = _plt()
@@ -125,8 +127,8 @@ def hit_at_k_curve(samples: list[dict], colors: dict) -> str | None:
     return _svg(fig)
 
 
-def latency_distribution(samples: list[dict], arms: list[str], colors: dict) -> str | None:
-    data = {a: [s["latency_s"] for s in samples if s["strategy"] == a] for a in arms}
+def latency_distribution(samples: list[Sample], arms: list[str], colors: dict) -> str | None:
+    data = {a: [s.latency_s for s in samples if s.strategy == a] for a in arms}
     data = {a: v for a, v in data.items() if v}
     if not data:
         return None
@@ -144,8 +146,8 @@ def latency_distribution(samples: list[dict], arms: list[str], colors: dict) -> 
     return _svg(fig)
 
 
-def loss_curves(arms: dict, colors: dict) -> str | None:
-    curves = {n: r["info"]["history"] for n, r in arms.items() if r.get("info", {}).get("history")}
+def loss_curves(arms: dict[str, ArmResult], colors: dict) -> str | None:
+    curves = {n: r.info.history for n, r in arms.items() if r.info.history}
     if not curves:
         return None
     plt = _plt()
@@ -165,19 +167,19 @@ def loss_curves(arms: dict, colors: dict) -> str | None:
     return _svg(fig)
 
 
-def confusion(cm: dict, title: str) -> str:
+def confusion(cm: ConfusionMatrix, title: str) -> str:
     plt = _plt()
-    m = np.array(cm["matrix"], dtype=float)
-    n = len(cm["labels"])
+    m = np.array(cm.matrix, dtype=float)
+    n = len(cm.labels)
     size = min(9.0, 2.5 + 0.28 * n)
     fig, ax = plt.subplots(figsize=(size + 0.6, size))
     ax.imshow(m, cmap="Blues", aspect="auto")
     ticks = n <= 30
-    ax.set_xticks(range(len(cm["columns"])) if ticks else [])
+    ax.set_xticks(range(len(cm.columns)) if ticks else [])
     ax.set_yticks(range(n) if ticks else [])
     if ticks:
-        ax.set_xticklabels(cm["columns"], rotation=60, ha="right", fontsize=7)
-        ax.set_yticklabels(cm["labels"], fontsize=7)
+        ax.set_xticklabels(cm.columns, rotation=60, ha="right", fontsize=7)
+        ax.set_yticklabels(cm.labels, fontsize=7)
     if n <= 12:
         for i in range(n):
             for j in range(m.shape[1]):

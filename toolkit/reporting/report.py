@@ -7,12 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from toolkit.records import ArmInfo, ArmResult, Context, MetricValue, RunResults, Sample
 from toolkit.reporting import figures as F
 from toolkit.reporting.decision import (CRITERIA_HELP, DEFAULT_EXPECTED_QUERIES, break_even, cost_unit, decide, fmt_cost,
                               primary_metric, query_cost, sensitivity, setup_cost, total_cost)
-from toolkit.runs import atomic_write, load_run
+from toolkit.runs import RunDir, atomic_write
 from toolkit.scoring.registry import METRICS
 from toolkit.scoring.stats import compare_arms
 
@@ -20,28 +19,24 @@ LABELS = {n: m.label for n, m in METRICS.items()}
 UNBOUNDED = {n for n, m in METRICS.items() if not m.bounded}  # not on a 0-1 scale: kept out of the bar chart
 
 
-def ok_arms(results: dict) -> dict[str, dict]:
-    return {n: r for n, r in results["strategies"].items() if r.get("status") == "success"}
-
-
-def headline_metrics(results: dict, n: int = 4) -> list[str]:
-    arms = ok_arms(results)
-    present = [m for m in results.get("metrics_order", []) if any(m in r["metrics"] for r in arms.values())]
+def headline_metrics(results: RunResults, n: int = 4) -> list[str]:
+    arms = results.ok_arms()
+    present = [m for m in results.metrics_order if any(m in r.metrics for r in arms.values())]
     return present[:n]
 
 
-def fmt_ci(m: dict | None, digits: int = 3) -> str:
+def fmt_ci(m: MetricValue | None, digits: int = 3) -> str:
     if not m:
         return "n/a"
-    return f"{m['mean']:.{digits}f} [{m['ci_low']:.{digits}f}, {m['ci_high']:.{digits}f}]"
+    return f"{m.mean:.{digits}f} [{m.ci_low:.{digits}f}, {m.ci_high:.{digits}f}]"
 
 
-def fmt_mean(m: dict | None, digits: int = 2) -> str:
-    return f"{m['mean']:.{digits}f}" if m else "n/a"
+def fmt_mean(m: MetricValue | None, digits: int = 2) -> str:
+    return f"{m.mean:.{digits}f}" if m else "n/a"
 
 
-def fmt_interval(m: dict | None, digits: int = 2) -> str:
-    return f"[{m['ci_low']:.{digits}f}, {m['ci_high']:.{digits}f}]" if m else ""
+def fmt_interval(m: MetricValue | None, digits: int = 2) -> str:
+    return f"[{m.ci_low:.{digits}f}, {m.ci_high:.{digits}f}]" if m else ""
 
 
 def fmt_p(p: float) -> str:
@@ -49,17 +44,9 @@ def fmt_p(p: float) -> str:
     return f"<{1 / N_BOOTSTRAP:.1g}" if p == 0 else f"{p:.2g}"
 
 
-def model_label(a: dict) -> str:
+def model_label(a: ArmResult) -> str:
     """'tiny (openai, http://...)' or 'smollm2-135m-instruct + LoRA adapter (transformers, cpu/bfloat16)'."""
-    m = a.get("model")
-    return f"{m['model']} ({m['backend']}, {m['where']})" if m else "—"
-
-
-def alone_s(a: dict) -> float | None:
-    """What one caller waits for one answer: an API arm's per-request p50, a local arm's
-    measured one-at-a-time latency (None for runs older than that measurement)."""
-    c = a["cost"]
-    return c["latency_p50_s"] if c.get("latency_kind") == "per request" else c.get("single_request_latency_s")
+    return a.model.label if a.model else "—"
 
 
 def fmt_s(x: float | None) -> str:
@@ -70,15 +57,17 @@ def fmt_s(x: float | None) -> str:
 
 # --- the recommendation ----------------------------------------------------------
 
-def recommendation(results: dict, samples: list[dict], weights: dict[str, float] | None = None) -> list[str]:
-    """Two to four plain sentences generated from the numbers."""
+def recommendation(results: RunResults, samples: list[Sample], weights: dict[str, float] | None = None) -> list[str]:
+    """Two to four plain sentences generated from the numbers: the choice and why, what it
+    costs, the best-scoring or cheaper alternative, and the weights. One function: every
+    sentence reads the same decision, paired differences and costs."""
     d = decide(results, weights)
     metric = primary_metric(results)
     if d is None or metric is None:
         return ["No arm finished, so there is nothing to recommend."]
-    arms = ok_arms(results)
+    arms = results.ok_arms()
     name = LABELS.get(metric, metric)
-    hib = arms[d.winner]["metrics"][metric].get("higher_is_better", True)
+    hib = arms[d.winner].metrics[metric].higher_is_better
     pairs = {(p.a, p.b): p for p in compare_arms(samples, metric, list(d.raw), seed=0)}
 
     def diff(a, b):  # a − b on the shared examples: (diff, lo, hi, tied, p)
@@ -91,11 +80,11 @@ def recommendation(results: dict, samples: list[dict], weights: dict[str, float]
         return None
 
     def q(a):
-        m = arms[a]["metrics"][metric]
-        return f"{name} {m['mean']:.2f}, 95% CI {m['ci_low']:.2f}–{m['ci_high']:.2f}"
+        m = arms[a].metrics[metric]
+        return f"{name} {m.mean:.2f}, 95% CI {m.ci_low:.2f}–{m.ci_high:.2f}"
 
-    win, c = d.winner, arms[d.winner]["cost"]
-    best = (max if hib else min)(d.raw, key=lambda a: arms[a]["metrics"][metric]["mean"])
+    win, c = d.winner, arms[d.winner].cost
+    best = (max if hib else min)(d.raw, key=lambda a: arms[a].metrics[metric].mean)
     tied_with_best = [a for a in d.raw if a != best and (diff(best, a) or (0, 0, 0, False, 1))[3]]
     others = [a for a in d.raw if a != win]
     if win == best:
@@ -109,26 +98,26 @@ def recommendation(results: dict, samples: list[dict], weights: dict[str, float]
         why = f"it answers as well as the best arm within the margin of error ({q(win)}) and costs less"
     else:
         why = f"under these weights its lower cost outweighs its lower quality ({q(win)})"
-    money = (f" (${c['setup_usd']:.2f} once, ${c['usd_per_1k_queries']:.2f} per 1,000 queries at "
-             f"{c['usd_source']})") if "usd_per_1k_queries" in c and "setup_usd" in c else ""
-    per = "of compute" if arms[win]["cost"].get("latency_kind") != "per request" else "of request time"
-    one = alone_s(arms[win])
+    money = (f" (${c.setup_usd:.2f} once, ${c.usd_per_1k_queries:.2f} per 1,000 queries at "
+             f"{c.usd_source})") if c.priced else ""
+    per = "of compute" if c.latency_kind != "per request" else "of request time"
+    one = c.alone_s
     out = [f"Use {win}: {why}.",
-           f"It takes {fmt_s(c['setup_s'])} to set up once, then about {fmt_s(c['compute_s_per_answer'] * 1000)} {per} "
+           f"It takes {fmt_s(c.setup_s)} to set up once, then about {fmt_s(c.compute_s_per_answer * 1000)} {per} "
            f"per 1,000 queries{money}" + (f"; one caller waits about {fmt_s(one)} per answer." if one is not None else ".")]
-    n_q = int(results.get("expected_queries") or DEFAULT_EXPECTED_QUERIES)
-    unit = cost_unit({a: arms[a]["cost"] for a in d.raw})
+    n_q = int(results.expected_queries or DEFAULT_EXPECTED_QUERIES)
+    unit = cost_unit({a: arms[a].cost for a in d.raw})
     if win != best:
         dd = diff(best, win)
-        bc = arms[best]["cost"]
+        bc = arms[best].cost
         verdict = ("statistically tied with it" if dd and dd[3] else
                    f"better by {abs(dd[0]):.2f} (95% CI {min(abs(dd[1]), abs(dd[2])):.2f}–{max(abs(dd[1]), abs(dd[2])):.2f})" if dd else "")
-        out.append(f"{best} scores highest ({q(best)}), {verdict}, but takes {fmt_s(bc['setup_s'])} to set up and "
-                   f"{fmt_s(bc['compute_s_per_answer'] * 1000)} per 1,000 queries.")
+        out.append(f"{best} scores highest ({q(best)}), {verdict}, but takes {fmt_s(bc.setup_s)} to set up and "
+                   f"{fmt_s(bc.compute_s_per_answer * 1000)} per 1,000 queries.")
     elif tied_with_best:
         # cheaper means cheaper over the expected volume (setup plus answers), never on setup alone
-        cheap = min(tied_with_best, key=lambda a: total_cost(arms[a]["cost"], n_q, unit))
-        ac = arms[cheap]["cost"]
+        cheap = min(tied_with_best, key=lambda a: total_cost(arms[a].cost, n_q, unit))
+        ac = arms[cheap].cost
         basis = "" if unit == "usd" else " of compute"
         if total_cost(ac, n_q, unit) < total_cost(c, n_q, unit):
             be = break_even(ac, c, unit)
@@ -147,24 +136,24 @@ def recommendation(results: dict, samples: list[dict], weights: dict[str, float]
                            f"({n_q:,} expected).")
     top = ", ".join(f"{k.replace('_', ' ')} {v:.0%}" for k, v in sorted(d.weights.items(), key=lambda kv: -kv[1]) if v > 0)
     volume = (f"{n_q:,} expected queries (decision.expected_queries"
-              + (", the default" if results.get("expected_queries_is_default", True) else "") + ")")
+              + (", the default" if results.expected_queries_is_default else "") + ")")
     out.append(f"(Weights: {top}; costs compared over {volume}. The sensitivity table shows when the choice would change.)")
     return out
 
 
 # --- what the report shows -------------------------------------------------------
 
-def breakdown(samples: list[dict], metric: str, fields: list[str], arms: list[str]) -> dict[str, list[dict]]:
+def breakdown(samples: list[Sample], metric: str, fields: list[str], arms: list[str]) -> dict[str, list[dict]]:
     """field -> rows of {value, n, arm: mean}."""
     out = {}
     for f in fields:
         groups: dict[str, dict[str, list[float]]] = {}
         for s in samples:
-            v = (s.get("metadata") or {}).get(f)
-            sc = (s.get("scores") or {}).get(metric)
+            v = s.metadata.get(f)
+            sc = s.score(metric)
             if v is None or sc is None:
                 continue
-            groups.setdefault(str(v), {}).setdefault(s["strategy"], []).append(float(sc))
+            groups.setdefault(str(v), {}).setdefault(s.strategy, []).append(sc)
         if len(groups) > 1:
             out[f] = [{"value": v, "n": max(len(x) for x in g.values()),
                        **{a: (sum(g[a]) / len(g[a]) if g.get(a) else None) for a in arms}}
@@ -172,38 +161,36 @@ def breakdown(samples: list[dict], metric: str, fields: list[str], arms: list[st
     return out
 
 
-def quotes_passage(output: str, contexts: list[dict], n: int = 60) -> bool:
+def quotes_passage(output: str, contexts: list[Context], n: int = 60) -> bool:
     """The answer's first `n` characters (whitespace-normalised) appear in one of its passages."""
     head = " ".join(output.split())[:n]
-    return bool(head) and any(head in " ".join((c.get("text") or "").split()) for c in contexts)
+    return bool(head) and any(head in " ".join(c.text.split()) for c in contexts)
 
 
-def retrieval_split(samples: list[dict], metric: str, arms: list[str]) -> list[dict]:
+def retrieval_split(samples: list[Sample], metric: str, arms: list[str]) -> list[dict]:
     """Per retrieving arm: the metric when retrieval found a gold passage and when it missed,
     and how often the answer quotes a passage. Separates the two ways RAG fails: a retriever
     that misses, or a reader that ignores what it was given."""
     rows = []
     for arm in arms:
-        mine = [s for s in samples if s["strategy"] == arm and s.get("contexts")
-                and (s.get("scores") or {}).get("hit_at_k") is not None]
+        mine = [s for s in samples if s.strategy == arm and s.contexts and s.score("hit_at_k") is not None]
         if not mine:
             continue
-        hit = [s["scores"][metric] for s in mine if s["scores"]["hit_at_k"] and s["scores"].get(metric) is not None]
-        miss = [s["scores"][metric] for s in mine if not s["scores"]["hit_at_k"] and s["scores"].get(metric) is not None]
+        hit = [s.score(metric) for s in mine if s.score("hit_at_k") and s.score(metric) is not None]
+        miss = [s.score(metric) for s in mine if not s.score("hit_at_k") and s.score(metric) is not None]
         rows.append({"arm": arm, "n_hit": len(hit), "n_miss": len(miss),
                      "on_hit": sum(hit) / len(hit) if hit else None, "on_miss": sum(miss) / len(miss) if miss else None,
-                     "quoted": sum(quotes_passage(s["output"], s["contexts"]) for s in mine), "n": len(mine)})
+                     "quoted": sum(quotes_passage(s.output, s.contexts) for s in mine), "n": len(mine)})
     return rows
 
 
-def disagreements(samples: list[dict], metric: str, arms: list[str], n: int = 15) -> list[dict]:
+def disagreements(samples: list[Sample], metric: str, arms: list[str], n: int = 15) -> list[dict]:
     """Examples where the arms' scores differ most: question, gold, every arm's answer and passages."""
     by_id: dict[str, dict] = {}
     for s in samples:
-        row = by_id.setdefault(s["id"], {"id": s["id"], "input": s["input"], "target": s["target"],
-                                          "context_ids": s.get("context_ids", []), "answers": {}})
-        row["answers"][s["strategy"]] = {"output": s["output"], "score": (s.get("scores") or {}).get(metric),
-                                         "contexts": s.get("contexts", [])}
+        row = by_id.setdefault(s.id, {"id": s.id, "input": s.input, "target": s.target,
+                                      "context_ids": s.context_ids, "answers": {}})
+        row["answers"][s.strategy] = {"output": s.output, "score": s.score(metric), "contexts": s.contexts}
     rows = []
     for row in by_id.values():
         sc = [a["score"] for a in row["answers"].values() if isinstance(a["score"], (int, float))]
@@ -215,14 +202,14 @@ def disagreements(samples: list[dict], metric: str, arms: list[str], n: int = 15
 
 
 def build(run_dir: Path, weights: dict[str, float] | None = None) -> dict[str, Any]:
-    results, samples = load_run(run_dir)
-    env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").exists() else {}
-    config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
-    config = yaml.safe_load(config_text) or {}
+    run = RunDir.open(run_dir)
+    results, samples, env = run.results(), run.read_samples(), run.env()
+    config_text = run.config_text()
+    config = run.config() if config_text else {}
     if weights is None:
         weights = (config.get("decision") or {}).get("weights") or {}
-    arms = ok_arms(results)
-    names = list(results["strategies"])
+    arms = results.ok_arms()
+    names = list(results.strategies)
     colors = F.arm_colors(names)
     metric = primary_metric(results)
     binary = [m for m in ("exact_match", "contains", "accuracy", "hit_at_k") if m in headline_metrics(results, 9)]
@@ -243,7 +230,8 @@ def build(run_dir: Path, weights: dict[str, float] | None = None) -> dict[str, A
 
 
 def figures(ctx: dict) -> dict[str, str]:
-    r, arms, colors, metric = ctx["r"], ok_arms(ctx["r"]), ctx["colors"], ctx["metric"]
+    r, colors, metric = ctx["r"], ctx["colors"], ctx["metric"]
+    arms = r.ok_arms()
     if not arms or not metric:
         return {}
     label = LABELS.get(metric, metric)
@@ -261,31 +249,31 @@ def figures(ctx: dict) -> dict[str, str]:
         if fig:
             out[key] = fig
     for n, a in arms.items():
-        if a.get("confusion_matrix"):
-            out[f"confusion:{n}"] = F.confusion(a["confusion_matrix"], f"Confusion matrix: {n}")
+        if a.confusion_matrix:
+            out[f"confusion:{n}"] = F.confusion(a.confusion_matrix, f"Confusion matrix: {n}")
     return out
 
 
 # --- terminal -----------------------------------------------------------------
 
-def terminal_table(results: dict):
+def terminal_table(results: RunResults):
     from rich.table import Table
     heads = headline_metrics(results)
-    t = Table(title=f"{results['suite']} · {results['data']['test_scored']} test examples · "
-                    f"{results.get('device', '?')}/{results.get('dtype', '?')}")
+    t = Table(title=f"{results.suite} · {results.data.test_scored} test examples · "
+                    f"{results.device or '?'}/{results.dtype or '?'}")
     t.add_column("arm", style="bold")
     for m in heads:
         t.add_column(f"{LABELS.get(m, m)}\n(95% CI)", justify="right")
     for c in ("setup s", "p50 s", "1 request s", "tokens in/out"):
         t.add_column(c, justify="right")
-    for name, r in results["strategies"].items():
-        if r.get("status") != "success":
-            t.add_row(name, *[f"[red]{r.get('status')}[/]"] + [""] * (len(heads) + 3))
+    for name, r in results.strategies.items():
+        if not r.ok:
+            t.add_row(name, *[f"[red]{r.status}[/]"] + [""] * (len(heads) + 3))
             continue
-        c, one = r["cost"], alone_s(r)
-        t.add_row(name, *[fmt_ci(r["metrics"].get(m), 2) for m in heads], f"{c['setup_s']:.1f}",
-                  f"{c['latency_p50_s']:.2f}", "—" if one is None else f"{one:.2f}",
-                  f"{c['prompt_tokens_mean']:.0f}/{c['completion_tokens_mean']:.0f}")
+        c, one = r.cost, r.cost.alone_s
+        t.add_row(name, *[fmt_ci(r.metrics.get(m), 2) for m in heads], f"{c.setup_s:.1f}",
+                  f"{c.latency_p50_s:.2f}", "—" if one is None else f"{one:.2f}",
+                  f"{c.prompt_tokens_mean:.0f}/{c.completion_tokens_mean:.0f}")
     return t
 
 
@@ -293,32 +281,32 @@ def terminal_table(results: dict):
 
 def render_markdown(ctx: dict) -> str:
     r, heads = ctx["r"], ctx["heads"]
-    lines = [f"# adaptbench: {r['suite']}", ""]
-    if r.get("description"):
-        lines += [r["description"].strip(), ""]
+    lines = [f"# adaptbench: {r.suite}", ""]
+    if r.description:
+        lines += [r.description.strip(), ""]
     lines += ["**Recommendation.** " + " ".join(ctx["recommendation"]), ""]
-    lines += [f"Status: {r['status']} · {r['data']['test_scored']} test examples · generator "
-              f"`{r.get('generator')}` on {r.get('device')}/{r.get('dtype')}", ""]
+    lines += [f"Status: {r.status} · {r.data.test_scored} test examples · generator "
+              f"`{r.generator}` on {r.device}/{r.dtype}", ""]
     lines.append("| arm | " + " | ".join(LABELS.get(m, m) for m in heads)
                  + " | setup s | p50 s | p95 s | 1 request s | tokens in/out | model |")
     lines.append("|---" * (len(heads) + 7) + "|")
-    for name, a in r["strategies"].items():
-        if a.get("status") != "success":
-            lines.append(f"| {name} | {a.get('status')}: {a.get('error', '')} |")
+    for name, a in r.strategies.items():
+        if not a.ok:
+            lines.append(f"| {name} | {a.status}: {a.error or ''} |")
             continue
-        c, one = a["cost"], alone_s(a)
-        lines.append(f"| {name} | " + " | ".join(fmt_ci(a["metrics"].get(m)) for m in heads) +
-                     f" | {c['setup_s']:.1f} | {c['latency_p50_s']:.2f} | {c['latency_p95_s']:.2f} | "
+        c, one = a.cost, a.cost.alone_s
+        lines.append(f"| {name} | " + " | ".join(fmt_ci(a.metrics.get(m)) for m in heads) +
+                     f" | {c.setup_s:.1f} | {c.latency_p50_s:.2f} | {c.latency_p95_s:.2f} | "
                      f"{'—' if one is None else f'{one:.2f}'} | "
-                     f"{c['prompt_tokens_mean']:.0f}/{c['completion_tokens_mean']:.0f} | {model_label(a)} |")
+                     f"{c.prompt_tokens_mean:.0f}/{c.completion_tokens_mean:.0f} | {model_label(a)} |")
     lines += ["", "Means over the test examples with 95% bootstrap confidence intervals. Setup is the one-off cost "
               "(index build, training). Latency p50/p95: for a local model, the wall time of the batch an answer "
               "came in; for an API model, each request's own time. \"1 request\": what one caller waits for one "
               "answer (a local model: a few test questions answered one at a time).", ""]
-    if r.get("majority_baseline"):
-        mb = r["majority_baseline"]
-        lines += [f"Majority-class baseline: always answering `{mb['label']}` (the commonest train label) scores "
-                  f"accuracy {mb['accuracy']:.3f} on this test split.", ""]
+    if r.majority_baseline:
+        mb = r.majority_baseline
+        lines += [f"Majority-class baseline: always answering `{mb.label}` (the commonest train label) scores "
+                  f"accuracy {mb.accuracy:.3f} on this test split.", ""]
     if ctx["paired"].get(ctx["metric"]):
         lines += [f"Paired differences on {LABELS.get(ctx['metric'], ctx['metric'])} (same examples):", "",
                   "| arm A | arm B | A − B | 95% CI | p | verdict |", "|---|---|---|---|---|---|"]
@@ -331,8 +319,8 @@ def render_markdown(ctx: dict) -> str:
     notes = measurement_notes(r)
     if notes:
         lines += ["### Not measured", ""] + [f"- {n}" for n in notes] + [""]
-    if r["data"].get("notes"):
-        lines += ["Data: " + "; ".join(r["data"]["notes"]) + ".", ""]
+    if r.data.notes:
+        lines += ["Data: " + "; ".join(r.data.notes) + ".", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -349,25 +337,25 @@ def retrieval_split_lines(rows: list[dict], label: str) -> list[str]:
     return out
 
 
-def measurement_notes(results: dict) -> list[str]:
+def measurement_notes(results: RunResults) -> list[str]:
     """Metrics an arm has no value for and why, and judged rows left unmeasured: said out
     loud, because a missing score must never read as a 0 or vanish from an average."""
     out = []
-    for name, a in results["strategies"].items():
-        for m, why in (a.get("not_measured") or {}).items():
+    for name, a in results.strategies.items():
+        for m, why in a.not_measured.items():
             out.append(f"{name} · {LABELS.get(m, m)}: not measured: {why}")
-        for m, k in (a.get("unmeasured") or {}).items():
-            n = results["data"]["test_scored"]
-            if m not in (a.get("not_measured") or {}):
+        for m, k in a.unmeasured.items():
+            n = results.data.test_scored
+            if m not in a.not_measured:
                 out.append(f"{name} · {LABELS.get(m, m)}: {k} of {n} examples unmeasured (the judge's output could "
                            f"not be scored); the mean is over the other {n - k}")
-        j = (a.get("cost") or {}).get("judge")
+        j = a.cost.judge if a.cost else None
         if j:
-            out.append(f"{name} · judge `{j['model']}`: {j['input_tokens']:,} prompt + {j['output_tokens']:,} completion "
-                       f"tokens in {j['seconds']:.0f} s" + (f", ${j['usd']:.4f}" if "usd" in j else "")
+            out.append(f"{name} · judge `{j.model}`: {j.input_tokens:,} prompt + {j.output_tokens:,} completion "
+                       f"tokens in {j.seconds:.0f} s" + (f", ${j.usd:.4f}" if j.usd is not None else "")
                        + ("; failed judge calls (after retries): " + ", ".join(
-                           f"{k} ×{v}" for k, v in sorted(j["errors"].items(), key=lambda kv: -kv[1]))
-                          if j.get("errors") else ""))
+                           f"{k} ×{v}" for k, v in sorted(j.errors.items(), key=lambda kv: -kv[1]))
+                          if j.errors else ""))
     return out
 
 
@@ -375,12 +363,14 @@ def render_html(ctx: dict) -> str:
     from jinja2 import Environment, PackageLoader, select_autoescape
     jenv = Environment(loader=PackageLoader("toolkit.reporting", "templates"), autoescape=select_autoescape(["html"]))
     return jenv.get_template("report.html").render(
-        **ctx, labels=LABELS, fmt_p=fmt_p, alone_s=alone_s, model_label=model_label, fmt_ci=fmt_ci, fmt_mean=fmt_mean, fmt_interval=fmt_interval, fmt_s=fmt_s,
-        figures=figures(ctx), ok_cost_usd=any("usd_per_hour" in (a.get("cost") or {}) for a in ctx["r"]["strategies"].values()),
-        ok_api_usd=any("api_usd_per_1k_queries" in (a.get("cost") or {}) for a in ctx["r"]["strategies"].values()),
-        summaries={n: info_summary(a) for n, a in ctx["r"]["strategies"].items()},
+        **ctx, labels=LABELS, fmt_p=fmt_p, model_label=model_label, fmt_ci=fmt_ci, fmt_mean=fmt_mean,
+        fmt_interval=fmt_interval, fmt_s=fmt_s, figures=figures(ctx),
+        ok_cost_usd=any(a.cost and a.cost.usd_per_hour is not None for a in ctx["r"].strategies.values()),
+        ok_api_usd=any(a.cost and a.cost.api_usd_per_1k_queries is not None for a in ctx["r"].strategies.values()),
+        summaries={n: info_summary(a) for n, a in ctx["r"].strategies.items()},
         measurement_notes=measurement_notes(ctx["r"]),
-        env_json=json.dumps(ctx["env"], indent=2))
+        env_json=json.dumps({**ctx["env"], "inputs": ctx["r"].inputs.model_dump() if ctx["r"].inputs else None},
+                            indent=2))
 
 
 def render_run(run_dir: Path, weights: dict[str, float] | None = None) -> tuple[Path, Path]:
@@ -391,40 +381,46 @@ def render_run(run_dir: Path, weights: dict[str, float] | None = None) -> tuple[
     return md, html
 
 
-def info_summary(r: dict[str, Any]) -> str:
-    i = r.get("info", {})
+def info_summary(r: ArmResult) -> str:
+    """One line on what the arm's setup did (training, search, index, pool), from its info."""
+    i = r.info
     parts = []
-    if i.get("fine_tuning_job"):  # finetune method openai_api: trained by the endpoint's fine-tuning API
-        parts.append(f"fine-tuned through {i.get('endpoint')}'s fine-tuning API (job {i['fine_tuning_job']}) on "
-                     f"{i.get('train_examples')} examples in {i.get('train_s', 0):.0f} s: {i['fine_tuned_model']}"
-                     + (" — model reused from cache" if i.get("cached") else ""))
-    elif "train_examples" in i:
-        evals = [h["eval_loss"] for h in i.get("history", []) if "eval_loss" in h and h.get("step", 1) > 0]
-        start = f"{i['initial_eval_loss']:.3f} before training, then " if i.get("initial_eval_loss") is not None else ""
-        parts.append(f"{'full fine-tuning' if i.get('method') == 'full' else i.get('method', 'lora').upper()} on {i['train_examples']} examples, {i['train_tokens']} tokens in {i['train_s']:.0f} s "
-                     f"({i['tokens_per_s']:.0f} tok/s, {i['device']}/{i['dtype']}"
-                     + (f", {i['processes']} processes" if i.get("processes", 1) > 1 else "")
-                     + (", padding-free" if i.get("padding_free") else "") + ")"
-                     + (f", validation loss: {start}{', '.join(f'{x:.3f}' for x in evals)}" if evals else "")
-                     + (" — adapter reused from cache" if i.get("cached") else ""))
-    if i.get("metric_for_best_model"):
-        m = i["metric_for_best_model"]
-        parts.append(f"early stopping and best checkpoint by validation {LABELS.get(m, m)} (best {i.get(f'best_eval_{m}') or 0:.3f})")
-    aug = i.get("augment")
+    if i.fine_tuning_job:  # finetune method openai_api: trained by the endpoint's fine-tuning API
+        parts.append(f"fine-tuned through {i.endpoint}'s fine-tuning API (job {i.fine_tuning_job}) on "
+                     f"{i.train_examples} examples in {i.train_s or 0:.0f} s: {i.fine_tuned_model}"
+                     + (" — model reused from cache" if i.cached else ""))
+    elif i.train_examples is not None:
+        parts.append(training_summary(i))
+    if i.metric_for_best_model:
+        m = i.metric_for_best_model
+        parts.append(f"early stopping and best checkpoint by validation {LABELS.get(m, m)} "
+                     f"(best {i.extra(f'best_eval_{m}') or 0:.3f})")
+    aug = i.augment
     if aug:
-        ex = next((e for e in aug["paraphrase_examples"] if e["paraphrases"]), None)
-        parts.append(f"{aug['paraphrases_added']} paraphrased questions added ({aug['paraphrase_s']:.0f} s to write)"
-                     + (f", e.g. “{ex['original']}” → “{ex['paraphrases'][0]}”" if ex else ""))
-    if r.get("perplexity_base") and "perplexity" in r.get("metrics", {}):
-        parts.append(f"perplexity of the gold answers: {r['perplexity_base']['mean']:.2f} under the base model, "
-                     f"{r['metrics']['perplexity']['mean']:.2f} after training")
-    if i.get("trials"):
-        parts.append(f"search over {len(i['trials'])} trials chose {i['chosen_params']} "
-                     f"(setup includes every trial)")
-    if i.get("stopped_early"):
-        parts.append(f"stopped early after {i['epochs_run']:.1f} epochs")
-    if "chunks" in i:
-        parts.append(f"index of {i['chunks']} chunks")
-    if "pool_size" in i:
-        parts.append(f"pool of {i['pool_size']} train examples")
+        ex = next((e for e in aug.paraphrase_examples if e.paraphrases), None)
+        parts.append(f"{aug.paraphrases_added} paraphrased questions added ({aug.paraphrase_s:.0f} s to write)"
+                     + (f", e.g. “{ex.original}” → “{ex.paraphrases[0]}”" if ex else ""))
+    if r.perplexity_base and "perplexity" in r.metrics:
+        parts.append(f"perplexity of the gold answers: {r.perplexity_base.mean:.2f} under the base model, "
+                     f"{r.metrics['perplexity'].mean:.2f} after training")
+    if i.trials:
+        parts.append(f"search over {len(i.trials)} trials chose {i.chosen_params} (setup includes every trial)")
+    if i.stopped_early:
+        parts.append(f"stopped early after {i.epochs_run:.1f} epochs")
+    if i.chunks is not None:
+        parts.append(f"index of {i.chunks} chunks")
+    if i.pool_size is not None:
+        parts.append(f"pool of {i.pool_size} train examples")
     return "; ".join(parts)
+
+
+def training_summary(i: ArmInfo) -> str:
+    evals = [h["eval_loss"] for h in i.history if "eval_loss" in h and h.get("step", 1) > 0]
+    start = f"{i.initial_eval_loss:.3f} before training, then " if i.initial_eval_loss is not None else ""
+    how = "full fine-tuning" if i.method == "full" else (i.method or "lora").upper()
+    return (f"{how} on {i.train_examples} examples, {i.train_tokens} tokens in {i.train_s:.0f} s "
+            f"({i.tokens_per_s or 0:.0f} tok/s, {i.device}/{i.dtype}"
+            + (f", {i.processes} processes" if i.processes > 1 else "")
+            + (", padding-free" if i.padding_free else "") + ")"
+            + (f", validation loss: {start}{', '.join(f'{x:.3f}' for x in evals)}" if evals else "")
+            + (" — adapter reused from cache" if i.cached else ""))

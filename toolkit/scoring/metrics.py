@@ -16,12 +16,12 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from toolkit.data import NUMBER, parse_number  # noqa: F401 -- the data layer reads numbers the same way
+from toolkit.records import MetricValue
 from toolkit.scoring.registry import for_task
 
 # task -> metric -> higher is better (from the registry)
@@ -122,17 +122,8 @@ def normalize_label(s: str) -> str:
 
 # --- aggregation -------------------------------------------------------------
 
-@dataclass
-class MetricValue:
-    mean: float
-    ci_low: float
-    ci_high: float
-    n: int
-    higher_is_better: bool = True
-
-    def to_dict(self) -> dict:
-        return {"mean": self.mean, "ci_low": self.ci_low, "ci_high": self.ci_high, "n": self.n,
-                "higher_is_better": self.higher_is_better}
+def _value(mean: float, lo: float, hi: float, n: int, higher_is_better: bool) -> MetricValue:
+    return MetricValue(mean=mean, ci_low=lo, ci_high=hi, n=n, higher_is_better=higher_is_better)
 
 
 def bootstrap_mean(values, *, seed: int = 0, higher_is_better: bool = True) -> MetricValue:
@@ -141,12 +132,12 @@ def bootstrap_mean(values, *, seed: int = 0, higher_is_better: bool = True) -> M
     x = np.asarray(values, dtype=float)
     x = x[~np.isnan(x)]
     if len(x) == 0:
-        return MetricValue(float("nan"), float("nan"), float("nan"), 0, higher_is_better)
+        return _value(float("nan"), float("nan"), float("nan"), 0, higher_is_better)
     m = float(x.mean())
     if len(x) < 2 or np.all(x == x[0]):
-        return MetricValue(m, m, m, len(x), higher_is_better)
+        return _value(m, m, m, len(x), higher_is_better)
     res = bootstrap((x,), np.mean, n_resamples=N_BOOTSTRAP, method="percentile", random_state=seed, vectorized=True)
-    return MetricValue(m, float(res.confidence_interval.low), float(res.confidence_interval.high), len(x), higher_is_better)
+    return _value(m, float(res.confidence_interval.low), float(res.confidence_interval.high), len(x), higher_is_better)
 
 
 def bootstrap_statistic(n: int, statistic, *, seed: int = 0, higher_is_better: bool = True) -> MetricValue:
@@ -156,7 +147,7 @@ def bootstrap_statistic(n: int, statistic, *, seed: int = 0, higher_is_better: b
     from scipy.stats import bootstrap
     point = float(statistic(np.arange(n)))
     if n < 3:
-        return MetricValue(point, point, point, n, higher_is_better)
+        return _value(point, point, point, n, higher_is_better)
     with np.errstate(all="ignore"):
         import warnings
         with warnings.catch_warnings():
@@ -166,7 +157,7 @@ def bootstrap_statistic(n: int, statistic, *, seed: int = 0, higher_is_better: b
     lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
     if np.isnan(lo) or np.isnan(hi):  # BCa undefined (e.g. tiny classes): fall back to percentile
         lo, hi = (float(x) for x in np.percentile(res.bootstrap_distribution, [2.5, 97.5]))
-    return MetricValue(point, min(lo, point), max(hi, point), n, higher_is_better)
+    return _value(point, min(lo, point), max(hi, point), n, higher_is_better)
 
 
 def macro_prf(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> tuple[float, float, float]:

@@ -7,10 +7,11 @@ recomputes it for both arms on the same examples."""
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from toolkit.records import Sample
 
 N_BOOTSTRAP = 2000
 
@@ -40,13 +41,13 @@ class Paired:
         return {**asdict(self), "tied": self.tied, "a_better": self.a_better}
 
 
-def per_example(samples: list[dict], metric: str) -> dict[str, dict[str, float]]:
+def per_example(samples: list[Sample], metric: str) -> dict[str, dict[str, float]]:
     """arm -> example id -> score (NaN and missing left out)."""
     out: dict[str, dict[str, float]] = {}
     for s in samples:
-        v = (s.get("scores") or {}).get(metric)
-        if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
-            out.setdefault(s["strategy"], {})[s["id"]] = float(v)
+        v = s.score(metric)
+        if v is not None:
+            out.setdefault(s.strategy, {})[s.id] = v
     return out
 
 
@@ -72,7 +73,7 @@ def mcnemar(x: np.ndarray, y: np.ndarray) -> float:
     return 1.0 if b + c == 0 else float(binomtest(min(b, c), b + c, 0.5).pvalue)
 
 
-def compare_arms(samples: list[dict], metric: str, arms: list[str] | None = None, *, seed: int = 0) -> list[Paired]:
+def compare_arms(samples: list[Sample], metric: str, arms: list[str] | None = None, *, seed: int = 0) -> list[Paired]:
     from toolkit.scoring.registry import METRICS
     m = METRICS.get(metric)
     hib = m.higher_is_better if m else True
@@ -93,17 +94,17 @@ def compare_arms(samples: list[dict], metric: str, arms: list[str] | None = None
     return out
 
 
-def corpus_statistic(metric: str, rows: list[dict]):
+def corpus_statistic(metric: str, rows: list[Sample]):
     """For a corpus-level metric: a function of example indices -> the metric over those rows
     of one arm, or None when samples.jsonl lacks what it needs (older runs)."""
     from toolkit.scoring.metrics import macro_prf, r_squared
-    sc = [r.get("scores") or {} for r in rows]
+    sc = [r.scores for r in rows]
     if metric in ("macro_precision", "macro_recall", "macro_f1"):
-        if any("mapped_label" not in s for s in sc) or any(r.get("label") is None for r in rows):
+        if any("mapped_label" not in s for s in sc) or any(r.label is None for r in rows):
             return None
-        names = sorted({r["label"] for r in rows} | {s["mapped_label"] for s in sc if s["mapped_label"] is not None})
+        names = sorted({r.label for r in rows} | {s["mapped_label"] for s in sc if s["mapped_label"] is not None})
         idx = {n: i for i, n in enumerate(names)}
-        gold = np.array([idx[r["label"]] for r in rows])
+        gold = np.array([idx[r.label] for r in rows])
         pred = np.array([idx[s["mapped_label"]] if s["mapped_label"] is not None else -1 for s in sc])
         k = ("macro_precision", "macro_recall", "macro_f1").index(metric)
         return lambda i: macro_prf(gold[i], pred[i], len(names))[k]
@@ -126,12 +127,12 @@ def corpus_statistic(metric: str, rows: list[dict]):
     return None
 
 
-def compare_corpus(samples: list[dict], metric: str, arms: list[str] | None = None, *, seed: int = 0,
+def compare_corpus(samples: list[Sample], metric: str, arms: list[str] | None = None, *, seed: int = 0,
                    higher_is_better: bool = True) -> list[Paired]:
     """Paired bootstrap of a corpus-level metric: the same resampled examples for both arms."""
-    by_arm: dict[str, dict[str, dict]] = {}
+    by_arm: dict[str, dict[str, Sample]] = {}
     for s in samples:
-        by_arm.setdefault(s["strategy"], {})[s["id"]] = s
+        by_arm.setdefault(s.strategy, {})[s.id] = s
     names = [a for a in (arms or list(by_arm)) if a in by_arm]
     out = []
     for a, b in itertools.combinations(names, 2):

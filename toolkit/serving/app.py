@@ -107,6 +107,9 @@ class Guard:
                 self.metrics.requests.labels(arm=state.get("arm", self.model), endpoint=path, status=str(code)).inc()
 
     async def _guarded(self, scope, receive, send):
+        """Auth, Host and Origin checks, body caps and deadlines, then the app, with the
+        request's metrics. One function: the wrapped receive/send close over the request's
+        own counters and state, which helpers would have to thread through every call."""
         headers = {k.lower(): v for k, v in scope.get("headers") or []}
         method = scope.get("method", "GET")
         if self.key is not None:

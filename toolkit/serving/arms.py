@@ -5,14 +5,13 @@ settings. Each rebuilt arm's fingerprint is checked against the one in results.j
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from toolkit.errors import UserError
+from toolkit.records import RunResults
+from toolkit.runs import RunDir
 
 
 @dataclass
@@ -73,38 +72,19 @@ def parse_arm_specs(specs: list[str], run_dir: Path) -> list[ArmSpec]:
     return out
 
 
-def read_run(run_dir: Path) -> tuple[dict, dict]:
-    """(results.json, config.yaml) of a run directory, or a UserError naming the file."""
-    from toolkit.errors import read_utf8
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError("no such run directory", file=run_dir)
-    for name in ("results.json", "config.yaml"):
-        if not (run_dir / name).is_file():
-            raise UserError(f"not a run directory (no {name})", file=run_dir)
-    try:
-        results = json.loads(read_utf8(run_dir / "results.json", "results file"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"damaged results file: {e.msg}", file=run_dir / "results.json", line=e.lineno) from None
-    try:
-        cfg = yaml.safe_load(read_utf8(run_dir / "config.yaml", "run config"))
-    except yaml.YAMLError as e:
-        raise UserError(f"damaged run config: {str(e).splitlines()[0]}", file=run_dir / "config.yaml") from None
-    return results, cfg
-
-
-def check_arms(run_dir: Path, names: list[str]) -> tuple[dict, dict]:
-    """Every named arm ran successfully in this run (checked before any model loads)."""
-    results, cfg = read_run(run_dir)
-    arms = results.get("strategies") or {}
+def check_arms(run_dir: Path, names: list[str]) -> tuple[RunResults, dict]:
+    """(record, resolved config) of the run, with every named arm finished (checked before
+    any model loads)."""
+    run = RunDir.open(run_dir)
+    results, cfg = run.results(), run.config()
+    arms = results.strategies
     for n in names:
         if n not in arms:
             raise UserError(f"'{n}' is not an arm of this run (arms: {', '.join(arms) or 'none'})",
                             file=run_dir, field="--arm")
-        if arms[n].get("status") != "success":
-            raise UserError(f"arm '{n}' did not finish in this run ({arms[n].get('status')}: "
-                            f"{arms[n].get('error', 'no result')}); serve an arm that did", file=run_dir, field="--arm")
+        if not arms[n].ok:
+            raise UserError(f"arm '{n}' did not finish in this run ({arms[n].status}: "
+                            f"{arms[n].error or 'no result'}); serve an arm that did", file=run_dir, field="--arm")
     return results, cfg
 
 
@@ -118,20 +98,20 @@ def load_arms(run_dir: Path, names: list[str], *, allow_changes: bool = False) -
 
     run_dir = Path(run_dir)
     results, cfg = check_arms(run_dir, names)
-    ls = load_resolved(cfg, file=run_dir / "config.yaml")
-    data = load_task_data(ls)
-    res = Resources(ls.suite, data.labels, data.kb, None, None)
+    loaded = load_resolved(cfg, file=run_dir / "config.yaml")
+    data = load_task_data(loaded)
+    res = Resources(loaded.suite, data.labels, data.kb, None, None)
     served = []
     try:
         for name in names:
-            stype, arm_cfg = ls.arms[name]
-            evaluated = results["strategies"][name]
+            stype, arm_cfg = loaded.arms[name]
+            evaluated = results.strategies[name]
             strategy = strategy_class(stype)(name, arm_cfg, res)
-            strategy.restore(run_dir, evaluated.get("info") or {}, data.splits.train, data.splits.validation)
+            strategy.restore(run_dir, evaluated.info, data.splits.train, data.splits.validation)
             fp = strategy.fingerprint()
             changes: list[str] = []
-            if content_hash(fp) != evaluated.get("fingerprint"):
-                before = evaluated.get("fingerprint_parts") or {}
+            if content_hash(fp) != evaluated.fingerprint:
+                before = evaluated.fingerprint_parts
                 changes = [k for k, v in fp.items() if before.get(k) != content_hash(v, 12)] if before else ["(unknown)"]
                 if "config" in changes:
                     # the settings the run had, as they are now: a setting a later adaptbench added is
@@ -146,9 +126,8 @@ def load_arms(run_dir: Path, names: list[str], *, allow_changes: bool = False) -
                     raise UserError(f"arm '{name}' would not be served as it was evaluated: its {what} changed since "
                                     f"the run (data, index, model or precision); run the suite again, or pass "
                                     f"--allow-changes to serve it anyway", file=run_dir, field="--arm")
-            be = strategy.backend()
-            be = getattr(be, "backend", be)  # serving answers every request: no request cache
-            suite = ls.suite
+            be = strategy.backend().uncached  # serving answers every request: no request cache
+            suite = loaded.suite
             served.append(ServedArm(name=name, type=stype, strategy=strategy, backend=be, settings=strategy.settings,
                                     likelihood=suite.has_labels and suite.classification_mode == "likelihood",
                                     describe=be.describe(), changes=changes, run=run_dir.name))

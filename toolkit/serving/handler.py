@@ -200,7 +200,8 @@ class Handler:
     def stream(self, ctx: ServeContext, request: Request, include_usage: bool) -> StreamingResponse:
         """Server-sent events as OpenAI streams them: a first chunk (the role), a chunk per
         piece of answer as the batch generates it, a last chunk with the finish reason, usage
-        if asked, then [DONE]. The row is committed before the last chunk; a client that
+        if asked, then [DONE]. One generator on purpose: its `finally` is what guarantees
+        the row whichever way the stream ends. The row is committed before the last chunk; a client that
         leaves mid-stream gets a `cancelled` row with the text sent so far, and a failure
         mid-stream is an `error` row, counted as a 500 in /metrics."""
         loop = asyncio.get_running_loop()

@@ -136,7 +136,7 @@ def serve_run(run_dir: Path, arm_specs: list[str], *, name: str | None, host: st
         got, _ = check_arms(run, [sp.arm for sp in group])
         results = results or got
     weights = {sp.served: sp.weight for sp in specs}
-    name = name or results.get("suite") or "adaptbench"
+    name = name or (results.suite if results else None) or "adaptbench"
     log_path = log_path or Path(run_dir) / "serve.db"
     resources, arms = [], []
     with status(f"rebuilding {', '.join(weights)}"):

@@ -7,22 +7,21 @@ import json
 import shutil
 from pathlib import Path
 
-import yaml
-
 from toolkit.cache import cache_root
 from toolkit.errors import UserError
 
 
 def export(run_dir: Path, arm: str, out: Path, *, merge: bool) -> Path:
-    from toolkit.runs import load_run
-    results, _ = load_run(run_dir)
-    r = results["strategies"].get(arm)
+    from toolkit.runs import RunDir
+    run = RunDir.open(run_dir)
+    results = run.results()
+    r = results.strategies.get(arm)
     if r is None:
-        raise UserError(f"no arm '{arm}' in this run (arms: {', '.join(results['strategies'])})", field="--strategy")
-    info = r.get("info") or {}
-    if "adapter_key" not in info:
-        raise UserError(f"arm '{arm}' ({r.get('type')}) trained nothing to export", field="--strategy")
-    folder = run_dir / info["adapter_dir"] if info.get("adapter_dir") else cache_root() / "adapters" / info["adapter_key"]
+        raise UserError(f"no arm '{arm}' in this run (arms: {', '.join(results.strategies)})", field="--strategy")
+    info = r.info
+    if not info.adapter_key:
+        raise UserError(f"arm '{arm}' ({r.type}) trained nothing to export", field="--strategy")
+    folder = run_dir / info.adapter_dir if info.adapter_dir else cache_root() / "adapters" / info.adapter_key
     if not folder.exists():
         raise UserError(f"the trained weights are gone from {folder} (cache cleared?); rerun the suite", field="--strategy")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -30,7 +29,7 @@ def export(run_dir: Path, arm: str, out: Path, *, merge: bool) -> Path:
 
     from toolkit.config import GeneratorConfig
     from toolkit.models import load_tokenizer, resolve_generator
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config = run.config()
     ref = resolve_generator(config["generator"]["model"])
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -43,7 +42,7 @@ def export(run_dir: Path, arm: str, out: Path, *, merge: bool) -> Path:
         shutil.copytree(folder, tmp)
     load_tokenizer(ref.path).save_pretrained(tmp)
     (tmp / "adaptbench_export.json").write_text(json.dumps(
-        {"run": str(run_dir), "arm": arm, "merged": merge, "base_model": ref.name, "train_info": info.get("settings")},
+        {"run": str(run_dir), "arm": arm, "merged": merge, "base_model": ref.name, "train_info": info.extra("settings")},
         indent=2))
     if out.exists():
         out.rmdir()

@@ -232,6 +232,10 @@ def train_model(ref: ModelRef, gen_cfg: GeneratorConfig, train: list[TrainItem],
 
 def _train(ref: ModelRef, gen_cfg: GeneratorConfig, train: list[TrainItem], validation: list[TrainItem],
            settings: dict[str, Any], *, key: str, folder: Path, label: str, seed: int, scorer) -> tuple[Path, dict]:
+    """One training run, as HF Trainer wants it set up: model and PEFT wrapping, datasets,
+    collator, TrainingArguments, callbacks, train, save. One function on purpose: each step
+    reads what the step before built (model, tokenizer, device, collator), and the order is
+    the order of the peft and transformers guides."""
     from toolkit.training import distributed as D
 
     import torch

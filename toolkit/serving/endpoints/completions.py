@@ -78,6 +78,10 @@ def _submit_all(h, make) -> list:
 
 
 async def _plain(h, req: CompletionRequest, request: Request, target):
+    """/v1/completions on a base model: a prompt list × n, streamed or not, with echo and
+    logprobs as lm-evaluation-harness reads them. Kept whole: the branches share the
+    validated prompts and the engine work submitted for them, and each maps to one of
+    OpenAI's answer shapes."""
     prompts = req.prompts()
     if req.stream and (len(prompts) != 1 or req.echo or req.logprobs is not None or req.max_tokens == 0):
         raise ApiError(400, "stream: true takes one prompt, without echo or logprobs", param="stream")
