@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from toolkit.backends import GenRequest, LLRequest, Settings
 from toolkit.config import arm_generator
 from toolkit.data import Example, Passage, Prediction, Query
+from toolkit.prompts import build_messages
 from toolkit.records import ArmInfo
 
 if TYPE_CHECKING:  # the harness hands it over; strategies sit below the harness
@@ -132,6 +133,5 @@ class Strategy(ABC):
 
     # helpers shared by strategies
     def messages(self, question: str, passages: list[str] | None = None, shots=()) -> list[dict]:
-        from toolkit.prompts import build_messages
         labels = self.res.labels if getattr(self.config, "label_list", True) else None
         return build_messages(self.res.suite.instruction, labels, question, passages=passages, shots=shots)

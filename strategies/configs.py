@@ -12,6 +12,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from toolkit.parts import part
+
 
 class StrategyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -21,7 +23,7 @@ class StrategyConfig(BaseModel):
     generator: dict[str, Any] | None = Field(None, description=(
         "This arm's own generator, as settings on top of the suite's `generator:` (e.g. `{backend: openai, "
         "base_url: ..., model: gpt-4o-mini, api_key_env: OPENAI_API_KEY}`), so one suite can compare a hosted "
-        "model with a local one on the same split."))
+        "model with a local one on the same split."), **part("arm"))
 
 
 class ZeroShotConfig(StrategyConfig):
@@ -31,20 +33,23 @@ class ZeroShotConfig(StrategyConfig):
 class FewShotConfig(StrategyConfig):
     """k solved examples from the train split before the question."""
 
-    num_fewshot: int = Field(3, ge=1, le=64, description="Examples shown before the question (k).")
+    num_fewshot: int = Field(3, ge=1, le=64, description="Examples shown before the question (k).", **part("prompt"))
     selection: Literal["similarity", "random"] = Field("similarity", description=(
         "'similarity': the k train examples nearest to the question by embedding; "
-        "'random': k random train examples (seeded)."))
+        "'random': k random train examples (seeded)."), **part("prompt"))
     max_prompt_tokens: int = Field(1024, ge=64, description=(
-        "Token budget of the whole prompt; the least similar examples are dropped to fit."))
+        "Token budget of the whole prompt; the least similar examples are dropped to fit."), **part("prompt"))
 
 
 class RetrievalConfig(StrategyConfig):
     needs_knowledge_base: ClassVar[bool] = True
 
-    chunk_size: int = Field(256, ge=16, description="Chunk size in tokens of the sentence splitter.")
-    chunk_overlap: int = Field(32, ge=0, description="Overlap in tokens between consecutive chunks.")
-    top_k: int = Field(3, ge=1, le=50, description="Passages retrieved per question and put in the prompt.")
+    chunk_size: int = Field(256, ge=16, description="Chunk size in tokens of the sentence splitter.",
+        **part("retrieval"))
+    chunk_overlap: int = Field(32, ge=0, description="Overlap in tokens between consecutive chunks.",
+        **part("retrieval"))
+    top_k: int = Field(3, ge=1, le=50, description="Passages retrieved per question and put in the prompt.",
+        **part("retrieval"))
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> "RetrievalConfig":
@@ -100,7 +105,9 @@ class AugmentConfig(StrategyConfig):
 
 
 class FinetuneConfig(StrategyConfig):
-    """LoRA (or full) fine-tuning on the train split with the Hugging Face Trainer."""
+    """LoRA (or full) fine-tuning on the train split with the Hugging Face Trainer. Its parts:
+    `training` (what the trainer reads: method, LoRA, TrainingArguments, evaluation), `data` (what
+    it trains on), `search`, `api` (method openai_api) and the arm's own `generator`."""
 
     method: Literal["lora", "full", "qlora", "openai_api"] = Field("lora", description=(
         "'lora': low-rank adapters (peft); 'full': every weight; 'qlora': LoRA on a 4-bit base "
@@ -108,50 +115,61 @@ class FinetuneConfig(StrategyConfig):
         "(OpenAI, or `adaptbench serve --model`): the arm's generator (`backend: openai`, base_url, model, "
         "api_key_env) names the endpoint and base model; the train split is uploaded, a job is created "
         "with num_train_epochs, per_device_train_batch_size and learning_rate (as a multiplier of 1e-3), "
-        "polled, and the fine-tuned model answers."))
-    poll_s: float = Field(2.0, gt=0, description="method openai_api: seconds between polls of the job.")
+        "polled, and the fine-tuned model answers."), **part("training"))
+    poll_s: float = Field(2.0, gt=0, description="method openai_api: seconds between polls of the job.", **part("api"))
+    r: int = Field(16, ge=1, description="LoRA rank.", **part("training"))
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = lora_alpha / r).",
+        **part("training"))
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.", **part("training"))
+    target_modules: list[str] | str = Field("all-linear", description=(
+        "Modules that get adapters: 'all-linear' or a list such as [q_proj, v_proj]."), **part("training"))
+    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate.", **part("training"))
+    num_train_epochs: float = Field(3, gt=0, description="Passes over the train split.", **part("training"))
+    per_device_train_batch_size: int = Field(8, ge=1, description="Examples per device and forward pass.",
+        **part("training"))
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Forward passes per optimiser step.",
+        **part("training"))
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up the learning rate.",
+        **part("training"))
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.", **part("training"))
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule after warmup.", **part("training"))
+    max_seq_length: int = Field(384, ge=16, description="Training examples are truncated to this many tokens.",
+        **part("training"))
+    eval_strategy: Literal["epoch", "steps", "no"] = Field("epoch", description=(
+        "When to compute validation loss: every epoch, every `eval_steps` steps, or never."), **part("training"))
+    eval_steps: int | None = Field(None, ge=1, description="With eval_strategy: steps, evaluate every this many steps.",
+        **part("training"))
+    early_stopping_patience: int | None = Field(None, ge=1, description=(
+        "Stop after this many evaluations without improvement of the validation loss (needs a validation split)."),
+        **part("training"))
+    load_best_model_at_end: bool = Field(False, description=(
+        "Keep the best checkpoint (by metric_for_best_model) instead of the last one."), **part("training"))
+    metric_for_best_model: str = Field("loss", description=(
+        "What early stopping and load_best_model_at_end follow on the validation split: 'loss', or a task "
+        "metric computed from the model's answers at every evaluation (qa: token_f1, exact_match, contains, "
+        "rouge_l; classification: accuracy, macro_f1). Task metrics cost one generation pass per evaluation."),
+        **part("training"))
+    padding_free: Literal["auto"] | bool = Field("auto", description=(
+        "Pack each batch into one row without padding (position ids restart per example). 'auto': only "
+        "when FlashAttention-2 is installed (CUDA), whose kernel makes packing free; otherwise batches of "
+        "similar length are padded, which measured faster on CPU."), **part("training"))
+    label_list: bool = Field(True, description=(
+        "Label tasks: list the suite's labels in the prompt, as zero_shot does. false trains and answers with "
+        "the instruction alone: the model learns the labels from its training answers, and with many labels "
+        "every example gets much shorter (banking77: 38 prompt tokens instead of 590)."), **part("data"))
+    augment: AugmentConfig | None = Field(None, description=(
+        "Paraphrased copies of the training questions, written by the suite's generator (knowledge injection)."),
+        **part("data"))
+    max_train_examples: int | None = Field(None, ge=1, description="Train on at most this many examples (seeded subsample).",
+        **part("data"))
+    seed: int | None = Field(None, ge=0, description="Training seed (defaults to the suite seed).", **part("data"))
+    search: SearchConfig | None = Field(None, description="Hyperparameter search over a few settings (optional).",
+        **part("search"))
 
     @property
     def trains_locally(self) -> bool:  # type: ignore[override]
         return self.method != "openai_api"
-    r: int = Field(16, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = lora_alpha / r).")
-    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
-    target_modules: list[str] | str = Field("all-linear", description=(
-        "Modules that get adapters: 'all-linear' or a list such as [q_proj, v_proj]."))
-    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate.")
-    num_train_epochs: float = Field(3, gt=0, description="Passes over the train split.")
-    per_device_train_batch_size: int = Field(8, ge=1, description="Examples per device and forward pass.")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Forward passes per optimiser step.")
-    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up the learning rate.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
-        "linear", description="Learning-rate schedule after warmup.")
-    max_seq_length: int = Field(384, ge=16, description="Training examples are truncated to this many tokens.")
-    eval_strategy: Literal["epoch", "steps", "no"] = Field("epoch", description=(
-        "When to compute validation loss: every epoch, every `eval_steps` steps, or never."))
-    eval_steps: int | None = Field(None, ge=1, description="With eval_strategy: steps, evaluate every this many steps.")
-    early_stopping_patience: int | None = Field(None, ge=1, description=(
-        "Stop after this many evaluations without improvement of the validation loss (needs a validation split)."))
-    load_best_model_at_end: bool = Field(False, description=(
-        "Keep the best checkpoint (by metric_for_best_model) instead of the last one."))
-    metric_for_best_model: str = Field("loss", description=(
-        "What early stopping and load_best_model_at_end follow on the validation split: 'loss', or a task "
-        "metric computed from the model's answers at every evaluation (qa: token_f1, exact_match, contains, "
-        "rouge_l; classification: accuracy, macro_f1). Task metrics cost one generation pass per evaluation."))
-    padding_free: Literal["auto"] | bool = Field("auto", description=(
-        "Pack each batch into one row without padding (position ids restart per example). 'auto': only "
-        "when FlashAttention-2 is installed (CUDA), whose kernel makes packing free; otherwise batches of "
-        "similar length are padded, which measured faster on CPU."))
-    label_list: bool = Field(True, description=(
-        "Label tasks: list the suite's labels in the prompt, as zero_shot does. false trains and answers with "
-        "the instruction alone: the model learns the labels from its training answers, and with many labels "
-        "every example gets much shorter (banking77: 38 prompt tokens instead of 590)."))
-    augment: AugmentConfig | None = Field(None, description=(
-        "Paraphrased copies of the training questions, written by the suite's generator (knowledge injection)."))
-    max_train_examples: int | None = Field(None, ge=1, description="Train on at most this many examples (seeded subsample).")
-    seed: int | None = Field(None, ge=0, description="Training seed (defaults to the suite seed).")
-    search: SearchConfig | None = Field(None, description="Hyperparameter search over a few settings (optional).")
 
     @field_validator("target_modules")
     @classmethod
@@ -187,5 +205,6 @@ class RagFinetuneConfig(FinetuneConfig, RetrievalConfig):
     """The fine-tuned model answering with retrieved passages, trained on prompts
     that include passages retrieved for each training question (RAFT-style)."""
 
-    top_k: int = Field(2, ge=1, le=50, description="Passages retrieved per question, in training and at test time.")
-    num_train_epochs: float = Field(2, gt=0, description="Passes over the train split.")
+    top_k: int = Field(2, ge=1, le=50, description="Passages retrieved per question, in training and at test time.",
+        **part("retrieval"))
+    num_train_epochs: float = Field(2, gt=0, description="Passes over the train split.", **part("training"))

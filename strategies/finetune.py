@@ -3,24 +3,25 @@ peft), answering with the same prompt as zero_shot."""
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
 import random
 import shutil
 import time
 from pathlib import Path
 
 from strategies.base import Strategy
-from toolkit.data import Example, Query, subsample
-from toolkit.cache import cache_root
-from toolkit.errors import UserError, inside
-from toolkit.records import ArmInfo
+from toolkit.backends.openai_api import api_key
+from toolkit.cache import cache_root, content_hash
 from toolkit.chat import TrainItem
+from toolkit.data import Example, Query, subsample
+from toolkit.errors import UserError, inside
+from toolkit.parts import values_of
+from toolkit.progress import status
+from toolkit.records import ArmInfo
+from toolkit.training.augment import paraphrase
 from toolkit.training.trainer import train_model
-
-TRAIN_SETTINGS = ("method", "r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate", "num_train_epochs",
-                  "per_device_train_batch_size", "gradient_accumulation_steps", "warmup_ratio", "weight_decay",
-                  "lr_scheduler_type", "max_seq_length", "eval_strategy", "eval_steps", "early_stopping_patience",
-                  "load_best_model_at_end", "metric_for_best_model", "padding_free")
 
 
 class Finetune(Strategy):
@@ -34,10 +35,9 @@ class Finetune(Strategy):
         seed = self.config.seed if self.config.seed is not None else self.res.suite.seed
         train = subsample(train, self.config.max_train_examples, seed=seed,
                           stratify=self.res.suite.has_labels)
-        settings = {k: getattr(self.config, k) for k in TRAIN_SETTINGS}
+        settings = values_of(self.config, "training")
         augment_info = {}
         if self.config.augment:
-            from toolkit.training.augment import paraphrase
             train, augment_info = paraphrase(train, self.config.augment, self.res, self.gen_cfg)
         items, val_items = self.train_items(train), self.train_items(validation)
         if self.config.method == "openai_api":
@@ -62,14 +62,10 @@ class Finetune(Strategy):
         """OpenAI's fine-tuning workflow: upload the examples as chat JSONL, create a job, poll it
         until it ends. The fine-tuned model's name is kept in the request cache, keyed on the
         endpoint, base model, examples and settings, so an unchanged rerun creates no job."""
-        import io
-        import json
 
+        # openai: imported on first use, not when this module loads
         import openai
 
-        from toolkit.backends.openai_api import api_key
-        from toolkit.cache import content_hash
-        from toolkit.progress import status
 
         g = self.gen_cfg
         jsonl = lambda xs: "".join(json.dumps({"messages": [*t.messages, {"role": "assistant", "content": t.target}]})  # noqa: E731

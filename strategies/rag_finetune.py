@@ -5,8 +5,8 @@ question (RAFT-style), so it learns to read them, distractors included."""
 from __future__ import annotations
 
 from strategies.finetune import Finetune
-from toolkit.data import Example, Query
 from toolkit.chat import TrainItem
+from toolkit.data import Example, Query
 from toolkit.records import ArmInfo
 
 

@@ -27,6 +27,7 @@ def locked(artifact: Path):
     """An inter-process lock beside a cache artifact (`<artifact>.lock`, filelock): runs that
     share a cache (parallel CI jobs, teammates) build each artifact once, and the others wait
     for it and then read it. Inside, build into a temporary name and publish with a rename."""
+    # filelock: imported on first use, not when this module loads
     from filelock import FileLock
     artifact.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(artifact) + ".lock"):

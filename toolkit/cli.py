@@ -240,6 +240,7 @@ def _ls_parser(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # per command: --help and validate load only what they use
     from toolkit.models import keep_freed_memory
     keep_freed_memory()
     args = build_parser().parse_args(argv)
@@ -248,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if getattr(args, "quiet", False):
         os.environ["ADAPTBENCH_QUIET"] = "1"  # for child processes
+        # per command: --help and validate load only what they use
         from toolkit import progress
         progress.quiet = True
     try:
@@ -262,12 +264,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_run(args) -> int:
     _quiet_libraries()
-    from toolkit.suites import load_suite
+    # per command: --help and validate load only what they use
     from toolkit.harness import run_suite
     from toolkit.progress import console, log
     from toolkit.reporting.decision import parse_weights
     from toolkit.reporting.report import recommendation, render_run, terminal_table
     from toolkit.runs import load_run
+    from toolkit.suites import load_suite
 
     if args.limit is not None and args.limit < 1:
         raise UserError("must be at least 1", field="--limit")
@@ -277,6 +280,7 @@ def cmd_run(args) -> int:
     weights = parse_weights(args.weights) or None
     loaded = load_suite(args.suite, args.data_dir)
     if args.judge_url or args.judge_model or args.judge_key_env:
+        # per command: --help and validate load only what they use
         from pydantic import ValidationError
 
         from toolkit.config import JudgeConfig
@@ -308,12 +312,12 @@ def cmd_run(args) -> int:
 
 
 def _run_seeds(loaded, args, only) -> int:
+    # per command: --help and validate load only what they use
     from rich.table import Table
 
     from toolkit.progress import console, log
-    from toolkit.seeds import run_seeds
-
     from toolkit.reporting.report import render_run
+    from toolkit.seeds import run_seeds
     parent, summary = run_seeds(loaded, args.seeds, only=only, limit=args.limit, out=args.out, on_run=render_run)
     if parent is None:
         return 0
@@ -336,9 +340,10 @@ def _check_data_dir(d: Path | None) -> None:
 
 
 def cmd_validate(args) -> int:
-    from toolkit.suites import load_suite
-    from toolkit.preflight import check_suite
+    # per command: --help and validate load only what they use
     from toolkit.data.suite_data import load_task_data
+    from toolkit.preflight import check_suite
+    from toolkit.suites import load_suite
 
     _check_data_dir(args.data_dir)
     loaded = load_suite(args.suite, args.data_dir)
@@ -355,6 +360,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_report(args) -> int:
+    # per command: --help and validate load only what they use
     from toolkit.reporting.decision import parse_weights
     from toolkit.reporting.report import render_run
     from toolkit.runs import RunDir
@@ -365,10 +371,11 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    # per command: --help and validate load only what they use
     from rich.table import Table
 
-    from toolkit.reporting.compare import EXIT_REGRESSION, compare_runs, default_out, render_compare, verdict
     from toolkit.progress import console
+    from toolkit.reporting.compare import EXIT_REGRESSION, compare_runs, default_out, render_compare, verdict
 
     if len(args.runs) < 2:
         raise UserError("give at least two run directories (the first is the baseline)", field="runs")
@@ -387,6 +394,7 @@ def cmd_compare(args) -> int:
         t.add_row(Path(r["run"]).name, r["arm"], r["metric"], f"{r['baseline']:.3f}", f"{r['value']:.3f}",
                   f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]", f"[{style}]{verdict(r)}[/]" if style else verdict(r))
     console.print(t)
+    # per command: --help and validate load only what they use
     from toolkit.reporting.compare import training_lines
     for line in training_lines(cmp):
         print(line)
@@ -400,6 +408,7 @@ def cmd_compare(args) -> int:
 
 def cmd_export(args) -> int:
     _quiet_libraries()
+    # per command: --help and validate load only what they use
     from toolkit.training.export import export
     print(export(args.run_dir, args.strategy, args.out, merge=args.merge))
     return 0
@@ -422,24 +431,29 @@ def cmd_serve(args) -> int:
                         field="--arm")
     if args.model is not None and (args.arm or args.log):
         raise UserError("--arm and --log are for serving a run directory", field="--arm" if args.arm else "--log")
+    # per command: --help and validate load only what they use
     from toolkit.serving.serve import api_key_from
     key = api_key_from(args.api_key_env)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not key and not args.insecure:
         raise UserError(f"{args.host} is reachable from other machines and no API key is set; add --api-key-env VAR, "
                         f"bind to 127.0.0.1, or add --insecure", field="--host")
+    # per command: --help and validate load only what they use
     from toolkit.serving.app import Limits
     limits = Limits(max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens, max_body=args.max_body_bytes,
                     max_upload=args.max_upload_bytes, max_queue=args.max_queue, max_batch_tokens=args.max_batch_tokens,
                     max_connections=args.max_connections)
     hosts = tuple(args.allowed_host) + (("*",) if args.insecure else ())
     if args.model is not None:
+        # per command: --help and validate load only what they use
         from toolkit.preflight import check_model_name
         check_model_name(args.model, field="--model")
+        # per command: --help and validate load only what they use
         from toolkit.serving.serve import serve_model
         return serve_model(args.model, name=args.name or args.model, host=args.host, port=args.port,
                            max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, dtype=args.dtype,
                            device=args.device, api_key=key, limits=limits, jobs_dir=args.jobs_dir,
                            fine_tuning=not args.no_fine_tuning, allowed_hosts=hosts)
+    # per command: --help and validate load only what they use
     from toolkit.serving.serve import serve_run
     return serve_run(args.run_dir, args.arm, name=args.name, host=args.host, port=args.port, max_batch=args.max_batch,
                      max_wait_ms=args.max_wait_ms, log_path=args.log, api_key=key, allow_changes=args.allow_changes,
@@ -447,6 +461,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_logs(args) -> int:
+    # per command: --help and validate load only what they use
     from toolkit.serving.logs_cli import export_training, list_logs
     if args.export:
         return export_training(args.db, args.export, min_score=args.min_score, arm=args.arm, since=args.since)
@@ -455,11 +470,13 @@ def cmd_logs(args) -> int:
 
 
 def cmd_ab(args) -> int:
+    # per command: --help and validate load only what they use
     from toolkit.serving.ab import ab_report
     return ab_report(args.db, baseline=args.baseline, since=args.since, routed_only=args.routed_only, html=args.html)
 
 
 def cmd_runs(args) -> int:
+    # per command: --help and validate load only what they use
     from toolkit.reporting.compare import list_runs
     runs = list_runs(args.root)
     if not runs:
@@ -472,6 +489,7 @@ def cmd_runs(args) -> int:
 
 
 def cmd_ls(args) -> int:
+    # per command: --help and validate load only what they use
     from strategies.registry import STRATEGY_TYPES
     from toolkit.data.loaders import LOADER_HELP
     from toolkit.models import BUNDLED_EMBEDDERS, BUNDLED_GENERATORS
@@ -494,12 +512,14 @@ def cmd_ls(args) -> int:
 
 
 def _quiet_libraries() -> None:
+    # per command: --help and validate load only what they use
     import logging
     import warnings
     warnings.filterwarnings("ignore")
     for name in ("transformers", "peft", "chromadb", "llama_index", "sentence_transformers", "httpx", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
+        # per command: --help and validate load only what they use
         from transformers.utils import logging as tlog
         tlog.set_verbosity_error()
         tlog.disable_progress_bar()

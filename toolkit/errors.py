@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -61,7 +62,6 @@ def check_name(name: object, what: str = "name") -> str:
     """A name the program may turn into a path (a run directory, an arm's adapter folder):
     letters, digits, `_`, `-` and `.`, at most 64 characters, not starting with `.` or `-`
     (so never `.`, `..` or an option). Raises ValueError saying so."""
-    import re
     if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
         raise ValueError(f"{what} {name!r} is not a safe name: use letters, digits, '_', '-' and '.' (at most 64, "
                          f"starting with a letter, digit or '_'), e.g. rag_k5")

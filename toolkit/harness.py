@@ -5,21 +5,38 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from toolkit.training import distributed as D
+from strategies.registry import strategy_class
 from toolkit import preflight
+from toolkit.backends import NotMeasured
 from toolkit.cache import PredictionCache, content_hash
 from toolkit.config import LoadedSuite
-from toolkit.data import Example
+from toolkit.data import Example, stratify_ok, subsample
 from toolkit.errors import UserError
+from toolkit.models import pick_device, pick_dtype
 from toolkit.progress import log, task_bar
-from toolkit.records import (ArmCost, ArmInfo, ArmResult, Context, DataSummary, JudgeCost, MajorityBaseline,
-                             ModelInfo, RunResults, Sample)
+from toolkit.records import (
+    ArmCost,
+    ArmInfo,
+    ArmResult,
+    Context,
+    DataSummary,
+    JudgeCost,
+    MajorityBaseline,
+    ModelInfo,
+    RunResults,
+    Sample,
+)
+from toolkit.resources import Resources
 from toolkit.runs import RunDir, environment, now_iso
+from toolkit.scoring.judge import not_measured_reason
+from toolkit.scoring.scorers import scorer_for
+from toolkit.training import distributed as D
 
 CHUNK_BATCHES = 2  # a local arm's answers are scored and appended to samples.jsonl every 2 batches
 
@@ -40,7 +57,6 @@ def limit_test(test: list[Example], limit: int | None, *, seed: int, stratify: b
     is sorted (by label, by source, by difficulty)."""
     if not limit or limit >= len(test):
         return test, []
-    from toolkit.data import stratify_ok, subsample
     keep = {e.id for e in subsample(test, limit, seed=seed, stratify=stratify)}
     strat = ", stratified by label" if stratify and stratify_ok([e.label for e in test], limit) else ""
     return [e for e in test if e.id in keep], [
@@ -77,7 +93,6 @@ def new_results(loaded: LoadedSuite, data, test: list[Example], limit_note: list
     if data.labels:
         results.labels = data.labels
         if data.splits.train and test:  # what always answering the commonest train label would score
-            from collections import Counter
             top = Counter(e.label for e in data.splits.train).most_common(1)[0][0]
             results.majority_baseline = MajorityBaseline(label=top, accuracy=sum(e.label == top for e in test) / len(test))
     return results
@@ -89,8 +104,6 @@ def run_suite(loaded: LoadedSuite, *, only: list[str] | None = None, limit: int 
     """Every selected arm of the suite on its test split, into a new run directory. Returns
     (None, None) in the helper processes of a distributed launch. `models_checked`: the
     caller (run_seeds) already checked the models the suite names."""
-    from toolkit.models import pick_device, pick_dtype  # imports torch: not at module load (--help)
-    from toolkit.resources import Resources
 
     suite = loaded.suite
     arms = select_arms(loaded, only)
@@ -157,8 +170,6 @@ def run_arms(arms: dict, res, data, test: list[Example], run: RunDir, results: R
 
 
 def train_together(arms: dict, res, data) -> None:
-    from strategies.registry import strategy_class
-
     for name, (stype, cfg) in arms.items():
         cls = strategy_class(stype)
         if cls.trains:
@@ -174,7 +185,6 @@ SINGLE_SAMPLE = 4  # test questions a local arm answers one at a time, for its s
 def run_arm(name: str, stype: str, cfg, res, data, test: list[Example], run: RunDir) -> ArmResult:
     """Prepare one arm, answer the test split chunk by chunk (each chunk scored and appended to
     samples.jsonl as it finishes, so a killed run keeps what it answered), then aggregate."""
-    from strategies.registry import strategy_class
 
     suite = res.suite
     strategy = strategy_class(stype)(name, cfg, res)
@@ -213,9 +223,6 @@ class ArmScoring:
     top for the tasks whose scorer asks for it: gold-answer likelihood and judged metrics."""
 
     def __init__(self, suite, res, strategy):
-        from toolkit.scoring.judge import not_measured_reason
-        from toolkit.scoring.scorers import scorer_for
-
         self.suite, self.res, self.strategy = suite, res, strategy
         scorer = scorer_for(suite.task)
         self.scorer = scorer(metrics=suite.metric_names, seed=suite.seed, labels=res.labels,
@@ -230,8 +237,6 @@ class ArmScoring:
         self.rows: dict[str, dict] = {}
 
     def score(self, chunk: list[Example], preds: list) -> list[dict]:
-        from toolkit.backends import NotMeasured
-
         scores = self.scorer.score(chunk, preds, retrieves=self.strategy.retrieves)
         if self.likelihood:
             try:

@@ -3,9 +3,11 @@ and the device/dtype choice."""
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import json
 import os
+import platform
 import shutil
 import time
 from contextlib import contextmanager
@@ -51,6 +53,7 @@ def _package_file(package: str, inner: str, install: str, what: str) -> Path:
 
 def cpu_supports_bf16() -> bool:
     try:
+        # torch, numpy: imported on first use, not when this module loads
         import torch
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except Exception:
@@ -62,6 +65,7 @@ def cpu_supports_bf16() -> bool:
 
 
 def pick_device(pref: str = "auto") -> str:
+    # torch, numpy: imported on first use, not when this module loads
     import torch
     if pref == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -90,9 +94,6 @@ def keep_freed_memory() -> bool:
     MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ in the environment would do, set from
     inside the process because they must be set before it starts. jemalloc or tcmalloc
     (LD_PRELOAD) would do it too, but are not on every machine. Linux with glibc only."""
-    import ctypes
-    import platform
-
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
@@ -105,6 +106,7 @@ def keep_freed_memory() -> bool:
 
 
 def pick_dtype(device: str, pref: str = "auto"):
+    # torch, numpy: imported on first use, not when this module loads
     import torch
     if pref == "auto":
         pref = dtype_override() or "auto"
@@ -151,6 +153,7 @@ def dequantise_gguf(gguf: Path, folder: Path) -> None:
     """Load the GGUF once, copy its dequantised weights into a plain model and save
     safetensors: a model loaded with gguf_file= keeps a GGUF quantizer that Trainer
     and save_pretrained refuse; the plain copy loads in ~0.3 s instead of ~20 s."""
+    # torch, transformers, numpy: imported on first use, not when this module loads
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -192,6 +195,7 @@ def _no_tqdm():
 
 @lru_cache(maxsize=4)
 def load_tokenizer(path: str):
+    # transformers, numpy, jinja2: imported on first use, not when this module loads
     from transformers import AutoTokenizer
     try:
         tok = AutoTokenizer.from_pretrained(path)
@@ -204,6 +208,7 @@ def load_tokenizer(path: str):
 
 def load_causal_lm(ref: ModelRef, device: str, dtype, attn: str = "sdpa"):
     """A fresh model instance (callers that merge adapters must not share one)."""
+    # transformers, numpy, jinja2: imported on first use, not when this module loads
     from transformers import AutoModelForCausalLM
     try:
         model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype, attn_implementation=attn)
@@ -226,6 +231,7 @@ def resolve_embedder(name: str) -> ModelRef:
 @lru_cache(maxsize=2)
 def load_embedder(name: str, batch_size: int = 64):
     """A llama-index HuggingFaceEmbedding (sentence-transformers underneath)."""
+    # torch, transformers, peft: imported on first use, not when this module loads
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
     ref = resolve_embedder(name)
     try:
@@ -237,6 +243,7 @@ def load_embedder(name: str, batch_size: int = 64):
 
 def embed(name: str, texts: list[str], batch_size: int = 64):
     """Unit-normalised embeddings as a float32 numpy array (n, d)."""
+    # numpy: imported on first use, not when this module loads
     import numpy as np
     model = load_embedder(name, batch_size)
     vecs = np.asarray(model.get_text_embedding_batch(list(texts)), dtype=np.float32)
@@ -250,6 +257,7 @@ def merged_model(ref: ModelRef, gen_cfg, adapter: Path):
     dtype = pick_dtype(device, gen_cfg.dtype)
     if not (adapter / "adapter_config.json").exists():  # method 'full': the folder is the model
         return load_causal_lm(ModelRef(ref.name, str(adapter), ref.fingerprint), device, dtype), device
+    # torch, transformers, peft: imported on first use, not when this module loads
     from peft import PeftModel
     base = load_causal_lm(ref, device, dtype)
     return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().eval(), device

@@ -12,12 +12,21 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
-from toolkit.config import LoadedSuite
+from toolkit.config import LoadedSuite, arm_generator
 from toolkit.data.suite_data import TaskData, load_task_data
 from toolkit.errors import UserError
+from toolkit.models import (
+    BUNDLED_EMBEDDERS,
+    BUNDLED_GENERATORS,
+    bundled_file,
+    dequantised_folder,
+    dtype_override,
+    pick_device,
+)
 
 
 def check_run(loaded: LoadedSuite, arms: dict[str, tuple[str, Any]], out: Path | None, reports_root: Path, *,
@@ -59,8 +68,6 @@ def check_suite(loaded: LoadedSuite, data, arms: dict[str, tuple[str, Any]]) -> 
 def check_models(loaded: LoadedSuite, arms: dict[str, tuple[str, Any]]) -> None:
     """Every model the suite names can be found, the device exists, and LoRA's target
     modules exist in the generator. Imports torch, loads no weights."""
-    from toolkit.config import arm_generator
-    from toolkit.models import dtype_override, pick_device
 
     s = loaded.suite
     check_model_name(s.embedder.model, kind="embedder", **loaded.where("embedder", "model"))
@@ -75,7 +82,9 @@ def check_models(loaded: LoadedSuite, arms: dict[str, tuple[str, Any]]) -> None:
             if gen.tokenizer:
                 check_model_name(gen.tokenizer, **loaded.where(*own, "tokenizer"))
             if gen.model_dump_json() not in checked:  # each endpoint and model once
+                # the backends (httpx, rich) load only for a suite with an API arm
                 from toolkit.backends.openai_api import check_endpoint
+
                 try:
                     check_endpoint(gen, ".".join(own))
                 except UserError as e:
@@ -102,7 +111,6 @@ def check_models(loaded: LoadedSuite, arms: dict[str, tuple[str, Any]]) -> None:
 def check_model_name(name: str, *, kind: str = "generator", file=None, line=None, field=None) -> None:
     """A bundled name whose package is installed, a local model folder, or a Hugging Face id
     that can be fetched (offline: that is already in the local Hugging Face cache)."""
-    from toolkit.models import BUNDLED_EMBEDDERS, BUNDLED_GENERATORS, bundled_file
 
     where = {"file": file, "line": line, "field": field}
     bundled = BUNDLED_EMBEDDERS if kind == "embedder" else BUNDLED_GENERATORS
@@ -125,6 +133,7 @@ def check_model_name(name: str, *, kind: str = "generator", file=None, line=None
     if not hub_id:
         raise UserError(f"'{name}' is neither a bundled {kind} ({', '.join(bundled)}), an existing folder, "
                         "nor a Hugging Face id (org/name)", **where)
+    # huggingface-hub: imported on first use, not when this module loads
     from huggingface_hub import constants, try_to_load_from_cache
     if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name, "config.json"), str):
         raise UserError(f"'{name}' is not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 forbids downloading "
@@ -133,9 +142,9 @@ def check_model_name(name: str, *, kind: str = "generator", file=None, line=None
 
 def model_config(name: str):
     """The transformers config of a generator, without loading its weights."""
+    # transformers, numpy, jinja2: imported on first use, not when this module loads
     from transformers import AutoConfig
 
-    from toolkit.models import BUNDLED_GENERATORS, bundled_file, dequantised_folder
 
     if name in BUNDLED_GENERATORS:
         folder = dequantised_folder(name)
@@ -150,8 +159,8 @@ def check_target_modules(model: str, modules: list[str], **where) -> None:
     """peft's own matching, on the model's architecture built on the meta device (no
     weights, no memory): a name that matches no layer, or a layer LoRA cannot adapt,
     is an error now rather than inside peft at training time."""
-    import warnings
 
+    # torch, transformers, peft: imported on first use, not when this module loads
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM

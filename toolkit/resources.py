@@ -7,11 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from toolkit.backends import load_backend
+from toolkit.backends.cache import CachedBackend
 from toolkit.cache import PredictionCache, content_hash
 from toolkit.config import GeneratorConfig, Suite
 from toolkit.data.kb import KnowledgeBase
-
-SETTINGS_ONLY = ("max_new_tokens", "stop", "temperature", "seed")  # per request: they never need a second model
+from toolkit.models import resolve_generator
+from toolkit.parts import values_of
+from toolkit.retrieval import Retriever
+from toolkit.scoring.judge import Judge
 
 
 class Resources:
@@ -27,14 +31,11 @@ class Resources:
 
     def ref(self, cfg: GeneratorConfig):
         """The local model a transformers generator names (resolved once)."""
-        from toolkit.models import resolve_generator
         return self._once(("ref", cfg.model), lambda: resolve_generator(cfg.model))
 
     def backend(self, cfg: GeneratorConfig, *, adapter: Path | None = None, adapter_key: str | None = None):
         """The cached backend for a generator (plus adapter): one per model, shared by arms."""
-        from toolkit.backends import load_backend
-        from toolkit.backends.cache import CachedBackend
-        ident = content_hash({k: v for k, v in cfg.model_dump().items() if k not in SETTINGS_ONLY})
+        ident = content_hash(values_of(cfg, "model", "batching", "api"))  # not "generation": set per request
         kw = {} if cfg.backend != "transformers" else {"ref": self.ref(cfg), "adapter": adapter, "adapter_key": adapter_key}
         return self._once(("backend", ident, adapter_key),
                           lambda: CachedBackend(load_backend(cfg, **kw), self.store))
@@ -42,6 +43,7 @@ class Resources:
     def validation_scorer(self, metric: str):
         """score(outputs, golds) of a task metric on validation answers, for a strategy that
         trains with early stopping on it (strategies do not reach into scoring themselves)."""
+        # numpy: imported on first use, not when this module loads
         from toolkit.scoring.metrics import validation_score
         return lambda outputs, golds: validation_score(metric, outputs, golds, self.labels)
 
@@ -57,7 +59,6 @@ class Resources:
 
     def retriever(self, chunk_size: int, chunk_overlap: int):
         def make():
-            from toolkit.retrieval import Retriever
             g = self.suite.generator
             ref = self.ref(GeneratorConfig(model=g.model if g.backend == "transformers" else (g.tokenizer or "smollm2-135m-instruct")))
             return Retriever(self.kb, self.suite.embedder, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
@@ -67,7 +68,6 @@ class Resources:
     def judge(self):
         """The LLM judge of the suite (a local one is loaded and served once per run)."""
         def make():
-            from toolkit.scoring.judge import Judge
             return Judge(self.suite.judge, self.suite.embedder.model)
         return self._once("judge", make)
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import shutil
 import time
+
 from toolkit.cache import cache_root, content_hash, locked
 from toolkit.config import EmbedderConfig
+from toolkit.data import Passage
 from toolkit.data.kb import KnowledgeBase
 from toolkit.models import embed, load_embedder, load_tokenizer, resolve_embedder
 from toolkit.progress import task_bar
 from toolkit.runs import atomic_write
+from toolkit.training.distributed import main_first
 
 INDEX_FORMAT = 1  # bump when the way chunks are built changes
 
@@ -34,11 +37,11 @@ class Retriever:
 
     def build(self) -> None:
         """Open the cached collection, or chunk, embed and index the knowledge base."""
-        from toolkit.training.distributed import main_first
         with main_first():  # several processes: the first builds, the others open it
             self._build()
 
     def _build(self) -> None:
+        # chromadb, llama-index, httpx: imported on first use, not when this module loads
         import chromadb
         from chromadb.config import Settings
         from llama_index.vector_stores.chroma import ChromaVectorStore
@@ -59,6 +62,7 @@ class Retriever:
     def _index(self) -> None:
         """Chunk, embed and index the knowledge base into the folder; done.json, written last,
         publishes it (a folder without it is a build that did not finish, and is redone)."""
+        # chromadb, llama-index, httpx: imported on first use, not when this module loads
         import chromadb
         from chromadb.config import Settings
         from llama_index.core import Document, StorageContext, VectorStoreIndex
@@ -98,9 +102,9 @@ class Retriever:
 
     def retrieve(self, questions: list[str], top_k: int):
         """Top-k passages per question, best first, as strategies.base.Passage."""
+        # llama-index, numpy, jinja2: imported on first use, not when this module loads
         from llama_index.core.vector_stores import VectorStoreQuery
 
-        from toolkit.data import Passage
 
         if self._store is None:
             self.build()

@@ -69,6 +69,7 @@ def environment(device: str, dtype: str) -> dict:
            "cpu_count": os.cpu_count(), "device": device, "dtype": dtype, "packages": versions,
            "git_commit": git_commit(Path(__file__).resolve().parent.parent)}
     try:
+        # torch, numpy: imported on first use, not when this module loads
         import torch
         if torch.cuda.is_available():
             env["gpu"] = torch.cuda.get_device_name(0)

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MINIMAL_SUITE
-from toolkit.suites import load_suite
 from toolkit.errors import UserError
+from toolkit.suites import load_suite
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -126,3 +126,23 @@ def test_every_bundled_suite_loads_its_data(name, monkeypatch):
     if name == "pubmedqa":
         assert len(s.test) == 500 and data.labels == ["yes", "no", "maybe"]
         assert s.test[0].input.startswith("Abstract: ") and "\n\nQuestion: " in s.test[0].input
+
+
+def test_every_generator_and_finetune_field_belongs_to_a_part():
+    """Code asks a config for a part (what loads a model, what one request changes, what the
+    trainer reads) by name; a field added without a part would silently fall out of all of them."""
+    from strategies.configs import FinetuneConfig, RagFinetuneConfig
+    from toolkit.config import GeneratorConfig, arm_generator
+    from toolkit.parts import fields_of, part_of, values_of
+
+    for model in (GeneratorConfig, FinetuneConfig, RagFinetuneConfig):
+        assert [f for f in model.model_fields if part_of(model, f) is None] == [], model.__name__
+    assert set(fields_of(GeneratorConfig, "generation")) == {"max_new_tokens", "stop", "temperature", "seed"}
+    training = values_of(RagFinetuneConfig(num_train_epochs=1), "training")  # an override keeps its part
+    assert training["num_train_epochs"] == 1 and "label_list" not in training and "search" not in training
+    # another backend starts from its own defaults, but keeps how to answer
+    api = arm_generator(GeneratorConfig(model="local", max_new_tokens=7, batch_size=4, dtype="float32"),
+                        {"backend": "openai", "model": "gpt-4o-mini"})
+    assert (api.model, api.max_new_tokens, api.batch_size, api.dtype) == ("gpt-4o-mini", 7, 4, "auto")
+    with pytest.raises(ValueError, match="tokenizer"):
+        GeneratorConfig(tokenizer="x")  # an api field without a default, on a local generator

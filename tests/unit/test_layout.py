@@ -16,7 +16,7 @@ ORDER = ["ground", "data", "backends", "training", "retrieval", "strategies", "s
          "serving", "cli"]
 LAYER_OF = {  # modules, or packages (every module under them)
     "toolkit": "ground", "toolkit.errors": "ground", "toolkit.progress": "ground", "toolkit.cache": "ground",
-    "toolkit.chat": "ground", "toolkit.config": "ground", "toolkit.runs": "ground", "toolkit.records": "ground", "toolkit.prompts": "ground",
+    "toolkit.chat": "ground", "toolkit.config": "ground", "toolkit.parts": "ground", "toolkit.runs": "ground", "toolkit.records": "ground", "toolkit.prompts": "ground",
     "toolkit.data": "data",
     "toolkit.backends": "backends", "toolkit.models": "backends",
     "toolkit.training": "training",
@@ -115,3 +115,39 @@ def test_backends_know_nothing_of_suites_strategies_or_scoring():
            if m.startswith(("strategies", "toolkit.harness", "toolkit.scoring", "toolkit.reporting", "toolkit.resources",
                             "toolkit.data", "toolkit.suites"))]
     assert bad == []
+
+
+def lazy_import_blocks(path: Path):
+    """(first line, statements) of each run of consecutive import statements inside a function."""
+    tree = ast.parse(path.read_text())
+    funcs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    seen = set()
+    for fn in funcs:
+        for node in ast.walk(fn):
+            for field in ("body", "orelse", "finalbody"):
+                stmts = getattr(node, field, None)
+                if not isinstance(stmts, list):  # a lambda's or an if-expression's body
+                    continue
+                block: list[ast.stmt] = []
+                for st in [*stmts, None]:
+                    if isinstance(st, (ast.Import, ast.ImportFrom)):
+                        block.append(st)
+                        continue
+                    if block and id(block[0]) not in seen:
+                        seen.add(id(block[0]))
+                        yield block[0].lineno, block
+                    block = []
+
+
+def test_every_import_inside_a_function_says_why():
+    """Imports sit at the top of a module, where they show the real graph. One inside a function
+    keeps something heavy (torch, transformers, chromadb...) out of `--help`, `validate` and `ls`,
+    or out of a module that does not always need it, and a comment on the line above says so."""
+    bad = []
+    for p in project_files():
+        lines = p.read_text().splitlines()
+        for first, block in lazy_import_blocks(p):
+            above = lines[first - 2].strip() if first >= 2 else ""
+            if not above.startswith("#") and not any("#" in lines[n.lineno - 1] for n in block):
+                bad.append(f"{p.relative_to(REPO)}:{first} {ast.unparse(block[0])}")
+    assert bad == [], "\n".join(bad)

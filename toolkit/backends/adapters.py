@@ -45,6 +45,7 @@ class Adapters:
         if name not in self.paths:
             raise KeyError(f"no adapter '{name}'")
         if self.peft is None:
+            # torch, transformers, peft: imported on first use, not when this module loads
             from peft import PeftModel
             self.peft = PeftModel.from_pretrained(self.gen.model, str(self.paths[name]), adapter_name=name)
             self.peft.eval()

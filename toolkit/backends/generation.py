@@ -9,11 +9,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.chat import Messages, cut_at_stop, render_chat
+from toolkit.chat import Messages, TrainItem, cut_at_stop, render_chat, tokenize_item
 from toolkit.config import GeneratorConfig
-from toolkit.models import (ModelRef, load_causal_lm, load_tokenizer, merged_model, pick_device, pick_dtype,
-                            resolve_generator)
+from toolkit.models import (
+    ModelRef,
+    load_causal_lm,
+    load_tokenizer,
+    merged_model,
+    pick_device,
+    pick_dtype,
+    resolve_generator,
+)
 from toolkit.progress import task_bar
+
 
 @dataclass
 class Generation:
@@ -128,6 +136,7 @@ class Generator:
 
     def warm_up(self) -> "Generator":
         """One tiny generation, so one-off kernel set-up is not billed to the first answers' latency."""
+        # torch, numpy: imported on first use, not when this module loads
         import torch
         enc = self.tokenizer(["Hello"], return_tensors="pt").to(self.device)
         with torch.inference_mode():
@@ -144,6 +153,7 @@ class Generator:
         """One forward pass over every row but its last token (left-padded, position ids
         counting real tokens only): the batch's key/value cache, ids and attention mask.
         The last token is left for `generate` or the answer continuation to process."""
+        # torch, numpy: imported on first use, not when this module loads
         import torch
         pad = self.tokenizer.pad_token_id
         width = max(map(len, rows))
@@ -166,10 +176,10 @@ class Generator:
         its prompt, and the number of answer tokens: the loglikelihood request of
         lm-evaluation-harness, used for perplexity. A prompt this generator just answered
         reuses its keys and values (PrefixStore); the others are prefilled here."""
+        # torch, transformers, numpy: imported on first use, not when this module loads
         import torch
         from transformers import DynamicCache
 
-        from toolkit.chat import TrainItem, tokenize_item
 
         tok = self.tokenizer
         pad = tok.pad_token_id
@@ -228,6 +238,7 @@ class Generator:
         OpenAI's `top_logprobs`; lm-evaluation-harness reads them to tell a greedy answer).
         Texts are left-padded into batches of at most 4,096 tokens (position ids count real
         tokens)."""
+        # torch, numpy: imported on first use, not when this module loads
         import torch
 
         tok = self.tokenizer
@@ -268,6 +279,7 @@ class Generator:
         """Summed NLL of every choice (plus end-of-turn) as the answer to each prompt. The
         prompt runs once and its key/value cache is shared by all choices, so 77 labels
         cost one prompt pass plus 77 short continuations instead of 77 full passes."""
+        # torch, numpy: imported on first use, not when this module loads
         import torch
 
         tok = self.tokenizer
@@ -303,6 +315,7 @@ class Generator:
         `streams[i]`, where given, is called with each new piece of answer i as it is
         generated (the pieces add up to the answer's text). `stop_rows[i]()`, where given, is
         asked at every step whether answer i should stop there (its client has gone)."""
+        # torch, transformers, numpy: imported on first use, not when this module loads
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 

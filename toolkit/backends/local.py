@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.backends.base import Backend, Completion, GenRequest, Likelihood, LLRequest, Settings
+from toolkit.backends.generation import Generator, load_finetuned
 from toolkit.chat import Messages, render_chat
+from toolkit.models import load_tokenizer, pick_device, pick_dtype, resolve_generator
 
 # prompt key/value caches a generator keeps for the likelihood requests that follow its answers
 # (toolkit.backends.generation.PrefixStore): a harness chunk of 32 RAG prompts of ~280 tokens is ~410 MB
@@ -26,7 +28,6 @@ class TransformersBackend(Backend):
 
     def __init__(self, cfg, *, ref=None, adapter: Path | None = None, adapter_key: str | None = None,
                  generator=None, prefix_cache_mb: int = PREFIX_CACHE_MB):
-        from toolkit.models import load_tokenizer, pick_device, pick_dtype, resolve_generator
         self.cfg = cfg
         self.ref = ref or resolve_generator(cfg.model)
         self.device = pick_device(cfg.device)
@@ -39,9 +40,7 @@ class TransformersBackend(Backend):
     @property
     def generator(self):
         if self._gen is None:
-            from toolkit.backends.generation import Generator
             if self.adapter is not None:
-                from toolkit.backends.generation import load_finetuned
                 self._gen = load_finetuned(self.ref, self.cfg, self.adapter, prefix_cache_mb=self._prefix_mb)
             else:
                 self._gen = Generator.load(self.cfg, self.ref, prefix_cache_mb=self._prefix_mb)

@@ -15,8 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from toolkit.backends.base import Backend, Completion, GenRequest, Likelihood, LLRequest, NotMeasured
-from toolkit.chat import Messages, cut_at_stop
+from toolkit.chat import Messages, answer_suffix, cut_at_stop, render_chat
 from toolkit.errors import UserError
+from toolkit.models import load_tokenizer, resolve_generator
+from toolkit.progress import task_bar
 
 NO_PROMPT_LOGPROBS = "the endpoint gives no prompt log-probabilities (/v1/completions with echo and logprobs)"
 
@@ -31,6 +33,7 @@ def api_key(cfg) -> str:
 def check_endpoint(cfg, where: str) -> None:
     """GET /v1/models before any arm runs: an unreachable endpoint, a refused key or a model
     the endpoint does not serve is a one-line UserError (exit 2)."""
+    # openai: imported on first use, not when this module loads
     import openai
 
     if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
@@ -66,6 +69,7 @@ class OpenAIBackend(Backend):
     batched = False
 
     def __init__(self, cfg):
+        # openai: imported on first use, not when this module loads
         import openai
 
         self.cfg = cfg
@@ -80,7 +84,6 @@ class OpenAIBackend(Backend):
         model name resolves to a bundled model, folder or cached hub model); else None."""
         with self._tok_lock:  # the scoring threads ask at once
             if not self._tok_loaded:
-                from toolkit.models import load_tokenizer, resolve_generator
                 name = self.cfg.tokenizer or self.cfg.model
                 try:
                     self._tok = load_tokenizer(resolve_generator(name).path)
@@ -101,7 +104,6 @@ class OpenAIBackend(Backend):
         tok = self.tokenizer
         if tok is None:  # estimate: ~4 characters per token, plus a few per message for the chat format
             return sum(len(m.get("content", "")) // 4 + 4 for m in messages)
-        from toolkit.chat import render_chat
         return len(tok(render_chat(tok, messages), add_special_tokens=False)["input_ids"])
 
     def _chat(self, r: GenRequest) -> Completion:
@@ -118,7 +120,6 @@ class OpenAIBackend(Backend):
                           int(getattr(u, "completion_tokens", 0) or 0), dt, dt)
 
     def generate(self, requests: list[GenRequest], *, description: str | None = "Generating") -> list[Completion]:
-        from toolkit.progress import task_bar
         if description is None:  # no progress bar (a served arm's one request)
             return list(self._pool.map(self._chat, requests))
         out: list[Completion] = []
@@ -129,9 +130,9 @@ class OpenAIBackend(Backend):
         return out
 
     def _score(self, r: LLRequest) -> Likelihood:
+        # openai: imported on first use, not when this module loads
         import openai
 
-        from toolkit.chat import answer_suffix, render_chat
         tok = self.tokenizer
         if tok is None:
             raise NotMeasured("the model's chat template is unknown here, so its prompts cannot be sent to "

@@ -165,7 +165,6 @@ def parse_number(text: str) -> float | None:
 
 
 def _only_number(s: str) -> bool:
-    import re
     return re.fullmatch(r"\s*[-+]?(\d[\d,]*\.?\d*|\.\d+)([eE][-+]?\d+)?\s*", s) is not None
 
 
@@ -310,6 +309,7 @@ def stratify_ok(labels: list[str | None], n_part: int) -> bool:
 def split_examples(examples: list[Example], *, fractions: tuple[float, float], seed: int,
                    stratify: bool) -> tuple[list[Example], list[Example], list[Example]]:
     """Seeded train/validation/test split; stratified by label when asked and possible."""
+    # scipy, sklearn, pandas: imported on first use, not when this module loads
     from sklearn.model_selection import train_test_split
 
     val_frac, test_frac = fractions
@@ -329,6 +329,7 @@ def split_examples(examples: list[Example], *, fractions: tuple[float, float], s
 def subsample(examples: list[Example], n: int | None, *, seed: int, stratify: bool) -> list[Example]:
     if n is None or n >= len(examples):
         return examples
+    # scipy, sklearn, pandas: imported on first use, not when this module loads
     from sklearn.model_selection import train_test_split
 
     labels = [e.label for e in examples]

@@ -5,12 +5,13 @@ Files are read where they lie (the data directory); nothing is copied."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Callable
 
 from toolkit.data import Example, shuffled, stable_id
-from toolkit.errors import UserError
 from toolkit.data.kb import Document, KnowledgeBase
+from toolkit.errors import UserError
 
 LOADERS: dict[str, Callable] = {}
 LOADER_HELP: dict[str, str] = {}
@@ -67,8 +68,6 @@ def covid_faq(path: Path, *, suite_path: Path, seed: int = 0, validation_size: i
 @loader("covid_qa", "COVID-QA (deepset, SQuAD format): knowledge base = the 98 CORD-19 papers; questions with "
         "answer spans, split (seeded) into train/validation/test; gold document = the question's paper.")
 def covid_qa(path: Path, *, suite_path: Path, seed: int = 0, validation_size: int = 50, test_size: int = 300, **_):
-    import json
-
     qa_file = _need(path / "200423_covidQA.json", "data.loader_args.path", suite_path)
     data = json.loads(qa_file.read_text(encoding="utf-8"))["data"]
     docs, items, seen = [], [], set()
@@ -92,8 +91,6 @@ def covid_qa(path: Path, *, suite_path: Path, seed: int = 0, validation_size: in
 @loader("pubmedqa", "PubMedQA (PQA-L): yes/no/maybe questions, each with its abstract as context in the input; "
         "test = the 500 official test ids, the other 500 are train/validation.")
 def pubmedqa(path: Path, *, suite_path: Path, seed: int = 0, validation_size: int = 50, with_context: bool = True, **_):
-    import json
-
     data_file = _need(path / "ori_pqal.json", "data.loader_args.path", suite_path)
     test_ids = set(json.loads(_need(path / "test_ground_truth.json", "data.loader_args.path", suite_path).read_text()))
     rows = json.loads(data_file.read_text(encoding="utf-8"))

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from toolkit.config import LoadedSuite
 from toolkit.data import Example, Splits, dedup, normalize_text, read_examples, split_examples, subsample
-from toolkit.errors import UserError
 from toolkit.data.kb import KnowledgeBase, read_knowledge_base
 from toolkit.data.loaders import run_loader
+from toolkit.errors import UserError
 
 
 @dataclass

@@ -79,6 +79,7 @@ def training_lines(cmp: dict) -> list[str]:
 
 
 def render_compare(cmp: dict, out: Path) -> tuple[Path, Path]:
+    # jinja2: imported on first use, not when this module loads
     from jinja2 import Environment, PackageLoader, select_autoescape
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "compare.json", json.dumps(cmp, indent=2))

@@ -10,7 +10,9 @@ import numpy as np
 
 # Quality dominates unless arms are close: costs separate arms whose quality is similar.
 from toolkit.config import DEFAULT_WEIGHTS  # the schema validates them; the decision weighs them
+from toolkit.errors import UserError
 from toolkit.records import ArmCost, RunResults
+
 CRITERIA_HELP = {
     "quality": "the suite's first metric (higher is better)",
     "latency": "seconds one caller waits per answer (an API arm's p50 per request; a local arm's one-at-a-time p50)",
@@ -23,7 +25,6 @@ CRITERIA_HELP = {
 
 def parse_weights(text: str | None) -> dict[str, float]:
     """'quality=0.7,latency=0.1' -> dict; unknown names are a UserError."""
-    from toolkit.errors import UserError
     if not text:
         return {}
     out = {}

@@ -18,8 +18,10 @@ def arm_colors(arms: list[str]) -> dict[str, str]:
 
 
 def _plt():
+    # matplotlib: imported on first use, not when this module loads
     import matplotlib
     matplotlib.use("Agg")
+    # matplotlib: imported on first use, not when this module loads
     import matplotlib.pyplot as plt
     matplotlib.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False,
                                 "axes.spines.right": False})

@@ -7,13 +7,26 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rich.table import Table
+
 from toolkit.records import ArmInfo, ArmResult, Context, MetricValue, RunResults, Sample
 from toolkit.reporting import figures as F
-from toolkit.reporting.decision import (CRITERIA_HELP, DEFAULT_EXPECTED_QUERIES, break_even, cost_unit, decide, fmt_cost,
-                              primary_metric, query_cost, sensitivity, setup_cost, total_cost)
+from toolkit.reporting.decision import (
+    CRITERIA_HELP,
+    DEFAULT_EXPECTED_QUERIES,
+    break_even,
+    cost_unit,
+    decide,
+    fmt_cost,
+    primary_metric,
+    query_cost,
+    sensitivity,
+    setup_cost,
+    total_cost,
+)
 from toolkit.runs import RunDir, atomic_write
 from toolkit.scoring.registry import METRICS
-from toolkit.scoring.stats import compare_arms
+from toolkit.scoring.stats import N_BOOTSTRAP, compare_arms
 
 LABELS = {n: m.label for n, m in METRICS.items()}
 UNBOUNDED = {n for n, m in METRICS.items() if not m.bounded}  # not on a 0-1 scale: kept out of the bar chart
@@ -40,7 +53,6 @@ def fmt_interval(m: MetricValue | None, digits: int = 2) -> str:
 
 
 def fmt_p(p: float) -> str:
-    from toolkit.scoring.stats import N_BOOTSTRAP
     return f"<{1 / N_BOOTSTRAP:.1g}" if p == 0 else f"{p:.2g}"
 
 
@@ -257,7 +269,6 @@ def figures(ctx: dict) -> dict[str, str]:
 # --- terminal -----------------------------------------------------------------
 
 def terminal_table(results: RunResults):
-    from rich.table import Table
     heads = headline_metrics(results)
     t = Table(title=f"{results.suite} · {results.data.test_scored} test examples · "
                     f"{results.device or '?'}/{results.dtype or '?'}")
@@ -360,6 +371,7 @@ def measurement_notes(results: RunResults) -> list[str]:
 
 
 def render_html(ctx: dict) -> str:
+    # jinja2: imported on first use, not when this module loads
     from jinja2 import Environment, PackageLoader, select_autoescape
     jenv = Environment(loader=PackageLoader("toolkit.reporting", "templates"), autoescape=select_autoescape(["html"]))
     return jenv.get_template("report.html").render(

@@ -16,10 +16,16 @@ import logging
 import math
 import os
 import re
+import threading
 import warnings
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
+from pydantic import ConfigDict
+
+from toolkit.backends import GenRequest, Settings, load_backend
+from toolkit.config import GeneratorConfig
+from toolkit.models import load_embedder
 from toolkit.scoring.registry import judged
 
 # metric -> (ragas class, needs retrieved contexts, needs a reference answer), from the registry
@@ -94,14 +100,12 @@ class Judge:
             return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # datasets, ragas, openai: imported on first use, not when this module loads
             from langchain_openai import ChatOpenAI
             from ragas.embeddings import LlamaIndexEmbeddingsWrapper
             from ragas.llms import LangchainLLMWrapper
-        from toolkit.models import load_embedder
 
         if self._base_url is None:  # a local model, through the request layer like an arm's
-            from toolkit.backends import load_backend
-            from toolkit.config import GeneratorConfig
 
             backend = load_backend(GeneratorConfig(model=self.cfg.model, max_new_tokens=min(self.cfg.max_tokens, 4096)))
             self._stack.callback(backend.close)
@@ -118,6 +122,7 @@ class Judge:
         """Judged scores for every example (NaN where ragas could not score a row)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # datasets, ragas, openai: imported on first use, not when this module loads
             import ragas.metrics as rm
             from ragas import EvaluationDataset, RunConfig, SingleTurnSample, evaluate
             from ragas.cost import get_token_usage_for_openai
@@ -161,14 +166,12 @@ def local_chat_model(backend, max_tokens: int):
     load the model a second time, outside adaptbench's model loading (dtype, device, the
     dequantised bundled model). A local model is not re-entrant: prompts are answered one at
     a time, under a lock, whatever concurrency ragas asks for."""
-    import threading
 
+    # langchain: imported on first use, not when this module loads
     from langchain_core.language_models.chat_models import BaseChatModel
     from langchain_core.messages import AIMessage
     from langchain_core.outputs import ChatGeneration, ChatResult
-    from pydantic import ConfigDict
 
-    from toolkit.backends import GenRequest, Settings
 
     roles = {"human": "user", "ai": "assistant", "system": "system"}
     lock = threading.Lock()

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import re
 import string
+import warnings
 from collections import Counter
 from typing import Any
 
 import numpy as np
 
 from toolkit.data import NUMBER, parse_number  # noqa: F401 -- the data layer reads numbers the same way
+from toolkit.models import embed
 from toolkit.records import MetricValue
 from toolkit.scoring.registry import for_task
 
@@ -71,6 +73,7 @@ def contains(pred: str, gold: str) -> float:
 
 
 def rouge_l(preds: list[str], golds: list[str]) -> list[float]:
+    # rouge-score: imported on first use, not when this module loads
     from rouge_score import rouge_scorer
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     return [scorer.score(g, p)["rougeL"].fmeasure for p, g in zip(preds, golds)]
@@ -90,9 +93,9 @@ def hit_and_rr(retrieved_ids: list[str], gold_ids: list[str]) -> tuple[float, fl
 
 def ragas_context_scores(retrieved: list[list[str]], reference: list[list[str]]) -> tuple[list[float], list[float]]:
     """ragas NonLLMContextRecall / NonLLMContextPrecisionWithReference (string similarity, no LLM)."""
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # datasets, ragas, openai: imported on first use, not when this module loads
         from ragas import SingleTurnSample
         from ragas.metrics import NonLLMContextPrecisionWithReference, NonLLMContextRecall
     recall_m, prec_m = NonLLMContextRecall(), NonLLMContextPrecisionWithReference()
@@ -128,6 +131,7 @@ def _value(mean: float, lo: float, hi: float, n: int, higher_is_better: bool) ->
 
 def bootstrap_mean(values, *, seed: int = 0, higher_is_better: bool = True) -> MetricValue:
     """Mean with a percentile bootstrap 95% CI (scipy.stats.bootstrap)."""
+    # scipy: imported on first use, not when this module loads
     from scipy.stats import bootstrap
     x = np.asarray(values, dtype=float)
     x = x[~np.isnan(x)]
@@ -144,12 +148,12 @@ def bootstrap_statistic(n: int, statistic, *, seed: int = 0, higher_is_better: b
     """A corpus-level statistic of example indices (e.g. macro F1) with a BCa bootstrap
     95% CI. BCa rather than percentile: resampling drops rare classes, which biases
     macro scores downwards, and percentile intervals then miss the point estimate."""
+    # scipy: imported on first use, not when this module loads
     from scipy.stats import bootstrap
     point = float(statistic(np.arange(n)))
     if n < 3:
         return _value(point, point, point, n, higher_is_better)
     with np.errstate(all="ignore"):
-        import warnings
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = bootstrap((np.arange(n),), statistic, n_resamples=N_BOOTSTRAP, method="BCa",
@@ -205,7 +209,6 @@ def score_qa(examples, preds, *, metrics: list[str], doc_text: dict[str, str] | 
     if "rouge_l" in metrics:
         per["rouge_l"] = rouge_l(outs, golds)
     if "embedding_similarity" in metrics and embedder:
-        from toolkit.models import embed
         a, b = embed(embedder, outs), embed(embedder, golds)
         per["embedding_similarity"] = [float(x) for x in (a * b).sum(axis=1)]
     has_gold = [bool(e.context_ids) for e in examples]
@@ -252,6 +255,7 @@ def score_classification(examples, preds, *, labels: list[str]) -> list[dict[str
 
 def aggregate_classification(rows: list[dict], gold: list[str], *, labels: list[str], metrics: list[str],
                              seed: int) -> tuple[dict[str, MetricValue], dict]:
+    # scipy, sklearn, pandas: imported on first use, not when this module loads
     from sklearn.metrics import confusion_matrix
 
     y_true = np.array([labels.index(g) for g in gold])

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from toolkit.records import Sample
+from toolkit.scoring.metrics import macro_prf, r_squared
+from toolkit.scoring.registry import METRICS
 
 N_BOOTSTRAP = 2000
 
@@ -67,6 +69,7 @@ def paired_bootstrap(x: np.ndarray, y: np.ndarray, *, seed: int = 0) -> tuple[fl
 
 
 def mcnemar(x: np.ndarray, y: np.ndarray) -> float:
+    # scipy: imported on first use, not when this module loads
     from scipy.stats import binomtest
     b = int(((x == 1) & (y == 0)).sum())
     c = int(((x == 0) & (y == 1)).sum())
@@ -74,7 +77,6 @@ def mcnemar(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def compare_arms(samples: list[Sample], metric: str, arms: list[str] | None = None, *, seed: int = 0) -> list[Paired]:
-    from toolkit.scoring.registry import METRICS
     m = METRICS.get(metric)
     hib = m.higher_is_better if m else True
     if m is not None and m.level == "corpus":
@@ -97,7 +99,6 @@ def compare_arms(samples: list[Sample], metric: str, arms: list[str] | None = No
 def corpus_statistic(metric: str, rows: list[Sample]):
     """For a corpus-level metric: a function of example indices -> the metric over those rows
     of one arm, or None when samples.jsonl lacks what it needs (older runs)."""
-    from toolkit.scoring.metrics import macro_prf, r_squared
     sc = [r.scores for r in rows]
     if metric in ("macro_precision", "macro_recall", "macro_f1"):
         if any("mapped_label" not in s for s in sc) or any(r.label is None for r in rows):

@@ -11,13 +11,19 @@ the arms look the same so far).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
 from toolkit.errors import UserError
+from toolkit.runs import atomic_write
+from toolkit.serving.log import LATEST_FEEDBACK
+from toolkit.serving.logs_cli import open_log, parse_since
 
 Z_ALPHA, Z_POWER = 1.959964, 0.841621  # two-sided 5%, 80% power
 SMALLEST_EFFECT = 0.05
@@ -57,7 +63,6 @@ def tally(rows: list[dict]) -> dict[str, Tally]:
 def tally_db(con, *, since: str | None = None, routed_only: bool = False) -> dict[str, Tally]:
     """Per-arm sums straight from the log (constant memory, whatever its size); latency
     percentiles as SQLite finds them (nearest rank)."""
-    from toolkit.serving.log import LATEST_FEEDBACK
     where, args = [], []
     if since:
         where.append("p.created_at >= ?")
@@ -83,6 +88,7 @@ def tally_db(con, *, since: str | None = None, routed_only: bool = False) -> dic
 
 
 def arm_stats(t: Tally) -> dict[str, Any]:
+    # scipy: imported on first use, not when this module loads
     from scipy import stats
     out: dict[str, Any] = {"requests": t.requests, "rated": t.rated, "corrected": t.corrected,
                            "latency_p50_s": t.latency_p50_s, "latency_p95_s": t.latency_p95_s,
@@ -97,6 +103,7 @@ def arm_stats(t: Tally) -> dict[str, Any]:
 
 def compare(base: dict, other: dict) -> dict[str, Any]:
     """other minus base: difference, 95% CI, Welch p-value, and the ratings per arm needed."""
+    # scipy: imported on first use, not when this module loads
     from scipy import stats
     na, nb = base["n"], other["n"]
     if na < 2 or nb < 2:
@@ -157,10 +164,6 @@ def verdict(base: str, arm: str, c: dict) -> str:
 
 def ab_report(db: Path, *, baseline: str | None = None, since: str | None = None, routed_only: bool = False,
               html: Path | None = None) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from toolkit.serving.logs_cli import open_log, parse_since
 
     con = open_log(db)
     try:
@@ -180,7 +183,6 @@ def ab_report(db: Path, *, baseline: str | None = None, since: str | None = None
                   f"{c['p']:.3g}" if "p" in c else "",
                   f"{s['latency_p50_s']:.2f}s" if s["latency_p50_s"] is not None else "–",
                   f"{s['latency_p95_s']:.2f}s" if s["latency_p95_s"] is not None else "–")
-    import os
     console = Console(width=None if os.isatty(1) else 200)
     console.print(t)
     lines = [verdict(a["baseline"], arm, c) for arm, c in a["compare"].items()]
@@ -195,8 +197,8 @@ def ab_report(db: Path, *, baseline: str | None = None, since: str | None = None
 
 
 def write_html(a: dict, lines: list[str], path: Path, db: Path) -> None:
+    # jinja2: imported on first use, not when this module loads
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    from toolkit.runs import atomic_write
     jenv = Environment(loader=PackageLoader("toolkit.reporting", "templates"), autoescape=select_autoescape(["html"]))
     atomic_write(path, jenv.get_template("ab.html").render(a=a, lines=lines, db=db))

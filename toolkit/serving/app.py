@@ -8,8 +8,11 @@ toolkit.serving.serve.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import ipaddress
 import json
+import signal
 import socket
 import sys
 import threading
@@ -17,12 +20,14 @@ import time
 import traceback
 from dataclasses import dataclass
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from toolkit.errors import UserError
 from toolkit.serving.protocol import ApiError, error_body
 
 OPEN_PATHS = ("/healthz",)     # answered without the API key (load balancers, liveness probes)
@@ -57,7 +62,6 @@ def _host_of(value: str) -> str:
 
 
 def _is_loopback(name: str) -> bool:
-    import ipaddress
     try:
         return ipaddress.ip_address(name).is_loopback  # exactly an address: "127.evil.example" is a name
     except ValueError:
@@ -186,7 +190,6 @@ class Guard:
         state: dict = {"deadline": None, "done": False}
 
         async def timed():
-            import asyncio
             if state["done"]:  # the body is in: later receives wait for a disconnect, for as long as it takes
                 return await receive()
             now = asyncio.get_running_loop().time()
@@ -202,7 +205,6 @@ class Guard:
         """A response that its client does not read within `write_timeout_s` is abandoned (a
         stalled stream reader would hold its generation and connection for ever)."""
         async def timed(msg):
-            import asyncio
             await asyncio.wait_for(send(msg), timeout=self.limits.write_timeout_s)
         return timed
 
@@ -291,6 +293,7 @@ def build_app(*, title: str, description: str, routers: list, api_key: str | Non
     if metrics is not None:
         @app.get("/metrics", include_in_schema=False)
         async def prometheus():
+            # prometheus-client: imported on first use, not when this module loads
             from toolkit.serving.metrics import CONTENT_TYPE_LATEST
             return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -340,8 +343,6 @@ class GuardedH11(H11Protocol):
 
 
 def uvicorn_config(app, host: str, port: int, limits: Limits):
-    import uvicorn
-
     proto = type("GuardedH11", (GuardedH11,), {"header_timeout": limits.header_timeout_s})
     return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, http=proto,
                           timeout_keep_alive=limits.keep_alive_s, limit_concurrency=limits.max_connections,
@@ -358,8 +359,6 @@ class LoopbackServer:
     """Runs an app with uvicorn in a background thread on 127.0.0.1 and a free port."""
 
     def __init__(self, app, port: int | None = None, limits: Limits | None = None):
-        import uvicorn
-
         self.port = port or free_port()
         self.server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", self.port, limits or Limits()))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -385,11 +384,8 @@ class LoopbackServer:
 def run_server(app, engine, host: str, port: int, banner: str, limits: Limits) -> int:
     """HTTP on a thread, the model on the main thread (see Engine), until Ctrl-C or SIGTERM:
     the first stops accepting and answers what is in flight; a second stops at once."""
-    import signal
 
-    import uvicorn
 
-    from toolkit.errors import UserError
 
     port = port or free_port(host)
     # The engine's generation loop is mostly Python between small kernels and holds the GIL most

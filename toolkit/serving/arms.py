@@ -9,9 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from strategies.registry import strategy_class
+from toolkit.cache import content_hash
+from toolkit.data import Query
+from toolkit.data.suite_data import load_task_data
 from toolkit.errors import UserError
 from toolkit.records import RunResults
+from toolkit.resources import Resources
 from toolkit.runs import RunDir
+from toolkit.suites import load_resolved
 
 
 @dataclass
@@ -32,7 +38,6 @@ class ServedArm:
 
     def prompt(self, question: str, request_id: str):
         """The chat prompt and passages this arm builds for a question."""
-        from toolkit.data import Query
         prompts, contexts = self.strategy.prompts([Query(id=request_id, input=question)])
         return prompts[0], contexts[0]
 
@@ -90,11 +95,6 @@ def check_arms(run_dir: Path, names: list[str]) -> tuple[RunResults, dict]:
 
 def load_arms(run_dir: Path, names: list[str], *, allow_changes: bool = False) -> tuple[Any, list[ServedArm]]:
     """Rebuild the named arms of a run. Returns (Resources, arms); close the Resources after."""
-    from strategies.registry import strategy_class
-    from toolkit.cache import content_hash
-    from toolkit.suites import load_resolved
-    from toolkit.data.suite_data import load_task_data
-    from toolkit.resources import Resources
 
     run_dir = Path(run_dir)
     results, cfg = check_arms(run_dir, names)

@@ -24,6 +24,8 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from toolkit.backends.adapters import Adapters
+
 
 class ServerClosing(RuntimeError):
     """The server is shutting down: a queued request is refused (HTTP 503)."""
@@ -121,7 +123,6 @@ class Engine:
 
     def add_adapter(self, generator, name: str, path) -> int:
         """Answer as `generator` with a LoRA adapter (loaded on the worker at first use); its key."""
-        from toolkit.backends.adapters import Adapters
         self._adapters.setdefault(id(generator), Adapters(generator)).add(name, path)
         self.generators.append(generator)
         self.adapter_of.append(name)

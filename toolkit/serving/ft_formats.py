@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from toolkit.chat import TrainItem
+
 ROLES = ("system", "user", "assistant", "tool", "function")
 MESSAGE_KEYS = {"role", "content", "name", "weight", "function_call", "tool_calls", "tool_call_id"}
 CHAT, COMPLETION = "chat", "prompt_completion"
@@ -82,7 +84,6 @@ def train_items(path: Path) -> list:
     message is the prompt, that message the answer the model learns. Prompt/completion: the
     prompt is one user turn (rendered with the model's chat template, as the server renders a
     fine-tuned model's /v1/completions prompt), the completion the answer."""
-    from toolkit.chat import TrainItem
     items = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():

@@ -17,6 +17,7 @@ written 0600 in a 0700 folder.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -29,6 +30,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from toolkit.serving.ft_formats import check_training_file
 
 MIN_EXAMPLES = 10           # OpenAI's minimum for a training file
 DEFAULT_EPOCHS, DEFAULT_BATCH, BASE_LR = 3, 8, 1e-3  # "auto" hyperparameters; lr = BASE_LR × multiplier
@@ -72,7 +75,6 @@ def _write_json(path: Path, obj: Any) -> None:
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """The training child gets SIGKILL when the server goes, even by kill -9 (Linux)."""
     try:
-        import ctypes
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
@@ -133,7 +135,6 @@ class FineTuning:
 
     # files
     def add_file(self, filename: str, data: bytes, purpose: str) -> dict:
-        from toolkit.serving.ft_formats import check_training_file
         n, fmt = check_training_file(data)
         with self._lock:
             files = self.files()

@@ -9,16 +9,17 @@ import json
 import sys
 from pathlib import Path
 
+from strategies.registry import config_class
+from toolkit.config import GeneratorConfig
+from toolkit.models import resolve_generator
+from toolkit.parts import values_of
+from toolkit.runs import atomic_write
+from toolkit.serving.ft_formats import train_items
+from toolkit.serving.ft_jobs import BASE_LR, DEFAULT_BATCH, DEFAULT_EPOCHS
+from toolkit.training.trainer import train_model
+
 
 def main(spec_path: str) -> int:
-    from strategies.registry import config_class
-    from toolkit.config import GeneratorConfig
-    from toolkit.models import resolve_generator
-    from toolkit.runs import atomic_write
-    from toolkit.serving.ft_formats import train_items
-    from toolkit.serving.ft_jobs import BASE_LR, DEFAULT_BATCH, DEFAULT_EPOCHS
-    from toolkit.training.trainer import train_model
-
     spec = json.loads(Path(spec_path).read_text())
     hp = spec["hyperparameters"]
     train = train_items(Path(spec["training_file"]))
@@ -28,7 +29,7 @@ def main(spec_path: str) -> int:
     mult = 1.0 if hp["learning_rate_multiplier"] == "auto" else float(hp["learning_rate_multiplier"])
     cfg = config_class("finetune")(num_train_epochs=epochs, per_device_train_batch_size=batch,
                                    learning_rate=BASE_LR * mult)
-    settings = cfg.model_dump(exclude={"generator", "augment", "search", "seed", "max_train_examples"})
+    settings = values_of(cfg, "training")
     gen = GeneratorConfig(model=spec["model"], dtype=spec.get("dtype", "auto"))
     folder, info = train_model(resolve_generator(spec["model"]), gen, train, val, settings,
                                label="fine-tuning job", seed=int(spec.get("seed") or 0))

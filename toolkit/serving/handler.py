@@ -20,7 +20,10 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from toolkit.backends import GenRequest
+from toolkit.data import Query
 from toolkit.serving.engine import Cancelled, QueueFull, ServerClosing
+from toolkit.serving.log import Prediction
 from toolkit.serving.protocol import ApiError, ServeContext, busy, closing
 
 CLIENT_GONE = 499  # nginx's "client closed request": what /metrics counts for an abandoned request
@@ -103,7 +106,6 @@ class Handler:
             self._remote_waiting -= 1
 
     def _most_likely(self, ctx, on_text):
-        from toolkit.data import Query
         arm = ctx.target.arm
         p = arm.strategy.most_likely_label(arm.backend, [ctx.prompt], [Query(id=ctx.request_id, input="")],
                                            [ctx.passages])[0]
@@ -113,7 +115,6 @@ class Handler:
 
     @staticmethod
     def _ask_remote(ctx, n, on_text):
-        from toolkit.backends import GenRequest
         arm = ctx.target.arm
         try:
             comps = arm.backend.generate([GenRequest(ctx.prompt, ctx.settings) for _ in range(n)], description=None)
@@ -173,7 +174,6 @@ class Handler:
     def record(self, ctx: ServeContext, status: str, texts: list[tuple[str, int, int]], queue_s: float,
                error: BaseException | None = None) -> None:
         """The log row (committed before the response goes out) and the metrics."""
-        from toolkit.serving.log import Prediction
         latency = time.perf_counter() - ctx.t0
         name = ctx.target.name
         completion = sum(c for _, _, c in texts)

@@ -10,12 +10,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from toolkit.errors import UserError
+from toolkit.serving.log import connect, query
 
 UNSAFE = re.compile("[\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")  # C1 controls, bidi marks
 
 
 def open_log(db: Path) -> sqlite3.Connection:
-    from toolkit.serving.log import connect
     db = Path(db)
     if not db.is_file():
         raise UserError("no such prediction log (adaptbench serve writes RUN_DIR/serve.db)", file=db)
@@ -52,7 +52,6 @@ def printable(s, n: int | None = 60) -> str:
 
 
 def list_logs(db: Path, *, arm=None, user=None, since=None, feedback=None, limit=50, as_json=False) -> int:
-    from toolkit.serving.log import query
     con = open_log(db)
     try:
         rows = query(con, arm=arm, user=user, since=parse_since(since), feedback=feedback, limit=limit or None)
@@ -60,6 +59,7 @@ def list_logs(db: Path, *, arm=None, user=None, since=None, feedback=None, limit
             for r in rows:  # JSON escapes C0 controls; C1 controls and bidi overrides are escaped too
                 print(UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(r, ensure_ascii=False)))
             return 0
+        # rich: imported on first use, not when this module loads
         from rich.console import Console
         from rich.table import Table
         from rich.text import Text
@@ -94,7 +94,6 @@ def export_training(db: Path, out: Path, *, min_score: float = 1.0, arm=None, si
     were), as OpenAI chat-format JSONL: {"messages": [user, assistant]}. The question is what
     the client asked; the arm adds its own instruction and passages when it trains. Written
     atomically: an interrupted export leaves no half-written file."""
-    from toolkit.serving.log import query
 
     con = open_log(db)
     out.parent.mkdir(parents=True, exist_ok=True)

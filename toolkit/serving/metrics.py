@@ -6,9 +6,16 @@ Prometheus conventions: counters end in _total, durations are in seconds.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401 -- the /metrics response type
-from prometheus_client import disable_created_metrics
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,  # noqa: F401 -- the /metrics response type
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+    disable_created_metrics,
+    generate_latest,
+)
 
 disable_created_metrics()  # no *_created series: a timestamp per label set that no panel uses
 

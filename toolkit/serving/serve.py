@@ -13,8 +13,19 @@ import os
 import sys
 from pathlib import Path
 
+from toolkit.backends.generation import Generator
+from toolkit.cache import cache_root
+from toolkit.config import GeneratorConfig
 from toolkit.errors import UserError
+from toolkit.progress import status
 from toolkit.serving.app import Limits, build_app, run_server
+from toolkit.serving.arms import check_arms, load_arms, parse_arm_specs
+from toolkit.serving.endpoints import chat, completions, feedback, fine_tuning, models
+from toolkit.serving.engine import Engine
+from toolkit.serving.ft_jobs import FineTuning
+from toolkit.serving.handler import Handler
+from toolkit.serving.log import PredictionLog
+from toolkit.serving.targets import ArmTarget, ArmTargets, ModelTarget, ModelTargets
 
 
 def api_key_from(env: str | None) -> str | None:
@@ -34,9 +45,6 @@ def model_app(engine, name: str, *, api_key: str | None = None, metrics=None, li
     """The app of `serve --model` around an Engine whose first model is the base: chat and
     text completions, /v1/models and, with `jobs_dir`, OpenAI's files and fine-tuning routes
     (app.state.finetuning; close it after). Also what a local judge is served by."""
-    from toolkit.serving.endpoints import chat, completions, feedback, models
-    from toolkit.serving.handler import Handler
-    from toolkit.serving.targets import ModelTarget, ModelTargets
 
     limits = limits or Limits(max_queue=engine.max_queue)
     gen = engine.generators[0]
@@ -45,9 +53,6 @@ def model_app(engine, name: str, *, api_key: str | None = None, metrics=None, li
     routers = [models.router, chat.router, completions.router] + ([feedback.router] if log is not None else [])
     state = {"handler": handler, "finetuning": None}
     if jobs_dir is not None:
-        from toolkit.serving.endpoints import fine_tuning
-        from toolkit.serving.ft_jobs import FineTuning
-
         model_ref = gen.cfg.model
 
         def register(ft_name: str, base: str, adapter: Path) -> None:
@@ -71,9 +76,6 @@ def arm_app(arms: list, weights: dict[str, float], *, engine, name: str, run: st
             allowed_hosts: tuple[str, ...] = ()):
     """The app of `serve RUN_DIR --arm`: the arms (toolkit.serving.arms.ServedArm) by name and
     behind the A/B router, with the prediction log and feedback."""
-    from toolkit.serving.endpoints import chat, completions, feedback, models
-    from toolkit.serving.handler import Handler
-    from toolkit.serving.targets import ArmTarget, ArmTargets
 
     limits = limits or Limits(max_queue=engine.max_queue)
     targets = ArmTargets(name, [ArmTarget(a, engine.add(a.backend.generator) if a.local else None, weights.get(a.name, 0))
@@ -88,12 +90,7 @@ def serve_model(model: str, *, name: str, host: str, port: int, max_batch: int, 
                 dtype: str = "auto", device: str = "auto", api_key: str | None = None, limits: Limits | None = None,
                 jobs_dir: Path | None = None, fine_tuning: bool = True, log_path: Path | None = None,
                 allowed_hosts: tuple[str, ...] = ()) -> int:
-    from toolkit.backends.generation import Generator
-    from toolkit.cache import cache_root
-    from toolkit.config import GeneratorConfig
-    from toolkit.progress import status
-    from toolkit.serving.engine import Engine
-    from toolkit.serving.log import PredictionLog
+    # prometheus-client: imported on first use, not when this module loads
     from toolkit.serving.metrics import Metrics
 
     limits = limits or Limits()
@@ -120,10 +117,7 @@ def serve_model(model: str, *, name: str, host: str, port: int, max_batch: int, 
 def serve_run(run_dir: Path, arm_specs: list[str], *, name: str | None, host: str, port: int, max_batch: int,
               max_wait_ms: float, log_path: Path | None, api_key: str | None, allow_changes: bool,
               limits: Limits | None = None, allowed_hosts: tuple[str, ...] = ()) -> int:
-    from toolkit.progress import status
-    from toolkit.serving.arms import check_arms, load_arms, parse_arm_specs
-    from toolkit.serving.engine import Engine
-    from toolkit.serving.log import PredictionLog
+    # prometheus-client: imported on first use, not when this module loads
     from toolkit.serving.metrics import Metrics
 
     limits = limits or Limits()

@@ -10,10 +10,12 @@ is queued.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import threading
 from typing import Any
 
+from toolkit.backends import Settings
 from toolkit.serving.protocol import ApiError, ServeContext
 
 
@@ -42,7 +44,6 @@ def check_length(ctx: ServeContext, context: int, max_prompt_tokens: int) -> Non
 
 def settings_for(req, default, max_tokens_cap: int):
     """The request's generation settings over `default` (toolkit.backends.Settings)."""
-    from toolkit.backends import Settings
     want = req.wanted_tokens()
     if want is not None and want > max_tokens_cap:
         raise ApiError(400, f"max_tokens is {want}; this server generates at most {max_tokens_cap}",
@@ -59,7 +60,6 @@ def private_tokenizer(generator):
     """A copy of a generator's tokenizer for counting prompt tokens on request threads: a fast
     tokenizer is not safe to share with the engine's thread, which changes its padding state
     ("Already borrowed")."""
-    import copy
     return copy.deepcopy(generator.tokenizer)
 
 
@@ -88,7 +88,6 @@ class ModelTarget(Target):
     answers the prompt as one user turn, the way its training rendered each example."""
 
     def __init__(self, name: str, key: int, generator, *, fine_tuned: bool = False, root: str | None = None):
-        from toolkit.backends import Settings
         self.name, self.key, self.generator, self.fine_tuned = name, key, generator, fine_tuned
         self.root = root  # the base model a fine-tuned one was trained from
         self.default = Settings(256, (), 0.0, None)
@@ -97,7 +96,6 @@ class ModelTarget(Target):
     def prepare(self, ctx: ServeContext, req, limits, prompt: str | None = None, raw: bool = False) -> None:
         """`prompt`: one of a completion request's prompts (default the first); `raw`: score
         the text as given (echo with logprobs), whatever model it is."""
-        from toolkit.backends import Settings
         default = self.default if ctx.endpoint == "chat.completions" else Settings(16, (), 0.0, None)
         ctx.settings = settings_for(req, default, limits.max_tokens)
         tok = self.tokenizer

@@ -17,8 +17,12 @@ import re
 import time
 from dataclasses import replace
 
+from toolkit.backends.generation import Generator
 from toolkit.cache import cache_root, content_hash, locked
 from toolkit.data import Example, normalize_text
+from toolkit.models import resolve_generator
+from toolkit.runs import atomic_write
+from toolkit.training.distributed import is_distributed, main_first
 
 SYSTEM = "You reword questions. Keep every name and number. Never answer the question."
 # two demonstrations: without them a 135M model mostly answers the question instead (measured on the
@@ -63,9 +67,6 @@ def _keep(raw: list[str], original: str) -> list[str]:
 
 def paraphrase(examples: list[Example], cfg, res, gen_cfg) -> tuple[list[Example], dict]:
     """The examples plus their paraphrased copies (ids `<id>#p<k>`), and info for the report."""
-    from toolkit.training.distributed import is_distributed, main_first
-    from toolkit.runs import atomic_write
-    from toolkit.models import resolve_generator
 
     ref = resolve_generator(cfg.model) if cfg.model else res.ref(gen_cfg)
     inputs = [e.input for e in examples]
@@ -95,9 +96,9 @@ def paraphrase(examples: list[Example], cfg, res, gen_cfg) -> tuple[list[Example
 
 
 def _generate(inputs: list[str], cfg, res, arm_cfg, ref) -> dict:
+    # torch, numpy: imported on first use, not when this module loads
     import torch
 
-    from toolkit.backends.generation import Generator
 
     gen_cfg = arm_cfg.model_copy(update={
         "temperature": cfg.temperature, "max_new_tokens": 64, "stop": ["\n"], "model": ref.name})

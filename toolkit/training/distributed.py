@@ -51,6 +51,7 @@ def init() -> None:
     state, which the Trainer reuses."""
     if not is_distributed():
         return
+    # torch, numpy, accelerate: imported on first use, not when this module loads
     import torch
     from accelerate import PartialState
     PartialState(cpu=not torch.cuda.is_available())
@@ -62,6 +63,7 @@ def main_first():
     if not together():
         yield
         return
+    # torch, numpy, accelerate: imported on first use, not when this module loads
     from accelerate import PartialState
     with PartialState().main_process_first():
         yield
@@ -69,5 +71,6 @@ def main_first():
 
 def barrier() -> None:
     if together():
+        # torch, numpy, accelerate: imported on first use, not when this module loads
         from accelerate import PartialState
         PartialState().wait_for_everyone()

@@ -8,11 +8,13 @@ import shutil
 from pathlib import Path
 
 from toolkit.cache import cache_root
+from toolkit.config import GeneratorConfig
 from toolkit.errors import UserError
+from toolkit.models import load_tokenizer, merged_model, resolve_generator
+from toolkit.runs import RunDir
 
 
 def export(run_dir: Path, arm: str, out: Path, *, merge: bool) -> Path:
-    from toolkit.runs import RunDir
     run = RunDir.open(run_dir)
     results = run.results()
     r = results.strategies.get(arm)
@@ -27,14 +29,11 @@ def export(run_dir: Path, arm: str, out: Path, *, merge: bool) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError("exists and is not an empty folder", file=out, field="OUT")
 
-    from toolkit.config import GeneratorConfig
-    from toolkit.models import load_tokenizer, resolve_generator
     config = run.config()
     ref = resolve_generator(config["generator"]["model"])
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     if merge:
-        from toolkit.models import merged_model
         # merged on the CPU in float32, so the export does not depend on this machine's bf16 support
         model, _ = merged_model(ref, GeneratorConfig(model=ref.name, device="cpu", dtype="float32"), folder)
         model.save_pretrained(tmp)

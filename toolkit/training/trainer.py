@@ -8,6 +8,7 @@ an unchanged rerun reuses it.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import shutil
@@ -15,19 +16,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from toolkit.cache import cache_root, content_hash, locked
-from toolkit.config import GeneratorConfig
-from toolkit.chat import TrainItem, tokenize_item  # noqa: F401 -- re-exported for callers of training
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from toolkit import progress
 from toolkit.backends.generation import Generator
-from toolkit.models import ModelRef, load_causal_lm, load_tokenizer, pick_device, pick_dtype
+from toolkit.cache import cache_root, content_hash, locked
+from toolkit.chat import TrainItem, tokenize_item  # noqa: F401 -- re-exported for callers of training
+from toolkit.config import GeneratorConfig
 from toolkit.errors import UserError
+from toolkit.models import ModelRef, load_causal_lm, load_tokenizer, pick_device, pick_dtype
 from toolkit.progress import console
+from toolkit.training import distributed as D
+from toolkit.training.distributed import world_size
 
 ADAPTER_FORMAT = 3  # bump when the training recipe changes in a way settings do not capture
 
 
 def adapter_key(ref: ModelRef, train: list[TrainItem], validation: list[TrainItem], settings: dict, gen: GeneratorConfig) -> str:
-    from toolkit.training.distributed import world_size
     extra = {"world_size": world_size()} if world_size() > 1 else {}  # N processes: N times the global batch
     device = pick_device(gen.device)
     dtype = str(pick_dtype(device, gen.dtype)).replace("torch.", "")  # resolved: bf16 and fp32 train differently
@@ -37,7 +42,6 @@ def adapter_key(ref: ModelRef, train: list[TrainItem], validation: list[TrainIte
 
 
 def flash_attention_available(device: str) -> bool:
-    import importlib.util
     return device.startswith("cuda") and importlib.util.find_spec("flash_attn") is not None
 
 
@@ -60,8 +64,10 @@ class AnswerLogitsOnly:
         self.pad, self.packed, self.multiple = tok.pad_token_id, packed, pad_to_multiple_of
 
     def __call__(self, features: list[dict]) -> dict:
+        # torch, numpy: imported on first use, not when this module loads
         import torch
         if self.packed:
+            # transformers, numpy, jinja2: imported on first use, not when this module loads
             from transformers import DataCollatorWithFlattening
             batch = DataCollatorWithFlattening(return_tensors="pt")(features)
             labels = batch["labels"][0]
@@ -110,12 +116,9 @@ def batching_recipe(tok, device: str, padding_free: bool | str) -> tuple[Any, di
 
 
 def _rich_callback(total_steps: int, label: str):
-    import contextlib
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    # transformers, numpy, jinja2: imported on first use, not when this module loads
     from transformers import TrainerCallback
 
-    from toolkit import progress
 
     class RichProgress(TrainerCallback):
         p = None  # drawn only inside shown(): an evaluation before training logs nothing here
@@ -153,8 +156,8 @@ def _rich_callback(total_steps: int, label: str):
 def _prepare_model(ref: ModelRef, device: str, dtype, settings: dict[str, Any], attn: str = "sdpa"):
     """The model to train: LoRA adapters on the base, the base itself ('full'), or
     LoRA on a 4-bit base ('qlora', CUDA + bitsandbytes only)."""
-    import importlib.util
 
+    # torch, transformers, peft: imported on first use, not when this module loads
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -165,6 +168,7 @@ def _prepare_model(ref: ModelRef, device: str, dtype, settings: dict[str, Any], 
                             field="strategies.finetune.method")
         if importlib.util.find_spec("bitsandbytes") is None:
             raise UserError("method: qlora needs bitsandbytes: pip install bitsandbytes", field="strategies.finetune.method")
+        # torch, transformers, peft: imported on first use, not when this module loads
         from peft import prepare_model_for_kbit_training
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
@@ -189,6 +193,7 @@ def _generative_eval(items: list[TrainItem], scorer, name: str, gen_cfg: Generat
     `eval_<name>` to the evaluation metrics, so early stopping and best-checkpoint
     selection can follow a task metric (token F1, accuracy...) instead of the loss. It must
     run before EarlyStoppingCallback, which reads the same metrics dict."""
+    # transformers, numpy, jinja2: imported on first use, not when this module loads
     from transformers import TrainerCallback
 
     class GenerativeEval(TrainerCallback):
@@ -214,7 +219,6 @@ def train_model(ref: ModelRef, gen_cfg: GeneratorConfig, train: list[TrainItem],
     `scorer(outputs, items) -> float` computes settings['metric_for_best_model'] on the
     validation answers when it is a task metric rather than 'loss' (higher is better).
     Under a distributed launch every process calls this together; process 0 writes."""
-    from toolkit.training import distributed as D
 
     key = adapter_key(ref, train, validation, settings, gen_cfg)
     folder = cache_root() / "adapters" / key
@@ -236,8 +240,8 @@ def _train(ref: ModelRef, gen_cfg: GeneratorConfig, train: list[TrainItem], vali
     collator, TrainingArguments, callbacks, train, save. One function on purpose: each step
     reads what the step before built (model, tokenizer, device, collator), and the order is
     the order of the peft and transformers guides."""
-    from toolkit.training import distributed as D
 
+    # torch, transformers, numpy: imported on first use, not when this module loads
     import torch
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments, set_seed
 

@@ -11,9 +11,18 @@ import uuid
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from toolkit.serving.engine import QueueFull, ServerClosing
 from toolkit.serving.handler import ClientGone, gone
-from toolkit.serving.protocol import STREAMED, MAX_PROMPTS, ApiError, CompletionRequest, CompletionResponse, \
-    ServeContext
+from toolkit.serving.protocol import (
+    MAX_PROMPTS,
+    STREAMED,
+    ApiError,
+    CompletionRequest,
+    CompletionResponse,
+    ServeContext,
+    busy,
+    closing,
+)
 
 router = APIRouter()
 
@@ -64,8 +73,6 @@ def _logprobs(got: dict, start: int, next_at: int | None = None) -> dict:
 def _submit_all(h, make) -> list:
     """Queue every future `make()` yields; a full queue (429) or shutdown (503) cancels the ones
     already queued, so none is computed for nobody."""
-    from toolkit.serving.engine import QueueFull, ServerClosing
-    from toolkit.serving.protocol import busy, closing
     futures: list = []
     try:
         for f in make():

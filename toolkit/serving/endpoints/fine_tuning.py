@@ -18,8 +18,17 @@ from starlette.concurrency import run_in_threadpool
 
 from toolkit.serving.ft_formats import FormatError
 from toolkit.serving.ft_jobs import QuotaExceeded
-from toolkit.serving.protocol import (ERRORS, ApiError, Deleted, EventList, FileList, FileObject, JobList,
-                                      JobObject, JobRequest)
+from toolkit.serving.protocol import (
+    ERRORS,
+    ApiError,
+    Deleted,
+    EventList,
+    FileList,
+    FileObject,
+    JobList,
+    JobObject,
+    JobRequest,
+)
 
 router = APIRouter()
 
