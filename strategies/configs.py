@@ -15,8 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from toolkit.parts import part
 
 
-class StrategyConfig(BaseModel):
+class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class StrategyConfig(Settings):
     needs_knowledge_base: ClassVar[bool] = False
     trains_locally: ClassVar[bool] = False
 
@@ -69,7 +72,7 @@ TUNABLE = ("learning_rate", "r", "lora_alpha", "lora_dropout", "num_train_epochs
            "gradient_accumulation_steps", "warmup_ratio", "weight_decay", "lr_scheduler_type")
 
 
-class SearchConfig(StrategyConfig):
+class SearchConfig(Settings):
     """Hyperparameter search: every trial is trained (and cached) and scored on the
     validation split; the trial with the lowest validation loss answers the test split."""
 
@@ -93,7 +96,7 @@ class SearchConfig(StrategyConfig):
         return self
 
 
-class AugmentConfig(StrategyConfig):
+class AugmentConfig(Settings):
     """Paraphrase augmentation: each training question also appears in `paraphrases`
     reworded forms written by the generator model, with the same answer. Ovadia et al.
     (2023) found repeated paraphrases are what lets fine-tuning absorb new facts."""

@@ -7,14 +7,16 @@ import os
 import sys
 from pathlib import Path
 
+from toolkit import __version__
 from toolkit.errors import UserError
 
 EPILOG = """\
 examples:
-  adaptbench run eval_suites/demo.yaml                      all arms of the bundled demo
-  adaptbench run eval_suites/demo.yaml --strategies rag,zero_shot --limit 20
-  adaptbench run eval_suites/banking77.yaml --data-dir ../shared/datasets
-  adaptbench validate eval_suites/demo.yaml                 check a suite and its data, load no model
+  adaptbench run demo                                       all arms of the bundled demo suite
+  adaptbench run demo --strategies rag,zero_shot --limit 20
+  adaptbench run my_suite.yaml                              your own suite (adaptbench suite-fields lists its fields)
+  adaptbench run banking77 --data-dir ../shared/datasets    a bundled public-data suite, its data where you keep it
+  adaptbench validate my_suite.yaml                         check a suite and its data, load no model
   adaptbench report reports/demo-20261121-101500 --weights quality=0.8
                                                             re-render a run's report (other decision weights)
   adaptbench compare reports/demo-A reports/demo-B --fail-on-regression token_f1
@@ -28,6 +30,7 @@ examples:
                                                             what was served; corrected answers as train data
   adaptbench ab reports/demo-.../serve.db                   the A/B test: feedback per arm with CIs, p-value
   adaptbench ls                                             strategies, loaders, bundled models, suites
+  adaptbench suite-fields finetune                          every field of a section: type, default, meaning
 
 exit codes: 0 success, 1 internal failure, 2 bad input (one line naming file, line and field),
             3 compare --fail-on-regression found a regression
@@ -42,13 +45,26 @@ class OneLineErrors(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def _suite_arg(text: str) -> Path:
+    # per command: --help loads no suite machinery
+    from toolkit.bundled import suite_path
+
+    return suite_path(Path(text))
+
+
+def _version() -> str:
+    return f"adaptbench {__version__} (Python {sys.version.split()[0]})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrors(
         prog="adaptbench", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Prompt, retrieve or fine-tune? Runs the same task, on the same split, through every "
                     "approach and reports quality (with 95% CIs), cost and a recommendation side by side.")
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_run_parser, _validate_parser, _report_parser, _compare_parser, _export_parser, _serve_parser, _logs_parser, _ab_parser, _runs_parser, _ls_parser):
+    for add in (_run_parser, _validate_parser, _report_parser, _compare_parser, _export_parser, _serve_parser, _logs_parser, _ab_parser, _runs_parser, _ls_parser,
+                _fields_parser):
         add(sub)
     return p
 
@@ -60,7 +76,8 @@ def _run_parser(sub) -> None:
                                    "samples.jsonl, results.json, report.md and report.html into the run directory. "
                                    "Indexes, adapters and answers are cached by content hash "
                                    "($ADAPTBENCH_CACHE, default ~/.cache/adaptbench): an unchanged rerun takes seconds.")
-    r.add_argument("suite", type=Path, help="suite YAML file, e.g. eval_suites/demo.yaml")
+    r.add_argument("suite", type=_suite_arg, help="a suite YAML file, or the name of a bundled suite "
+                   "(`adaptbench ls` lists them), e.g. demo")
     r.add_argument("--strategies", "-s", help="comma-separated arms to run (default: all arms of the suite)")
     r.add_argument("--limit", "-n", type=int, help="score a random sample of N test examples (seeded by the suite's "
                    "seed, stratified by label for label tasks; the report says so): quick checks")
@@ -80,7 +97,7 @@ def _run_parser(sub) -> None:
 
 def _validate_parser(sub) -> None:
     v = sub.add_parser("validate", help="check a suite file and its data without loading any model")
-    v.add_argument("suite", type=Path)
+    v.add_argument("suite", type=_suite_arg, help="a suite YAML file, or the name of a bundled suite")
     v.add_argument("--data-dir", type=Path, help="where {data_dir} in the suite points (default: $ADAPTBENCH_DATA_DIR)")
 
 
@@ -237,6 +254,15 @@ def _runs_parser(sub) -> None:
 
 def _ls_parser(sub) -> None:
     sub.add_parser("ls", help="list strategies, data loaders, bundled models and bundled suites")
+
+
+def _fields_parser(sub) -> None:
+    f = sub.add_parser("suite-fields", help="every field a suite can hold: type, default, description",
+                       description="Every field a suite file can hold, read from the schema: its type, bounds, "
+                                   "default and description (docs/suite-reference.md is the same, as Markdown).")
+    f.add_argument("section", nargs="?", metavar="SECTION", help="one section: suite, data, data.file, generator, "
+                   "embedder, strategies (every strategy type) or one of them (finetune, rag...), augment, search, "
+                   "decision, judge, prices (default: all)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -488,9 +514,18 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def cmd_fields(args) -> int:
+    # per command: --help and validate load only what they use
+    from toolkit.fields import render_text
+
+    print(render_text(args.section))
+    return 0
+
+
 def cmd_ls(args) -> int:
     # per command: --help and validate load only what they use
     from strategies.registry import STRATEGY_TYPES
+    from toolkit.bundled import bundled_suites, description
     from toolkit.data.loaders import LOADER_HELP
     from toolkit.models import BUNDLED_EMBEDDERS, BUNDLED_GENERATORS
 
@@ -503,11 +538,9 @@ def cmd_ls(args) -> int:
     print("bundled models:")
     for name, (pkg, _, install) in {**BUNDLED_GENERATORS, **BUNDLED_EMBEDDERS}.items():
         print(f"  {name:22s} ({install})")
-    suites = sorted(Path("eval_suites").glob("*.yaml")) if Path("eval_suites").is_dir() else []
-    if suites:
-        print("suites:")
-        for s in suites:
-            print(f"  {s}")
+    print("bundled suites (adaptbench run NAME; public-data ones read --data-dir):")
+    for name, path in bundled_suites().items():
+        print(f"  {name:22s} {description(path)}")
     return 0
 
 
@@ -528,7 +561,8 @@ def _quiet_libraries() -> None:
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "compare": cmd_compare,
-            "export": cmd_export, "serve": cmd_serve, "logs": cmd_logs, "ab": cmd_ab, "runs": cmd_runs, "ls": cmd_ls}
+            "export": cmd_export, "serve": cmd_serve, "logs": cmd_logs, "ab": cmd_ab, "runs": cmd_runs, "ls": cmd_ls,
+            "suite-fields": cmd_fields}
 
 if __name__ == "__main__":
     sys.exit(main())

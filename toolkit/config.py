@@ -8,6 +8,7 @@ validate`, `ls` and `--help` go through it.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from toolkit.errors import UserError, check_name, read_utf8
 from toolkit.parts import fields_of, part
 
+OPENAI_URL = "https://api.openai.com/v1"
 TaskType = Literal["qa", "classification", "multiple_choice", "regression"]
 LABEL_TASKS = ("classification", "multiple_choice")  # one label per example, scored by accuracy
 
@@ -70,9 +72,11 @@ class GeneratorConfig(StrictModel):
         "(OpenAI, Azure OpenAI, vLLM, TGI, llama.cpp server, Ollama, `adaptbench serve --model`)."), **part("model"))
     base_url: Url = Field(None, description=(
         "backend: openai. The endpoint, e.g. http://localhost:8000/v1 (vLLM), http://localhost:11434/v1 "
-        "(Ollama); default https://api.openai.com/v1."), **part("api"))
+        "(Ollama); default $OPENAI_BASE_URL, else https://api.openai.com/v1, as the openai client has it."), **part("api"))
     api_key_env: EnvName = Field(None, description=(
-        "backend: openai. Name of the environment variable that holds the key (the key never goes in the suite)."),
+        "backend: openai. Name of the environment variable that holds the key (the key never goes in the suite). "
+        "Default: $OPENAI_API_KEY, sent only to an endpoint you chose yourself (OpenAI's, or $OPENAI_BASE_URL): "
+        "a `base_url` written in a suite gets a key only through api_key_env."),
         **part("api"))
     concurrency: int = Field(8, ge=1, le=256, description="backend: openai. Requests in flight at once.", **part("api"))
     max_retries: int = Field(4, ge=0, le=20, description=(
@@ -100,7 +104,9 @@ class GeneratorConfig(StrictModel):
 
     @property
     def endpoint(self) -> str:
-        return self.base_url or "https://api.openai.com/v1"
+        """Where an API arm sends its requests: `base_url`, else $OPENAI_BASE_URL, else OpenAI's,
+        as the openai client chooses."""
+        return self.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL
 
 
 def arm_generator(suite_generator: GeneratorConfig, override: dict | None) -> GeneratorConfig:

@@ -53,7 +53,11 @@ def _raise_validation(err: ValidationError, path: Path, root: yaml.Node | None, 
     field = ".".join(str(x) for x in loc) or None
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        msg = "unknown field (check the spelling; `adaptbench validate --help` lists the fields)"
+        section = ".".join(str(x) for x in loc[:-1] if not str(x).isdigit())
+        if loc[:1] == ("strategies",):
+            section = "strategies"  # the arm's name is not a section; every strategy type is
+        msg = (f"unknown field (check the spelling; `adaptbench suite-fields{' ' + section if section else ''}` "
+               "lists the fields)")
     elif first["type"] == "missing":
         msg = "required field is missing"
     raise UserError(msg, file=path, line=line_of(root, loc), field=field)

@@ -189,6 +189,46 @@ def test_a_dead_endpoint_a_refused_key_and_an_unknown_model_exit_2_before_any_wo
     assert r.returncode == 2 and "serves no model 'gpt-5' (it serves: tiny)" in r.stderr, r.stderr
 
 
+def test_an_api_arm_without_base_url_uses_openai_base_url_and_key_as_the_openai_client_does(tmp_path, tiny_suite_path):
+    """No base_url and no api_key_env in the suite: $OPENAI_BASE_URL and $OPENAI_API_KEY are the
+    endpoint and the key. A base_url written in a suite never receives $OPENAI_API_KEY."""
+    seen = []
+
+    def ok(messages, n, temperature, max_tokens, stop):
+        return [("ok", 1, 1)] * n
+
+    app = scripted_app(ok, "tiny")
+
+    @app.middleware("http")
+    async def needs_key(request, call_next):
+        from starlette.responses import JSONResponse
+        seen.append(request.headers.get("authorization"))
+        if request.headers.get("authorization") != "Bearer from-env":
+            return JSONResponse({"error": {"message": "bad key", "type": "invalid_request_error"}}, status_code=401)
+        return await call_next(request)
+
+    with LoopbackServer(app) as s:
+        _api_suite(tmp_path, tiny_suite_path, s.base_url)
+        cfg = yaml.safe_load(tiny_suite_path.read_text())
+        del cfg["strategies"]["hosted"]["generator"]["base_url"]
+        cfg["metrics"] = ["token_f1"]
+        tiny_suite_path.write_text(yaml.safe_dump(cfg))
+        env = {"OPENAI_BASE_URL": s.base_url, "OPENAI_API_KEY": "from-env"}
+        r = _cli("run", str(tiny_suite_path), "--strategies", "hosted", "--out", str(tmp_path / "r1"), env=env)
+        assert r.returncode == 0, r.stderr
+        assert RunDir(tmp_path / "r1").results().strategies["hosted"].model.where == s.base_url
+        assert set(seen) == {"Bearer from-env"}
+        cfg["strategies"]["hosted"]["generator"]["base_url"] = s.base_url  # named by the suite itself
+        tiny_suite_path.write_text(yaml.safe_dump(cfg))
+        r = _cli("run", str(tiny_suite_path), "--out", str(tmp_path / "r2"), env=env)
+        assert r.returncode == 2 and "refused the key" in r.stderr and "Bearer from-env" not in seen[-1], r.stderr
+    del cfg["strategies"]["hosted"]["generator"]["base_url"]
+    tiny_suite_path.write_text(yaml.safe_dump(cfg))
+    r = _cli("run", str(tiny_suite_path), "--out", str(tmp_path / "r3"), env={"OPENAI_BASE_URL": "ftp://x"})
+    assert r.returncode == 2 and "$OPENAI_BASE_URL" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "r3").exists()
+
+
 def test_one_suite_compares_a_local_arm_with_an_api_arm(tmp_path, tiny_suite_path, tiny_llama, served):
     from toolkit.cli import main
     from toolkit.reporting.report import render_run

@@ -16,7 +16,7 @@ ORDER = ["ground", "data", "backends", "training", "retrieval", "strategies", "s
          "serving", "cli"]
 LAYER_OF = {  # modules, or packages (every module under them)
     "toolkit": "ground", "toolkit.errors": "ground", "toolkit.progress": "ground", "toolkit.cache": "ground",
-    "toolkit.chat": "ground", "toolkit.config": "ground", "toolkit.parts": "ground", "toolkit.runs": "ground", "toolkit.records": "ground", "toolkit.prompts": "ground",
+    "toolkit.chat": "ground", "toolkit.config": "ground", "toolkit.parts": "ground", "toolkit.bundled": "ground", "toolkit.runs": "ground", "toolkit.records": "ground", "toolkit.prompts": "ground",
     "toolkit.data": "data",
     "toolkit.backends": "backends", "toolkit.models": "backends",
     "toolkit.training": "training",
@@ -24,7 +24,7 @@ LAYER_OF = {  # modules, or packages (every module under them)
     "strategies": "strategies",
     "toolkit.scoring": "scoring",
     "toolkit.harness": "harness", "toolkit.preflight": "harness", "toolkit.resources": "harness",
-    "toolkit.seeds": "harness", "toolkit.suites": "harness",
+    "toolkit.seeds": "harness", "toolkit.suites": "harness", "toolkit.fields": "harness",
     "toolkit.reporting": "reporting",
     "toolkit.serving": "serving",
     "toolkit.cli": "cli",

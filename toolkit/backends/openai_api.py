@@ -16,6 +16,7 @@ from typing import Any
 
 from toolkit.backends.base import Backend, Completion, GenRequest, Likelihood, LLRequest, NotMeasured
 from toolkit.chat import Messages, answer_suffix, cut_at_stop, render_chat
+from toolkit.config import check_url
 from toolkit.errors import UserError
 from toolkit.models import load_tokenizer, resolve_generator
 from toolkit.progress import task_bar
@@ -24,10 +25,22 @@ NO_PROMPT_LOGPROBS = "the endpoint gives no prompt log-probabilities (/v1/comple
 
 
 def api_key(cfg) -> str:
-    """The key from the variable the suite names; local servers take any key."""
+    """The key from the variable the suite names; else $OPENAI_API_KEY, as the openai client
+    takes it, but only for an endpoint the user chose (OpenAI's, or $OPENAI_BASE_URL): a suite
+    from someone else that names its own base_url does not receive the user's OpenAI key.
+    Local servers take any key."""
     if cfg.api_key_env:
         return os.environ.get(cfg.api_key_env, "")
     return os.environ.get("OPENAI_API_KEY", "") if cfg.base_url is None else "not-needed"
+
+
+def check_env_endpoint(cfg, where: str) -> None:
+    """$OPENAI_BASE_URL, when it is the endpoint, is checked as a suite's base_url is."""
+    if cfg.base_url is None and os.environ.get("OPENAI_BASE_URL"):
+        try:
+            check_url(os.environ["OPENAI_BASE_URL"])
+        except ValueError as e:
+            raise UserError(f"$OPENAI_BASE_URL: {e}", field=f"{where}.base_url") from None
 
 
 def check_endpoint(cfg, where: str) -> None:
@@ -38,8 +51,9 @@ def check_endpoint(cfg, where: str) -> None:
 
     if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
         raise UserError(f"the key variable {cfg.api_key_env} is not set", field=f"{where}.api_key_env")
-    if cfg.base_url is None and not api_key(cfg):
-        raise UserError("OpenAI needs a key: set api_key_env (e.g. OPENAI_API_KEY) and export it",
+    check_env_endpoint(cfg, where)
+    if cfg.base_url is None and not os.environ.get("OPENAI_BASE_URL") and not api_key(cfg):
+        raise UserError("OpenAI needs a key: export OPENAI_API_KEY (or name another variable in api_key_env)",
                         field=f"{where}.api_key_env")
     client = openai.OpenAI(base_url=cfg.endpoint, api_key=api_key(cfg) or "not-needed", max_retries=1,
                            timeout=min(cfg.timeout_s, 15))
