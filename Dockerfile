@@ -9,9 +9,11 @@
 # exactly as it was evaluated (its adapter comes from the run directory). Mount ~/.cache/adaptbench
 # at /root/.cache/adaptbench too, to reuse retrieval indexes and the dequantised bundled model.
 #
-# torch: the CPU build by default. For an NVIDIA GPU, build on a CUDA base image with
+# torch: the CPU build by default. For an NVIDIA GPU, take torch's CUDA build (its wheel carries
+# the CUDA libraries; the NVIDIA container toolkit provides the driver):
 #   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 -t adaptbench-gpu .
-# and run with --gpus all.
+#   docker run --gpus all ... adaptbench-gpu ...
+# The GPU image is not exercised by the tests (they run without a GPU or a docker daemon).
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \

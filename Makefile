@@ -23,8 +23,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile scripts/precompile.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --no-compile --upgrade pip
-	# --no-compile: byte-compiling every installed module took ~60 of ~100 s on 2 cores;
-	# scripts/precompile.py compiles the ones adaptbench imports (~25 s).
+	# --no-compile: byte-compiling every installed module is most of an install on 2 cores;
+	# scripts/precompile.py compiles only the ones adaptbench imports (24 s on a 2-core Intel Xeon).
 	# torch first. PyPI's Linux wheel of torch carries CUDA (several GB); on a machine without a
 	# GPU, `make TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes the CPU build from
 	# pytorch.org instead. Without TORCH_INDEX only PyPI is needed.

@@ -12,6 +12,7 @@ import pytest
 os.environ["ADAPTBENCH_OFFLINE"] = "1"  # read by toolkit/__init__.py, the one place that sets such defaults
 os.environ["ADAPTBENCH_QUIET"] = "1"
 import toolkit  # noqa: E402,F401 -- before any Hugging Face library reads its offline switch
+
 os.environ.pop("OPENAI_API_KEY", None)  # the key-checking tests must not find a real one
 
 REPO = Path(__file__).resolve().parent.parent
@@ -204,8 +205,8 @@ def tiny_run(tmp_path_factory, talker) -> Path:
     a cache of its own, not the user's); shared by the serving tests."""
     import yaml
 
-    from toolkit.suites import load_suite
     from toolkit.harness import run_suite
+    from toolkit.suites import load_suite
 
     root = tmp_path_factory.mktemp("served")
     suite = write_mini_suite(root)

@@ -30,6 +30,7 @@ examples:
                                                             what was served; corrected answers as train data
   adaptbench ab reports/demo-.../serve.db                   the A/B test: feedback per arm with CIs, p-value
   adaptbench ls                                             strategies, loaders, bundled models, suites
+  adaptbench init tickets.csv --kb docs/                    a starter suite for your data (then validate, run)
   adaptbench suite-fields finetune                          every field of a section: type, default, meaning
 
 exit codes: 0 success, 1 internal failure, 2 bad input (one line naming file, line and field),
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_run_parser, _validate_parser, _report_parser, _compare_parser, _export_parser, _serve_parser, _logs_parser, _ab_parser, _runs_parser, _ls_parser,
-                _fields_parser):
+                _init_parser, _fields_parser):
         add(sub)
     return p
 
@@ -153,7 +154,7 @@ def _serve_parser(sub) -> None:
                "  python -c \"import openai; c = openai.OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='x'); "
                "print(c.chat.completions.create(model='rag_finetune', messages=[{'role': 'user', "
                "'content': 'How long is the warranty?'}]).choices[0].message.content)\"\n"
-               "  curl -s localhost:8000/v1/feedback -d '{\"request_id\": \"chatcmpl-...\", \"score\": 1}'\n"
+               "  curl -s localhost:8000/v1/feedback -H 'Content-Type: application/json' -d '{\"request_id\": \"chatcmpl-...\", \"score\": 1}'\n"
                "  adaptbench logs reports/demo-20261124-101500/serve.db\n"
                "  adaptbench ab reports/demo-20261124-101500/serve.db")
     sv.add_argument("run_dir", type=Path, nargs="?", help="a run directory (from adaptbench run)")
@@ -254,6 +255,26 @@ def _runs_parser(sub) -> None:
 
 def _ls_parser(sub) -> None:
     sub.add_parser("ls", help="list strategies, data loaders, bundled models and bundled suites")
+
+
+def _init_parser(sub) -> None:
+    i = sub.add_parser("init", help="look at your data and write a starter suite for it",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Look at DATA (a .jsonl/.csv/.tsv/.parquet file, a folder with train.* and test.* "
+                                   "files, or a datasets save_to_disk folder), tell the task and the columns from its "
+                                   "rows, and write a starter suite with every arm that applies, a comment on each "
+                                   "setting and the limits of a first run on this machine. The suite is loaded and its "
+                                   "data read before it is written.",
+                       epilog="examples:\n  adaptbench init tickets.csv\n"
+                              "  adaptbench init faq.jsonl --kb docs/ -o faq.yaml\n"
+                              "  adaptbench init reviews.parquet --input body --target stars --task regression")
+    i.add_argument("data", type=Path, metavar="DATA", help="your data file or folder")
+    i.add_argument("--kb", type=Path, metavar="FOLDER", help="a folder of .md/.txt documents: adds the retrieving arms")
+    i.add_argument("-o", "--out", type=Path, help="the suite file to write (default: NAME.yaml here)")
+    i.add_argument("--task", choices=["qa", "classification", "regression"], help="instead of the guess")
+    i.add_argument("--input", metavar="COLUMN", help="the column holding the question or text")
+    i.add_argument("--target", metavar="COLUMN", help="the column holding the answer or label")
+    i.add_argument("--force", action="store_true", help="replace the suite file if it exists")
 
 
 def _fields_parser(sub) -> None:
@@ -514,6 +535,21 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def cmd_init(args) -> int:
+    _quiet_libraries()
+    # per command: --help and validate load only what they use
+    from toolkit.models import pick_device
+    from toolkit.starter import _name, write_starter
+
+    out = args.out or Path(f"{_name(args.data)}.yaml")
+    g = write_starter(args.data, out, kb=args.kb, task=args.task, input_col=args.input, target_col=args.target,
+                      force=args.force, device=pick_device("auto").split(":")[0])
+    labels = f", {len(g.labels)} labels" if g.labels else ""
+    print(f"wrote {out}: task {g.task} ({g.why}{labels})")
+    print(f"next:  adaptbench validate {out}\n       adaptbench run {out} --limit 20    # a quick first look")
+    return 0
+
+
 def cmd_fields(args) -> int:
     # per command: --help and validate load only what they use
     from toolkit.fields import render_text
@@ -562,7 +598,7 @@ def _quiet_libraries() -> None:
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "compare": cmd_compare,
             "export": cmd_export, "serve": cmd_serve, "logs": cmd_logs, "ab": cmd_ab, "runs": cmd_runs, "ls": cmd_ls,
-            "suite-fields": cmd_fields}
+            "suite-fields": cmd_fields, "init": cmd_init}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -134,12 +134,45 @@ MAPPABLE_FIELDS = ("input", "question", "target", "answer", "label", "id", "cont
                    "prompt", "completion", "messages")
 
 
+DATA_FORMATS = ("jsonl", "csv", "tsv", "parquet", "hf_disk")
+
+
 class FileSpec(StrictModel):
-    path: str = Field(description="Data file, relative to the suite file; may start with {data_dir}/.")
-    format: Literal["jsonl", "csv", "tsv"] | None = Field(None, description="Inferred from the extension when omitted.")
+    """Where one split's examples are: a file, a folder written by `datasets`' save_to_disk, or
+    a Hugging Face hub dataset."""
+
+    path: str | None = Field(None, description=(
+        "A data file (.jsonl, .csv, .tsv, .parquet) or a folder written by datasets' save_to_disk, relative "
+        "to the suite file; may start with {data_dir}/."))
+    hf: str | None = Field(None, description=(
+        "Instead of `path`: a Hugging Face hub dataset id, e.g. PolyAI/banking77, read with "
+        "datasets.load_dataset (downloaded once into the datasets cache; offline, only what that cache holds)."))
+    config: str | None = Field(None, description="hf: the dataset's configuration (subset) name.")
+    split: str | None = Field(None, description=(
+        "hf, or a saved DatasetDict folder: the split to read, e.g. train or test[:500]."))
+    revision: str | None = Field(None, description="hf: a branch, tag or commit of the dataset repository.")
+    format: Literal["jsonl", "csv", "tsv", "parquet", "hf_disk"] | None = Field(None, description=(
+        "Inferred when omitted: from the extension, and hf_disk for a save_to_disk folder."))
     fields: dict[str, str] = Field(default_factory=dict, description=(
         "Map adaptbench fields (input, target, label, id, context_ids) to the file's column names, "
         "e.g. {input: text, label: category}."))
+
+    @model_validator(mode="after")
+    def _one_place(self) -> "FileSpec":
+        if (self.path is None) == (self.hf is None):
+            raise ValueError("give a data file's `path` or a Hugging Face dataset's `hf`, one of the two")
+        if self.path is not None and (self.config or self.revision):
+            raise ValueError("`config` and `revision` are for an `hf` dataset")
+        if self.hf is not None and self.format:
+            raise ValueError("`format` is for a `path`; an `hf` dataset is read by the datasets library")
+        return self
+
+    @property
+    def source(self) -> str:
+        """How the suite names it, for notes and counts: the path, or hf:ID[/config][:split]."""
+        if self.path is not None:
+            return self.path
+        return f"hf:{self.hf}" + (f"/{self.config}" if self.config else "") + (f":{self.split}" if self.split else "")
 
     @field_validator("fields")
     @classmethod
@@ -398,7 +431,9 @@ def resolve_path(p: str, suite_path: Path, data_dir: Path | None, field: str) ->
                             file=suite_path, field=field)
         return Path(p.replace("{data_dir}", str(data_dir))).expanduser()
     q = Path(p).expanduser()
-    return q if q.is_absolute() else (suite_path.parent / q)
+    # `..` as the user reads the path (and as the shell's cd takes it), not through a linked
+    # folder: `../feedback.jsonl` beside a suite in eval_suites/ (a link) is the one next to it
+    return q if q.is_absolute() else Path(os.path.normpath(suite_path.parent / q))
 
 
 # --- YAML with line numbers -------------------------------------------------

@@ -89,7 +89,8 @@ def new_results(loaded: LoadedSuite, data, test: list[Example], limit_note: list
         data=DataSummary(**data.splits.sizes(), test_scored=len(test), notes=data.splits.notes + limit_note,
                          knowledge_base_documents=len(data.kb.documents) if data.kb else 0,
                          extra_train=data.extra_train),
-        metrics_order=suite.metric_names, inputs=run.inputs(loaded.path, loaded.data_dir, data.files))
+        metrics_order=suite.metric_names, inputs=run.inputs(loaded.path, loaded.data_dir, data.files,
+                                                                        data.datasets))
     if data.labels:
         results.labels = data.labels
         if data.splits.train and test:  # what always answering the commonest train label would score

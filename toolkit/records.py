@@ -193,12 +193,13 @@ class MajorityBaseline(Record):
 class Inputs(Record):
     """Where the run's suite and data were, relative to the run directory (so the run can be
     moved together with them), as they were (absolute, for a run moved alone on the same
-    machine), and each data file's content hash (what `serve` checks it finds)."""
+    machine), each data file's and folder's content hash, and each hub dataset's fingerprint."""
     suite_file: str
     suite_file_absolute: str
     data_dir: str | None = None
     data_dir_absolute: str | None = None
     files: dict[str, str] = Field(default_factory=dict)  # path relative to the run directory -> sha256
+    datasets: dict[str, str] = Field(default_factory=dict)  # hf:ID/config:split -> the datasets fingerprint
 
 
 class RunResults(Record):

@@ -126,13 +126,15 @@ class RunDir:
         """`p` as a path relative to this run directory (what the record stores)."""
         return os.path.relpath(Path(p).resolve(), self.path.resolve())
 
-    def inputs(self, suite_file: Path, data_dir: Path | None, files: list[Path]) -> Inputs:
+    def inputs(self, suite_file: Path, data_dir: Path | None, files: list[Path],
+               datasets: dict[str, str] | None = None) -> Inputs:
         """Where the suite and its data are, relative to this run directory, with each data
         file's hash: what lets the run be moved together with them."""
         return Inputs(suite_file=self.relative(suite_file), suite_file_absolute=str(Path(suite_file).resolve()),
                       data_dir=self.relative(data_dir) if data_dir else None,
                       data_dir_absolute=str(Path(data_dir).resolve()) if data_dir else None,
-                      files={self.relative(p): file_hash(p) for p in files if Path(p).is_file()})
+                      files={self.relative(p): file_hash(p) for p in files if Path(p).exists()},
+                      datasets=dict(datasets or {}))
 
     def write_config(self, config: dict) -> None:
         atomic_write(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))

@@ -12,11 +12,11 @@ import time
 import numpy as np
 import pytest
 import yaml
+from conftest import scripted_app
 
 from toolkit.backends import GenRequest, LLRequest, NotMeasured, Settings
 from toolkit.config import GeneratorConfig
 from toolkit.runs import RunDir
-from conftest import scripted_app
 from toolkit.serving.app import LoopbackServer
 from toolkit.serving.engine import Engine
 from toolkit.serving.serve import model_app
@@ -345,9 +345,9 @@ def test_label_likelihoods_through_the_api_equal_the_local_ones(tiny_llama, tiny
 
 
 def test_an_api_arm_without_prompt_logprobs_reports_perplexity_as_not_measured(tmp_path, tiny_suite_path, tiny_llama):
-    from toolkit.suites import load_suite
     from toolkit.harness import run_suite
     from toolkit.reporting.report import render_run
+    from toolkit.suites import load_suite
 
     def chat_only(messages, n, temperature, max_tokens, stop):  # like OpenAI's chat models: no /v1/completions
         return [("2014", 30, 2)] * n

@@ -8,8 +8,8 @@ import subprocess
 from html.parser import HTMLParser
 
 import pytest
-
 from test_harness import SCRIPT, make_suite, scripted  # noqa: F401
+
 from toolkit.harness import run_suite
 from toolkit.reporting.report import render_run
 

@@ -8,12 +8,12 @@ import yaml
 
 from strategies import registry
 from strategies.base import Strategy
-from toolkit.data import Prediction
 from strategies.configs import StrategyConfig
 from tests.conftest import write_jsonl
-from toolkit.suites import load_suite
+from toolkit.data import Prediction
 from toolkit.harness import run_suite
 from toolkit.reporting.report import render_run
+from toolkit.suites import load_suite
 
 CALLS: list[int] = []
 

@@ -6,8 +6,8 @@ import json
 import pytest
 import yaml
 
-from toolkit.suites import load_suite
 from toolkit.harness import run_suite
+from toolkit.suites import load_suite
 
 
 @pytest.fixture
@@ -218,8 +218,8 @@ def test_answer_nll_matches_the_models_own_loss(tiny_llama):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from toolkit.config import GeneratorConfig
     from toolkit.backends.generation import Generator
+    from toolkit.config import GeneratorConfig
     from toolkit.models import ModelRef, load_tokenizer
     from toolkit.training.trainer import TrainItem, tokenize_item
 
@@ -246,8 +246,8 @@ def test_prefilled_prompts_serve_generation_and_the_likelihood_that_follows(tiny
     import torch
     from transformers import AutoModelForCausalLM
 
-    from toolkit.config import GeneratorConfig
     from toolkit.backends.generation import Generator
+    from toolkit.config import GeneratorConfig
     from toolkit.models import ModelRef, load_tokenizer
 
     tok = load_tokenizer(str(tiny_llama))
@@ -299,8 +299,8 @@ def test_classification_by_label_likelihood_never_unmapped(tmp_path, tiny_llama)
 def test_choice_nll_with_shared_prefix_matches_full_passes(tiny_llama):
     from transformers import AutoModelForCausalLM
 
-    from toolkit.config import GeneratorConfig
     from toolkit.backends.generation import Generator
+    from toolkit.config import GeneratorConfig
     from toolkit.models import ModelRef, load_tokenizer
 
     tok = load_tokenizer(str(tiny_llama))
@@ -317,6 +317,7 @@ def test_choice_nll_with_shared_prefix_matches_full_passes(tiny_llama):
 
 def test_regression_suite_end_to_end(tmp_path, tiny_llama):
     from conftest import write_jsonl
+
     from toolkit.reporting.report import render_run
 
     rows = [{"question": f"How many grams does the Alder {i} weigh?", "answer": str(100 + 7 * i)} for i in range(24)]

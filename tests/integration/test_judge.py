@@ -6,15 +6,14 @@ import threading
 
 import pytest
 import yaml
+from conftest import scripted_app
 
-from toolkit.data import Passage, Prediction
 from toolkit.config import JudgeConfig
-from toolkit.suites import load_suite
-from toolkit.data import Example
+from toolkit.data import Example, Passage, Prediction
 from toolkit.harness import run_suite
 from toolkit.scoring.judge import Judge
-from conftest import scripted_app
 from toolkit.serving.app import LoopbackServer
+from toolkit.suites import load_suite
 
 
 def _input_of(prompt: str) -> dict:

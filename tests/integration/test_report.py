@@ -6,13 +6,13 @@ import sys
 
 import numpy as np
 import pytest
+from test_harness import SCRIPT, make_suite, scripted  # noqa: F401  (fixture)
 
 from tests.conftest import REPO
-from test_harness import SCRIPT, make_suite, scripted  # noqa: F401  (fixture)
-from toolkit.reporting import decision
-from toolkit.scoring import stats
 from toolkit.harness import run_suite
 from toolkit.records import RunResults, Sample
+from toolkit.reporting import decision
+from toolkit.scoring import stats
 
 
 def fake_results(arms: dict[str, tuple[float, float, float, float]]) -> RunResults:
@@ -116,8 +116,8 @@ def test_report_weights_override_changes_recommendation(tmp_path, tiny_llama, sc
 def test_prices_turn_seconds_into_dollars(tmp_path, tiny_llama, scripted):  # noqa: F811
     import yaml
 
-    from toolkit.suites import load_suite
     from toolkit.reporting.report import build, render_run
+    from toolkit.suites import load_suite
     loaded = make_suite(tmp_path, tiny_llama, {"echo": {"type": "scripted", "answers": SCRIPT}})
     raw = yaml.safe_load(loaded.path.read_text())
     raw["prices"] = {"cpu_per_hour": 3.6, "gpu_per_hour": 7.2}

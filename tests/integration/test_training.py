@@ -9,8 +9,8 @@ import sys
 import pytest
 import yaml
 
-from toolkit.suites import load_suite
 from toolkit.harness import run_suite
+from toolkit.suites import load_suite
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -132,8 +132,8 @@ def test_paraphrases_join_the_training_set_with_their_answers(monkeypatch, tmp_p
     from types import SimpleNamespace
 
     from strategies.configs import AugmentConfig
-    from toolkit.training import augment
     from toolkit.data import Example
+    from toolkit.training import augment
 
     calls = []
 

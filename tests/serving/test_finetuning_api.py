@@ -11,8 +11,8 @@ from pathlib import Path
 
 import openai
 import pytest
-
 from conftest import FACTS
+
 from toolkit.config import GeneratorConfig
 from toolkit.serving.app import LoopbackServer
 from toolkit.serving.engine import Engine
@@ -150,8 +150,8 @@ def test_a_suite_arm_fine_tunes_through_the_api_and_answers_from_the_new_model(f
                                                                                 tmp_path):
     import yaml
 
-    from toolkit.suites import load_suite
     from toolkit.harness import run_suite
+    from toolkit.suites import load_suite
 
     client, _, _ = ft_server
     cfg = yaml.safe_load(tiny_suite_path.read_text())

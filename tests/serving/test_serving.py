@@ -392,8 +392,8 @@ def test_the_retraining_loop_serve_feedback_export_run_compare_serve(tiny_run, t
     """serve → feedback → logs --export → a suite whose train data includes the export → run →
     compare old vs new → serve the new run."""
     from toolkit.cli import main
-    from toolkit.suites import load_suite
     from toolkit.harness import run_suite
+    from toolkit.suites import load_suite
 
     db = tmp_path / "serve.db"
     asked = {"Who assembles the Alder 5?": "Kestlewick", "Which year did the Fir 8 come out?": "2019",

@@ -21,8 +21,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
 from conftest import FACTS
+
 from toolkit.config import GeneratorConfig
 from toolkit.serving.app import Limits, LoopbackServer, free_port
 from toolkit.serving.engine import Engine

@@ -20,8 +20,8 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-
 from test_serving import Served, _serve, _wait_up, samples
+
 from toolkit.serving.app import Limits, LoopbackServer, free_port
 from toolkit.serving.engine import Engine
 
@@ -186,8 +186,11 @@ def test_the_fuzzer_finds_no_5xx_and_no_answer_outside_the_schema(fuzzed_server)
     pytest plugin, whose lazy fixture loading does not work with pytest 9.)"""
     from hypothesis import given
     from schemathesis.checks import not_a_server_error
-    from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
-                                                   status_code_conformance)
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
 
     schema = schemathesis.openapi.from_url(fuzzed_server.base_url.removesuffix("/v1") + "/openapi.json")
     checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

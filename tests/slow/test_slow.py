@@ -11,8 +11,8 @@ import math
 import pytest
 
 from tests.conftest import REPO
-from toolkit.suites import load_suite
 from toolkit.harness import run_suite
+from toolkit.suites import load_suite
 
 
 @pytest.mark.slow

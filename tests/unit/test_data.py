@@ -2,9 +2,9 @@ import json
 
 import pytest
 
+from tests.conftest import SHARED_DATA, write_jsonl
 from toolkit.data import dedup, read_examples, split_examples
 from toolkit.errors import UserError
-from tests.conftest import SHARED_DATA, write_jsonl
 
 
 def test_three_jsonl_shapes(tmp_path):
@@ -57,6 +57,7 @@ def test_dedup_and_stratified_split(tmp_path):
 @pytest.mark.skipif(not (SHARED_DATA / "covid_faq").exists(), reason="../shared/datasets not beside the checkout")
 def test_covid_faq_loader_reads_shared_data():
     from pathlib import Path
+
     from toolkit.data.loaders import covid_faq
     train, val, test, kb = covid_faq(SHARED_DATA / "covid_faq", suite_path=Path("x.yaml"))
     assert len(kb.documents) == 213 and len(train) == 213

@@ -135,8 +135,7 @@ def test_macro_scores_equal_sklearn_when_the_sample_lacks_labels():
 def test_regression_scores_count_parse_failures_and_match_sklearn():
     from sklearn.metrics import r2_score
 
-    from toolkit.data import Prediction
-    from toolkit.data import Example
+    from toolkit.data import Example, Prediction
 
     assert M.parse_number("about 1,250.5 mAh") == 1250.5 and M.parse_number("-3e2 K") == -300.0
     assert M.parse_number("no idea") is None

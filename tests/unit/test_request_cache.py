@@ -9,8 +9,8 @@ import yaml
 
 from toolkit.backends import GenRequest, Settings
 from toolkit.config import GeneratorConfig
-from toolkit.suites import load_suite
 from toolkit.harness import run_suite
+from toolkit.suites import load_suite
 
 
 class Counting:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from toolkit.data.tables import dataset_rows, is_saved_dataset, parquet_rows, saved_dataset
 from toolkit.errors import UserError, read_utf8
 
 INPUT_KEYS = ("question", "input", "text", "query")
@@ -252,11 +253,24 @@ def example_from_row(row: Any, *, origin: tuple[Path, int], task: str,
     )
 
 
-def read_examples(path: Path, *, task: str, fmt: str | None = None,
-                  fields: dict[str, str] | None = None) -> list[Example]:
-    fmt = fmt or {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}.get(path.suffix.lower())
+FORMAT_OF = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def read_examples(path: Path, *, task: str, fmt: str | None = None, fields: dict[str, str] | None = None,
+                  split: str | None = None, where: dict | None = None) -> list[Example]:
+    """The examples of one data file (JSONL, CSV, TSV, Parquet) or save_to_disk folder; `split`
+    picks one split of a saved DatasetDict. Bad input is a UserError naming file and line (row)."""
+    fmt = fmt or ("hf_disk" if is_saved_dataset(path) else FORMAT_OF.get(path.suffix.lower()))
     if fmt is None and path.exists():
-        raise UserError("unknown data format (use .jsonl, .csv or .tsv, or set `format:`)", file=path)
+        raise UserError("unknown data format (use .jsonl, .csv, .tsv or .parquet, a save_to_disk folder, "
+                        "or set `format:`)", file=path)
+    if split is not None and fmt != "hf_disk":
+        raise UserError("`split` is for a Hugging Face dataset or a saved DatasetDict folder", **(where or {"file": path}))
+    if fmt in ("parquet", "hf_disk"):
+        if not path.exists():
+            raise UserError("data file not found", file=path)
+        rows = parquet_rows(path) if fmt == "parquet" else dataset_rows(saved_dataset(path, split, where=where or {}))
+        return examples_from_rows(rows, path, task=task, fields=fields)
     text = read_utf8(path, "data file")
     out: list[Example] = []
     if fmt == "jsonl":
@@ -284,6 +298,43 @@ def read_examples(path: Path, *, task: str, fmt: str | None = None,
             raise UserError(f"malformed {fmt.upper()}: {e}", file=path, line=reader.line_num) from None
     if not out:
         raise UserError("no examples in file", file=path)
+    return out
+
+
+def peek_rows(path: Path, n: int = 20_000, *, split: str | None = None) -> list[dict]:
+    """Up to n raw rows of a data file or saved dataset, as dicts (before any field mapping):
+    what `adaptbench init` looks at to guess the task and the columns."""
+    fmt = "hf_disk" if is_saved_dataset(path) else FORMAT_OF.get(path.suffix.lower())
+    if fmt in ("parquet", "hf_disk"):
+        rows = parquet_rows(path) if fmt == "parquet" else dataset_rows(saved_dataset(path, split, where={"file": path}))
+        return [row for _, row in zip(range(n), rows)]
+    if fmt is None:
+        raise UserError("unknown data format (use .jsonl, .csv, .tsv or .parquet, or a save_to_disk folder)", file=path)
+    text = read_utf8(path, "data file")
+    if fmt == "jsonl":
+        out = []
+        for line, raw in enumerate(text.splitlines(), 1):
+            if raw.strip() and len(out) < n:
+                try:
+                    row = json.loads(raw)
+                except (json.JSONDecodeError, RecursionError):
+                    raise UserError("malformed JSON", file=path, line=line) from None
+                if not isinstance(row, dict):
+                    raise UserError("each line must be a JSON object", file=path, line=line)
+                out.append(row)
+        return out
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="," if fmt == "csv" else "\t")
+    try:
+        return [row for _, row in zip(range(n), reader)]
+    except csv.Error as e:
+        raise UserError(f"malformed {fmt.upper()}: {e}", file=path, line=reader.line_num) from None
+
+
+def examples_from_rows(rows, origin: Path | str, *, task: str, fields: dict[str, str] | None) -> list[Example]:
+    """Examples from (row number, row dict) pairs: Parquet, saved and hub datasets."""
+    out = [example_from_row(row, origin=(origin, n), task=task, fields=fields) for n, row in rows]
+    if not out:
+        raise UserError("no examples in the data", file=origin)
     return out
 
 

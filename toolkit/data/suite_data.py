@@ -5,10 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toolkit.config import LoadedSuite
-from toolkit.data import Example, Splits, dedup, normalize_text, read_examples, split_examples, subsample
+from toolkit.config import FileSpec, LoadedSuite
+from toolkit.data import (
+    Example,
+    Splits,
+    dedup,
+    examples_from_rows,
+    normalize_text,
+    read_examples,
+    split_examples,
+    subsample,
+)
 from toolkit.data.kb import KnowledgeBase, read_knowledge_base
 from toolkit.data.loaders import run_loader
+from toolkit.data.tables import dataset_rows, hub_dataset
 from toolkit.errors import UserError
 
 
@@ -17,8 +27,9 @@ class TaskData:
     splits: Splits
     kb: KnowledgeBase | None
     labels: list[str] | None
-    files: list[Path]  # every file read, for data hashes in env.json
+    files: list[Path]  # every file and folder read, hashed into the run record
     extra_train: dict[str, int] = field(default_factory=dict)  # data.extra_train file -> examples it added
+    datasets: dict[str, str] = field(default_factory=dict)  # hub dataset (hf:ID/config:split) -> its fingerprint
 
 
 def load_task_data(loaded: LoadedSuite) -> TaskData:
@@ -26,8 +37,9 @@ def load_task_data(loaded: LoadedSuite) -> TaskData:
     subsampled, extended with extra train files, and checked (ids, labels, documents)."""
     s = loaded.suite
     files: list[Path] = []
+    datasets: dict[str, str] = {}
     notes: list[str] = []
-    train, val, test, kb = _read_splits(loaded, files, notes)
+    train, val, test, kb = _read_splits(loaded, files, datasets, notes)
     train, val, test = _deduplicate(loaded, train, val, test, notes)
     d = s.data
     train = subsample(train, d.max_train_examples, seed=s.seed, stratify=s.has_labels)
@@ -35,38 +47,54 @@ def load_task_data(loaded: LoadedSuite) -> TaskData:
         train, _, val = split_examples(train, fractions=(0.0, d.validation_split), seed=s.seed, stratify=s.has_labels)
         notes.append(f"held out {len(val)} train rows for validation")
     test = subsample(test, d.max_test_examples, seed=s.seed, stratify=s.has_labels)
-    train, extra = _add_extra_train(loaded, train, val + test, files, notes)
+    train, extra = _add_extra_train(loaded, train, val + test, files, datasets, notes)
     every = train + val + test
     _check_ids(every, loaded.path)
     labels = _labels(loaded, every) if s.has_labels else None
     kb = _knowledge_base(loaded, kb, every, files)
-    return TaskData(splits=Splits(train, val, test, notes), kb=kb, labels=labels, files=files, extra_train=extra)
+    return TaskData(splits=Splits(train, val, test, notes), kb=kb, labels=labels, files=files, extra_train=extra,
+                    datasets=datasets)
 
 
-def _read_splits(loaded: LoadedSuite, files: list[Path], notes: list[str]):
+def read_spec(loaded: LoadedSuite, spec: FileSpec, field: str, files: list[Path],
+              datasets: dict[str, str]) -> list[Example]:
+    """The examples one data entry of the suite names: a file, a saved dataset folder, or a hub
+    dataset (its fingerprint recorded, as a file's hash is)."""
+    s = loaded.suite
+    loc = [int(x) if x.isdigit() else x for x in field.split(".")]
+    if spec.hf is not None:
+        ds = hub_dataset(spec.hf, spec.config, spec.split, spec.revision, where=loaded.where(*loc, "hf"))
+        datasets[spec.source] = ds._fingerprint  # noqa: SLF001 -- datasets' own content fingerprint
+        return examples_from_rows(dataset_rows(ds), spec.source, task=s.task, fields=spec.fields)
+    p = loaded.resolve(spec.path, f"{field}.path")
+    files.append(p)
+    return read_examples(p, task=s.task, fmt=spec.format, fields=spec.fields, split=spec.split,
+                         where=loaded.where(*loc, "split"))
+
+
+def _read_splits(loaded: LoadedSuite, files: list[Path], datasets: dict[str, str], notes: list[str]):
     """(train, validation, test, knowledge base from a loader or None) as the suite names them:
     a loader, one file split here, or three files."""
     s, d = loaded.suite, loaded.suite.data
 
     def read(spec, field):
-        p = loaded.resolve(spec.path, f"data.{field}.path")
-        files.append(p)
-        return read_examples(p, task=s.task, fmt=spec.format, fields=spec.fields)
+        return read_spec(loaded, spec, f"data.{field}", files, datasets)
 
     if d.loader:
         train, val, test, kb = run_loader(d.loader, d.loader_args, suite_path=loaded.path,
                                           resolve=lambda p, f: loaded.resolve(p, f), seed=s.seed)
-        files.append(loaded.resolve(d.loader_args.get("path", "."), "data.loader_args.path"))
+        if "path" in d.loader_args:  # what the loader read, hashed into the run record
+            files.append(loaded.resolve(d.loader_args["path"], "data.loader_args.path"))
         return train, val, test, kb
     if d.file:
         every = read(d.file, "file")
         if d.dedup:
             every, n = dedup(every)
             if n:
-                notes.append(f"dropped {n} duplicate rows from {d.file.path}")
+                notes.append(f"dropped {n} duplicate rows from {d.file.source}")
         train, val, test = split_examples(every, fractions=(d.split.validation, d.split.test),
                                           seed=d.split.seed, stratify=s.has_labels)
-        notes.append(f"split {d.file.path} with seed {d.split.seed}" + (" (stratified by label)" if s.has_labels else ""))
+        notes.append(f"split {d.file.source} with seed {d.split.seed}" + (" (stratified by label)" if s.has_labels else ""))
         return train, val, test, None
     return (read(d.train, "train"), read(d.validation, "validation") if d.validation else [], read(d.test, "test"),
             None)
@@ -94,6 +122,7 @@ def _deduplicate(loaded: LoadedSuite, train, val, test, notes: list[str]):
 
 
 def _add_extra_train(loaded: LoadedSuite, train: list[Example], held_out: list[Example], files: list[Path],
+                     datasets: dict[str, str],
                      notes: list[str]) -> tuple[list[Example], dict[str, int]]:
     """data.extra_train files (production feedback, say) appended to train, minus questions
     the validation or test splits ask and ids train already has."""
@@ -101,21 +130,19 @@ def _add_extra_train(loaded: LoadedSuite, train: list[Example], held_out: list[E
     extra: dict[str, int] = {}
     held = {normalize_text(e.input) for e in held_out}
     for i, spec in enumerate(s.data.extra_train):
-        p = loaded.resolve(spec.path, f"data.extra_train.{i}.path")
-        files.append(p)
-        rows = read_examples(p, task=s.task, fmt=spec.format, fields=spec.fields)
+        rows = read_spec(loaded, spec, f"data.extra_train.{i}", files, datasets)
         have = {e.id for e in train}
         kept = []
         for e in rows:
             if normalize_text(e.input) in held or e.id in have:
                 continue
             have.add(e.id)
-            e.metadata = {**(e.metadata or {}), "source": spec.path}
+            e.metadata = {**(e.metadata or {}), "source": spec.source}
             kept.append(e)
         train = train + kept
-        extra[spec.path] = len(kept)
+        extra[spec.source] = len(kept)
         dropped = len(rows) - len(kept)
-        notes.append(f"added {len(kept)} training examples from {spec.path}"
+        notes.append(f"added {len(kept)} training examples from {spec.source}"
                      + (f" (dropped {dropped}: question in validation/test, or already in train)" if dropped else ""))
     return train, extra
 
