@@ -38,9 +38,15 @@ def answer_suffix(tokenizer) -> str:
 def tokenize_item(tok, item: TrainItem, max_len: int) -> dict[str, list[int]]:
     """Prompt and answer as ids, with labels -100 on the prompt: the loss and the likelihood
     count the answer tokens (and end-of-turn) only."""
+    return tokenize_counted(tok, item, max_len)[0]
+
+
+def tokenize_counted(tok, item: TrainItem, max_len: int) -> tuple[dict[str, list[int]], int]:
+    """tokenize_item, and how many tokens the max_len cut dropped (0: the example fits)."""
     prompt = tok(render_chat(tok, item.messages), add_special_tokens=False)["input_ids"]
     answer = tok(item.target + answer_suffix(tok), add_special_tokens=False)["input_ids"]
+    full = len(prompt) + len(answer)
     answer = answer[:max_len - 1]
     prompt = prompt[-(max_len - len(answer)):]  # keep the end of the prompt (the question)
     ids = prompt + answer
-    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(prompt) + answer}
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(prompt) + answer}, full - len(ids)

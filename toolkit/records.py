@@ -120,6 +120,8 @@ class ArmInfo(BaseModel):
     # finetune
     method: str | None = None
     train_examples: int | None = None
+    truncated_examples: int | None = None  # training examples longer than max_seq_length, cut from the left
+    truncated_tokens: int | None = None
     train_tokens: int | None = None
     train_s: float | None = None
     tokens_per_s: float | None = None

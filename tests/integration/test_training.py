@@ -91,7 +91,7 @@ def test_padding_free_metric_early_stopping_and_augmentation(tiny_suite_path, tm
                      "padding_free": True, "metric_for_best_model": "token_f1", "early_stopping_patience": 1,
                      "load_best_model_at_end": True},
         "finetune_paraphrased": {"type": "finetune", "num_train_epochs": 1, "per_device_train_batch_size": 4,
-                                 "r": 4, "augment": {"paraphrases": 3, "seed": 1}},
+                                 "r": 4, "augment": {"paraphrases": 3, "seed": 1}, "max_seq_length": 24},
     })
     _, res = run_suite(load_suite(tiny_suite_path), out=tmp_path / "run")
     assert res.status == "success", {n: r.error for n, r in res.strategies.items()}
@@ -109,6 +109,11 @@ def test_padding_free_metric_early_stopping_and_augmentation(tiny_suite_path, tm
     sample = aug.augment.paraphrase_examples[0]
     assert sample.original and len(sample.paraphrases) + len(sample.rejected) <= 3
     assert res.strategies["finetune_paraphrased"].cost.setup_breakdown_s["paraphrasing"] > 0
+    # truncation is counted: chat-rendered examples are longer than 24 tokens, none reach 384
+    assert ft.truncated_examples == 0 and aug.truncated_examples > 0 and aug.truncated_tokens > 0
+    from toolkit.reporting.report import info_summary
+    assert f"{aug.truncated_examples} training examples were longer than max_seq_length (24 tokens)" in info_summary(
+        res.strategies["finetune_paraphrased"])
 
     _, again = run_suite(load_suite(tiny_suite_path), out=tmp_path / "run2")
     aug2 = again.strategies["finetune_paraphrased"].info

@@ -435,4 +435,7 @@ def training_summary(i: ArmInfo) -> str:
             + (f", {i.processes} processes" if i.processes > 1 else "")
             + (", padding-free" if i.padding_free else "") + ")"
             + (f", validation loss: {start}{', '.join(f'{x:.3f}' for x in evals)}" if evals else "")
-            + (" — adapter reused from cache" if i.cached else ""))
+            + (" — adapter reused from cache" if i.cached else "")
+            + (f"; {i.truncated_examples} training examples were longer than max_seq_length "
+               f"({i.extra('max_seq_length')} tokens) and lost {i.truncated_tokens} tokens from their start"
+               if i.truncated_examples else ""))

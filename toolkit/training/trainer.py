@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from toolkit import progress
 from toolkit.backends.generation import Generator
 from toolkit.cache import cache_root, content_hash, locked
-from toolkit.chat import TrainItem, tokenize_item  # noqa: F401 -- re-exported for callers of training
+from toolkit.chat import TrainItem, tokenize_counted, tokenize_item  # noqa: F401 -- re-exported for callers
 from toolkit.config import GeneratorConfig
 from toolkit.errors import UserError
 from toolkit.models import ModelRef, load_causal_lm, load_tokenizer, pick_device, pick_dtype
@@ -257,7 +257,8 @@ def _train(ref: ModelRef, gen_cfg: GeneratorConfig, train: list[TrainItem], vali
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     max_len = settings["max_seq_length"]
-    train_ds = [tokenize_item(tok, t, max_len) for t in train]
+    counted = [tokenize_counted(tok, t, max_len) for t in train]
+    train_ds, lost = [x for x, _ in counted], [n for _, n in counted]  # truncation is counted, never silent
     val_ds = [tokenize_item(tok, t, max_len) for t in validation]
     bs, accum = settings["per_device_train_batch_size"], settings["gradient_accumulation_steps"]
     steps = math.ceil(math.ceil(len(train_ds) / (bs * D.world_size())) / accum * settings["num_train_epochs"])
@@ -309,6 +310,8 @@ def _train(ref: ModelRef, gen_cfg: GeneratorConfig, train: list[TrainItem], vali
     scores = [h[f"eval_{metric}"] for h in history if f"eval_{metric}" in h and h.get("step", 0) > 0]
     info = {"method": settings["method"], "train_s": train_s, "train_examples": len(train_ds),
             "validation_examples": len(val_ds), "train_tokens": int(tokens), "epochs_run": epochs_run,
+            "max_seq_length": max_len, "truncated_examples": sum(1 for n in lost if n),
+            "truncated_tokens": int(sum(lost)),
             "stopped_early": epochs_run < settings["num_train_epochs"] - 1e-6,
             "initial_eval_loss": initial.get("eval_loss"),
             "best_eval_loss": min(evals) if evals else None, "final_eval_loss": evals[-1] if evals else None,
