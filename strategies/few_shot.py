@@ -22,6 +22,7 @@ class FewShot(Strategy):
             self.pool_vecs = embed(self.res.suite.embedder.model, [e.input for e in train],
                                    self.res.suite.embedder.batch_size)
         self.info = {"pool_size": len(train), "build_s": {"embed_pool": time.perf_counter() - t0}}
+        self._dropped: dict[str, int] = {}  # question id -> examples dropped to fit max_prompt_tokens
 
     def fingerprint(self) -> dict:
         fp = super().fingerprint()
@@ -49,4 +50,9 @@ class FewShot(Strategy):
                 pairs = pairs[1:]  # drop the least similar (first) example
                 msgs = self.messages(q.input, shots=pairs)
             prompts.append(msgs)
+            if hasattr(self, "_dropped"):  # counted once per question, however often it is asked
+                self._dropped[q.id] = len(shots) - len(pairs)
+        if getattr(self, "_dropped", None) is not None:
+            self.info["prompts_over_budget"] = sum(1 for n in self._dropped.values() if n)
+            self.info["shots_dropped"] = sum(self._dropped.values())
         return prompts, [[] for _ in queries]

@@ -149,6 +149,8 @@ class ArmInfo(BaseModel):
     chunks: int | None = None
     # few_shot
     pool_size: int | None = None
+    prompts_over_budget: int | None = None  # few_shot: questions whose examples did not all fit max_prompt_tokens
+    shots_dropped: int | None = None
 
     def extra(self, key: str, default: Any = None) -> Any:
         """A strategy's own field (one this model does not declare)."""

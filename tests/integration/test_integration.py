@@ -328,6 +328,7 @@ def test_regression_suite_end_to_end(tmp_path, tiny_llama):
         "data": {"train": "train.jsonl", "test": "test.jsonl"},
         "generator": {"model": str(tiny_llama), "max_new_tokens": 6, "batch_size": 4},
         "strategies": {"few_shot": {"num_fewshot": 3},
+                       "few_shot_tight": {"type": "few_shot", "num_fewshot": 8, "max_prompt_tokens": 64},
                        "finetune": {"num_train_epochs": 2, "per_device_train_batch_size": 4, "r": 4,
                                     "learning_rate": 5.0e-3, "eval_strategy": "no"}}}))
     run, res = run_suite(load_suite(tmp_path / "suite.yaml"), out=tmp_path / "run")
@@ -342,6 +343,12 @@ def test_regression_suite_end_to_end(tmp_path, tiny_llama):
             assert "mae" in r.not_applicable
     md, _ = render_run(run.path)
     assert "No number in answer" in md.read_text() and "MAE" in md.read_text()
+    # examples dropped to fit the prompt budget are counted once per question, and reported
+    tight, roomy = res.strategies["few_shot_tight"].info, res.strategies["few_shot"].info
+    assert roomy.prompts_over_budget == 0 and tight.prompts_over_budget == 8 and 8 <= tight.shots_dropped <= 64
+    from toolkit.reporting.report import info_summary  # the arm's line in report.html
+    assert "8 questions' prompts exceeded max_prompt_tokens" in info_summary(res.strategies["few_shot_tight"])
+    assert "exceeded" not in info_summary(res.strategies["few_shot"])
 
 
 def test_multiple_choice_suite_by_letter_likelihood(tmp_path, tiny_llama):

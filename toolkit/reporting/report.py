@@ -423,6 +423,9 @@ def info_summary(r: ArmResult) -> str:
         parts.append(f"index of {i.chunks} chunks")
     if i.pool_size is not None:
         parts.append(f"pool of {i.pool_size} train examples")
+    if i.prompts_over_budget:
+        parts.append(f"{i.prompts_over_budget} questions' prompts exceeded max_prompt_tokens: {i.shots_dropped} "
+                     "examples dropped, least similar first")
     return "; ".join(parts)
 
 
