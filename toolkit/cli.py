@@ -539,9 +539,9 @@ def cmd_init(args) -> int:
     _quiet_libraries()
     # per command: --help and validate load only what they use
     from toolkit.models import pick_device
-    from toolkit.starter import _name, write_starter
+    from toolkit.starter import suite_name, write_starter
 
-    out = args.out or Path(f"{_name(args.data)}.yaml")
+    out = args.out or Path(f"{suite_name(args.data)}.yaml")
     g = write_starter(args.data, out, kb=args.kb, task=args.task, input_col=args.input, target_col=args.target,
                       force=args.force, device=pick_device("auto").split(":")[0])
     labels = f", {len(g.labels)} labels" if g.labels else ""

@@ -142,7 +142,7 @@ def _entry(path: Path, out: Path, fields: dict[str, str], split: str | None = No
     return "{" + ", ".join(parts) + "}"
 
 
-def _name(data: Path) -> str:
+def suite_name(data: Path) -> str:
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", data.stem if data.is_file() else data.name).strip("._-")[:64]
     return stem if stem and stem[0].isalnum() else f"suite_{stem}"[:64] or "suite"
 
@@ -171,7 +171,7 @@ def starter_suite(data: Path, out: Path, *, kb: Path | None = None, task: str | 
              "# Check it with `adaptbench validate`, then run it; `adaptbench suite-fields SECTION` explains",
              "# every setting.",
              "version: 1",
-             f"name: {_name(data)}",
+             f"name: {suite_name(data)}",
              f"task: {g.task}                     # guessed from the rows; qa, classification, multiple_choice or "
              "regression",
              f"instruction: {_yaml_str(INSTRUCTIONS.get(g.task, INSTRUCTIONS['qa']))}"

@@ -17,6 +17,7 @@ import random
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,10 +257,11 @@ def example_from_row(row: Any, *, origin: tuple[Path, int], task: str,
 FORMAT_OF = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 
 
-def read_examples(path: Path, *, task: str, fmt: str | None = None, fields: dict[str, str] | None = None,
-                  split: str | None = None, where: dict | None = None) -> list[Example]:
-    """The examples of one data file (JSONL, CSV, TSV, Parquet) or save_to_disk folder; `split`
-    picks one split of a saved DatasetDict. Bad input is a UserError naming file and line (row)."""
+def iter_rows(path: Path, fmt: str | None = None, *, split: str | None = None,
+              where: dict | None = None) -> Iterator[tuple[int, Any]]:
+    """(line or row number, parsed row) of a data file (JSONL, CSV, TSV, Parquet) or save_to_disk
+    folder, one at a time; `split` picks one split of a saved DatasetDict. Bad input is a
+    UserError naming file and line (row)."""
     fmt = fmt or ("hf_disk" if is_saved_dataset(path) else FORMAT_OF.get(path.suffix.lower()))
     if fmt is None and path.exists():
         raise UserError("unknown data format (use .jsonl, .csv, .tsv or .parquet, a save_to_disk folder, "
@@ -269,10 +271,9 @@ def read_examples(path: Path, *, task: str, fmt: str | None = None, fields: dict
     if fmt in ("parquet", "hf_disk"):
         if not path.exists():
             raise UserError("data file not found", file=path)
-        rows = parquet_rows(path) if fmt == "parquet" else dataset_rows(saved_dataset(path, split, where=where or {}))
-        return examples_from_rows(rows, path, task=task, fields=fields)
+        yield from parquet_rows(path) if fmt == "parquet" else dataset_rows(saved_dataset(path, split, where=where or {}))
+        return
     text = read_utf8(path, "data file")
-    out: list[Example] = []
     if fmt == "jsonl":
         for n, raw in enumerate(text.splitlines(), 1):
             if not raw.strip():
@@ -283,58 +284,45 @@ def read_examples(path: Path, *, task: str, fmt: str | None = None, fields: dict
                 raise UserError(f"malformed JSON: {e.msg} (column {e.colno})", file=path, line=n) from None
             except RecursionError:
                 raise UserError("malformed JSON: nested too deeply", file=path, line=n) from None
-            out.append(example_from_row(row, origin=(path, n), task=task, fields=fields))
-    else:
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="," if fmt == "csv" else "\t")
-        try:
-            for row in reader:
-                # the line a row starts on (a quoted field may span lines); line 1 is the header
-                n = reader.line_num - sum(v.count("\n") for v in row.values() if isinstance(v, str))
-                if None in row:
-                    raise UserError(f"{len(reader.fieldnames or [])} columns in the header but more in this row",
-                                    file=path, line=n)
-                out.append(example_from_row(row, origin=(path, n), task=task, fields=fields))
-        except csv.Error as e:
-            raise UserError(f"malformed {fmt.upper()}: {e}", file=path, line=reader.line_num) from None
-    if not out:
-        raise UserError("no examples in file", file=path)
-    return out
+            yield n, row
+        return
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="," if fmt == "csv" else "\t")
+    try:
+        for row in reader:
+            # the line a row starts on (a quoted field may span lines); line 1 is the header
+            n = reader.line_num - sum(v.count("\n") for v in row.values() if isinstance(v, str))
+            if None in row:
+                raise UserError(f"{len(reader.fieldnames or [])} columns in the header but more in this row",
+                                file=path, line=n)
+            yield n, row
+    except csv.Error as e:
+        raise UserError(f"malformed {fmt.upper()}: {e}", file=path, line=reader.line_num) from None
+
+
+def read_examples(path: Path, *, task: str, fmt: str | None = None, fields: dict[str, str] | None = None,
+                  split: str | None = None, where: dict | None = None) -> list[Example]:
+    """The examples of one data file or save_to_disk folder (see iter_rows)."""
+    return examples_from_rows(iter_rows(path, fmt, split=split, where=where), path, task=task, fields=fields)
 
 
 def peek_rows(path: Path, n: int = 20_000, *, split: str | None = None) -> list[dict]:
     """Up to n raw rows of a data file or saved dataset, as dicts (before any field mapping):
     what `adaptbench init` looks at to guess the task and the columns."""
-    fmt = "hf_disk" if is_saved_dataset(path) else FORMAT_OF.get(path.suffix.lower())
-    if fmt in ("parquet", "hf_disk"):
-        rows = parquet_rows(path) if fmt == "parquet" else dataset_rows(saved_dataset(path, split, where={"file": path}))
-        return [row for _, row in zip(range(n), rows)]
-    if fmt is None:
-        raise UserError("unknown data format (use .jsonl, .csv, .tsv or .parquet, or a save_to_disk folder)", file=path)
-    text = read_utf8(path, "data file")
-    if fmt == "jsonl":
-        out = []
-        for line, raw in enumerate(text.splitlines(), 1):
-            if raw.strip() and len(out) < n:
-                try:
-                    row = json.loads(raw)
-                except (json.JSONDecodeError, RecursionError):
-                    raise UserError("malformed JSON", file=path, line=line) from None
-                if not isinstance(row, dict):
-                    raise UserError("each line must be a JSON object", file=path, line=line)
-                out.append(row)
-        return out
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="," if fmt == "csv" else "\t")
-    try:
-        return [row for _, row in zip(range(n), reader)]
-    except csv.Error as e:
-        raise UserError(f"malformed {fmt.upper()}: {e}", file=path, line=reader.line_num) from None
+    out = []
+    for line, row in iter_rows(path, split=split, where={"file": path}):
+        if not isinstance(row, dict):
+            raise UserError("each line must be a JSON object", file=path, line=line)
+        out.append(row)
+        if len(out) >= n:
+            break
+    return out
 
 
 def examples_from_rows(rows, origin: Path | str, *, task: str, fields: dict[str, str] | None) -> list[Example]:
     """Examples from (row number, row dict) pairs: Parquet, saved and hub datasets."""
     out = [example_from_row(row, origin=(origin, n), task=task, fields=fields) for n, row in rows]
     if not out:
-        raise UserError("no examples in the data", file=origin)
+        raise UserError("no examples in file", file=origin)
     return out
 
 

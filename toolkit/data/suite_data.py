@@ -68,8 +68,8 @@ def read_spec(loaded: LoadedSuite, spec: FileSpec, field: str, files: list[Path]
         return examples_from_rows(dataset_rows(ds), spec.source, task=s.task, fields=spec.fields)
     p = loaded.resolve(spec.path, f"{field}.path")
     files.append(p)
-    return read_examples(p, task=s.task, fmt=spec.format, fields=spec.fields, split=spec.split,
-                         where=loaded.where(*loc, "split"))
+    where = loaded.where(*loc, "split") if spec.split is not None or p.is_dir() else None  # only a split can be wrong
+    return read_examples(p, task=s.task, fmt=spec.format, fields=spec.fields, split=spec.split, where=where)
 
 
 def _read_splits(loaded: LoadedSuite, files: list[Path], datasets: dict[str, str], notes: list[str]):
