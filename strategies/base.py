@@ -132,6 +132,22 @@ class Strategy(ABC):
         return [be.single(GenRequest(p, self.settings)).latency_s for p in prompts]
 
     # helpers shared by strategies
+    def count_over_context(self, queries: list[Query], prompts: list[list[dict]]) -> None:
+        """Record the questions whose prompt plus max_new_tokens exceed the model's context (a
+        retrieving arm's passages can): nothing is cut, so the model reads past what it was
+        trained to attend to, and the run record and the report say how often (once per question)."""
+        be = self.backend()
+        limit = be.context_length()
+        if not limit:
+            return
+        over = self.__dict__.setdefault("_over_context", {})
+        for q, m in zip(queries, prompts):
+            if q.id not in over and len(over) < 100_000:  # a long-running server asks without end
+                over[q.id] = max(0, be.count_tokens(m) + self.settings.max_tokens - limit)
+        self.info["prompts_over_context"] = sum(1 for n in over.values() if n)
+        self.info["context_tokens_over"] = sum(over.values())
+        self.info["context_length"] = limit
+
     def messages(self, question: str, passages: list[str] | None = None, shots=()) -> list[dict]:
         labels = self.res.labels if getattr(self.config, "label_list", True) else None
         return build_messages(self.res.suite.instruction, labels, question, passages=passages, shots=shots)

@@ -22,4 +22,6 @@ class Rag(Strategy):
 
     def prompts(self, queries: list[Query]):
         contexts = self.retriever.retrieve([q.input for q in queries], self.config.top_k)
-        return [self.messages(q.input, passages=[p.text for p in c]) for q, c in zip(queries, contexts)], contexts
+        prompts = [self.messages(q.input, passages=[p.text for p in c]) for q, c in zip(queries, contexts)]
+        self.count_over_context(queries, prompts)
+        return prompts, contexts

@@ -39,4 +39,6 @@ class RagFinetune(Finetune):
         return {**super().fingerprint(), "index": self.retriever.key}
 
     def prompts(self, queries: list[Query]):
-        return self.with_passages([q.input for q in queries])
+        prompts, contexts = self.with_passages([q.input for q in queries])
+        self.count_over_context(queries, prompts)
+        return prompts, contexts

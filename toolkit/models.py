@@ -206,6 +206,36 @@ def load_tokenizer(path: str):
     return tok
 
 
+@lru_cache(maxsize=2)
+def generator_tokenizer(name: str):
+    """The tokenizer of a generator, loading no weights where it can: a bundled model's comes
+    from its dequantised folder when that exists, else straight from the GGUF (seconds,
+    where dequantising the model takes tens of them)."""
+    if name in BUNDLED_GENERATORS and not (dequantised_folder(name) / "config.json").exists():
+        # transformers, numpy, jinja2: imported on first use, not when this module loads
+        from transformers import AutoTokenizer
+        gguf = bundled_file(name, "generator")
+        with _no_tqdm():
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        return tok
+    return load_tokenizer(resolve_generator(name).path)
+
+
+@lru_cache(maxsize=8)
+def model_context(path: str) -> int | None:
+    """max_position_embeddings from a model's config.json (no weights loaded), or None."""
+    # transformers, numpy, jinja2: imported on first use, not when this module loads
+    from transformers import AutoConfig
+    try:
+        cfg = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
+    n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    return int(n) if n else None
+
+
 def load_causal_lm(ref: ModelRef, device: str, dtype, attn: str = "sdpa"):
     """A fresh model instance (callers that merge adapters must not share one)."""
     # transformers, numpy, jinja2: imported on first use, not when this module loads

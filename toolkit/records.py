@@ -151,6 +151,10 @@ class ArmInfo(BaseModel):
     pool_size: int | None = None
     prompts_over_budget: int | None = None  # few_shot: questions whose examples did not all fit max_prompt_tokens
     shots_dropped: int | None = None
+    # rag, rag_finetune: questions whose prompt plus max_new_tokens exceed the model's context
+    prompts_over_context: int | None = None
+    context_tokens_over: int | None = None
+    context_length: int | None = None
 
     def extra(self, key: str, default: Any = None) -> Any:
         """A strategy's own field (one this model does not declare)."""

@@ -6,6 +6,7 @@ import json
 import pytest
 import yaml
 
+from tests.conftest import write_jsonl
 from toolkit.harness import run_suite
 from toolkit.suites import load_suite
 
@@ -420,3 +421,31 @@ def test_classification_reports_the_majority_baseline(tmp_path, tiny_llama):
     assert res.majority_baseline.model_dump() == {"label": "common", "accuracy": 6 / 8}
     md, _ = render_run(run.path)
     assert "always answering `common`" in md.read_text()
+
+
+def test_rag_prompts_past_the_model_context_are_counted(tmp_path, tiny_llama):
+    """A retrieving arm whose passages overflow the model's context (1,024 tokens for the tiny
+    Llama) is counted once per question in the run record and in the arm's report line."""
+    from toolkit.reporting.report import info_summary
+
+    kb = tmp_path / "kb"
+    kb.mkdir()
+    for i in range(3):
+        (kb / f"d{i}.md").write_text(f"# Alder {i}\n\n" + " ".join(f"Fact {i}-{j}: the alder weighs {j} g."
+                                                                   for j in range(300)))
+    rows = [{"question": f"What does alder {i} weigh?", "answer": str(i)} for i in range(8)]
+    write_jsonl(tmp_path / "train.jsonl", rows[:4])
+    write_jsonl(tmp_path / "test.jsonl", rows[4:])
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump({
+        "name": "overflow", "task": "qa", "instruction": "Answer.", "knowledge_base": "kb",
+        "data": {"train": "train.jsonl", "test": "test.jsonl"},
+        "generator": {"model": str(tiny_llama), "max_new_tokens": 4, "batch_size": 4},
+        "strategies": {"rag": {"top_k": 3, "chunk_size": 512},
+                       "rag_small": {"type": "rag", "top_k": 1, "chunk_size": 64}}}))
+    run, res = run_suite(load_suite(tmp_path / "suite.yaml"), out=tmp_path / "run")
+    assert res.status == "success", {n: r.error for n, r in res.strategies.items()}
+    big, small = res.strategies["rag"].info, res.strategies["rag_small"].info
+    assert big.prompts_over_context == 4 and big.context_length == 1024 and big.context_tokens_over > 4 * 100
+    assert small.prompts_over_context == 0
+    assert "4 questions' prompts with their passages exceeded the model's context of 1024" in info_summary(
+        res.strategies["rag"])

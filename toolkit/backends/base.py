@@ -114,5 +114,9 @@ class Backend(ABC):
     def count_tokens(self, messages: Messages) -> int:
         """Prompt tokens of these messages (for prompt budgets)."""
 
+    def context_length(self) -> int | None:
+        """The most tokens (prompt plus answer) the model attends to, where it is known."""
+        return None
+
     def close(self) -> None:
         pass

@@ -31,6 +31,9 @@ class CachedBackend(Backend):
     def count_tokens(self, messages: Messages) -> int:
         return self.backend.count_tokens(messages)
 
+    def context_length(self) -> int | None:
+        return self.backend.context_length()
+
     def _key(self, **what) -> str:
         return content_hash({"backend": self.identity(), **what}, 32)
 

@@ -10,7 +10,7 @@ from typing import Any
 from toolkit.backends.base import Backend, Completion, GenRequest, Likelihood, LLRequest, Settings
 from toolkit.backends.generation import Generator, load_finetuned
 from toolkit.chat import Messages, render_chat
-from toolkit.models import load_tokenizer, pick_device, pick_dtype, resolve_generator
+from toolkit.models import load_tokenizer, model_context, pick_device, pick_dtype, resolve_generator
 
 # prompt key/value caches a generator keeps for the likelihood requests that follow its answers
 # (toolkit.backends.generation.PrefixStore): a harness chunk of 32 RAG prompts of ~280 tokens is ~410 MB
@@ -56,6 +56,9 @@ class TransformersBackend(Backend):
 
     def count_tokens(self, messages: Messages) -> int:
         return len(self.tokenizer(render_chat(self.tokenizer, messages), add_special_tokens=False)["input_ids"])
+
+    def context_length(self) -> int | None:
+        return model_context(self.ref.path)
 
     def generate(self, requests: list[GenRequest], *, description: str = "Generating") -> list[Completion]:
         out: list[Completion | None] = [None] * len(requests)

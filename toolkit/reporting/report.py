@@ -426,6 +426,9 @@ def info_summary(r: ArmResult) -> str:
     if i.prompts_over_budget:
         parts.append(f"{i.prompts_over_budget} questions' prompts exceeded max_prompt_tokens: {i.shots_dropped} "
                      "examples dropped, least similar first")
+    if i.prompts_over_context:
+        parts.append(f"{i.prompts_over_context} questions' prompts with their passages exceeded the model's context of "
+                     f"{i.context_length} tokens (by {i.context_tokens_over} in all)")
     return "; ".join(parts)
 
 
