@@ -31,6 +31,9 @@ examples:
   adaptbench ab reports/demo-.../serve.db                   the A/B test: feedback per arm with CIs, p-value
   adaptbench ls                                             strategies, loaders, bundled models, suites
   adaptbench init tickets.csv --kb docs/                    a starter suite for your data (then validate, run)
+  adaptbench data check tickets.csv                         problems in your data, with their lines, before a run
+  adaptbench data prepare tickets.csv data/ --format label --split 0.8/0.1/0.1 --stratify
+                                                            convert, dedupe, balance and split into JSONL
   adaptbench suite-fields finetune                          every field of a section: type, default, meaning
 
 exit codes: 0 success, 1 internal failure, 2 bad input (one line naming file, line and field),
@@ -65,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_run_parser, _validate_parser, _report_parser, _compare_parser, _export_parser, _serve_parser, _logs_parser, _ab_parser, _runs_parser, _ls_parser,
-                _init_parser, _fields_parser):
+                _init_parser, _data_parser, _fields_parser):
         add(sub)
     return p
 
@@ -93,6 +96,8 @@ def _run_parser(sub) -> None:
     r.add_argument("--judge-key-env", metavar="VAR", help="environment variable holding the endpoint's API key")
     r.add_argument("--seeds", type=int, default=1, metavar="N", help="repeat the whole comparison with N seeds "
                    "(split, few-shot choice, training seed) and report mean ± std across them")
+    r.add_argument("--no-data-check", action="store_true", help="skip the data checks a run starts with (adaptbench "
+                   "data check without the probe and the near duplicates; errors stop the run)")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
@@ -277,6 +282,70 @@ def _init_parser(sub) -> None:
     i.add_argument("--force", action="store_true", help="replace the suite file if it exists")
 
 
+def _data_parser(sub) -> None:
+    d = sub.add_parser("data", help="look at your data before any model trains (check), or convert and split it "
+                       "(prepare)", description="adaptbench data check: one report on a data file or a suite's data. "
+                       "adaptbench data prepare: convert, deduplicate, balance and split a data file.")
+    dsub = d.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
+    c = dsub.add_parser(
+        "check", help="format problems with their lines, lengths in tokens, duplicates and leakage, labels, "
+        "training time and cost: data_report.html/json", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Check a data file (or every data file of a suite) the way OpenAI's prepare_data tool and "
+                    "chat-format cookbook do, and more: every malformed line with its number, counts per split, "
+                    "tokens per role with the generator's tokenizer and how many examples max_seq_length would "
+                    "truncate, exact and near duplicates (MiniLM cosine) within and across splits (leakage), the "
+                    "label distribution, and the training tokens, time (from a short measured probe) and cost.\n\n"
+                    "Writes data_report.html and data_report.json. Exit 0 clean, 1 warnings, 2 errors. "
+                    "`adaptbench run` runs the same checks (without the probe and the near duplicates) first and "
+                    "stops on errors.",
+        epilog="examples:\n  adaptbench data check tickets.csv\n  adaptbench data check my_suite.yaml\n"
+               "  adaptbench data check banking77 --data-dir ../shared/datasets --no-probe")
+    c.add_argument("target", metavar="FILE|SUITE", help="a data file or folder, a suite YAML, or a bundled suite's name")
+    c.add_argument("--data-dir", type=Path, help="where {data_dir} in the suite points (default: $ADAPTBENCH_DATA_DIR)")
+    c.add_argument("--out", "-o", type=Path, help="where data_report.html/json go (default: reports/data-<name>)")
+    c.add_argument("--task", choices=["qa", "classification", "regression"], help="for a data file: instead of the "
+                   "guess")
+    c.add_argument("--input", metavar="COLUMN", help="for a data file: the column holding the question or text")
+    c.add_argument("--target", dest="target_col", metavar="COLUMN", help="for a data file: the answer or label column")
+    c.add_argument("--near", type=float, default=0.95, metavar="COSINE", help="near duplicates: questions whose MiniLM "
+                   "embeddings have at least this cosine similarity (default 0.95; 0 turns the search off)")
+    c.add_argument("--no-probe", action="store_true", help="no measured training probe (the time estimate is left out)")
+    c.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    pr = dsub.add_parser(
+        "prepare", help="convert a data file to chat, prompt/completion, qa or label JSONL; dedupe, balance, split",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Read IN (CSV, TSV, JSON, JSONL, Parquet or a saved Hugging Face dataset), write OUT as JSON "
+                    "Lines in the format asked for: OUT/train.jsonl, validation.jsonl and test.jsonl with --split, "
+                    "else the one file OUT. prepare_report.json beside them says what changed and why. JSONL, CSV, "
+                    "TSV and Parquet are read as they stream (twice), so memory stays bounded whatever the size; "
+                    "nothing is written unless everything is.",
+        epilog="examples:\n  adaptbench data prepare tickets.csv data/ --format label --split 0.8/0.1/0.1 --stratify\n"
+               "  adaptbench data prepare faq.parquet faq.jsonl --format chat --dedupe exact\n"
+               "  adaptbench data prepare reviews.csv data/ --format label --fields input=body,label=stars "
+               "--split 0.8/0.1/0.1 --balance oversample")
+    pr.add_argument("src", type=Path, metavar="IN", help="the data file or saved dataset folder")
+    pr.add_argument("dst", type=Path, metavar="OUT", help="a folder (with --split) or a .jsonl file; must not exist")
+    pr.add_argument("--format", required=True, choices=["chat", "prompt_completion", "qa", "label"],
+                    help="chat: OpenAI messages; prompt_completion; qa: question/answer; label: text/label")
+    pr.add_argument("--split", metavar="TRAIN/VAL/TEST", help="fractions, e.g. 0.8/0.1/0.1 (seeded; exact counts)")
+    pr.add_argument("--stratify", action="store_true", help="the same label proportions in every split")
+    pr.add_argument("--seed", type=int, default=0, help="seed of the split, the sampling and the balancing (default 0)")
+    pr.add_argument("--dedupe", choices=["exact", "near"], help="drop duplicate rows: exact (same question and answer "
+                    "after normalising case, spacing and punctuation) or near (MiniLM cosine >= --near)")
+    pr.add_argument("--near", type=float, default=0.95, metavar="COSINE", help="threshold of --dedupe near "
+                    "(default 0.95)")
+    pr.add_argument("--balance", choices=["oversample", "undersample"], help="label tasks: even out the train "
+                    "split's classes (seeded); validation and test keep the true distribution")
+    pr.add_argument("--fields", metavar="OURS=THEIRS,...", help="which columns hold what, e.g. input=body,label=stars "
+                    "(default: guessed as adaptbench init does)")
+    pr.add_argument("--task", choices=["qa", "classification", "regression"], help="instead of the guess")
+    pr.add_argument("--hf-split", metavar="NAME", help="the split of a saved DatasetDict folder")
+    pr.add_argument("--skip-bad", action="store_true", help="drop malformed rows (listed in prepare_report.json) "
+                    "instead of stopping at the first")
+    pr.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    pr.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
 def _fields_parser(sub) -> None:
     f = sub.add_parser("suite-fields", help="every field a suite can hold: type, default, description",
                        description="Every field a suite file can hold, read from the schema: its type, bounds, "
@@ -343,8 +412,13 @@ def cmd_run(args) -> int:
             flag = {"base_url": "--judge-url", "model": "--judge-model", "api_key_env": "--judge-key-env"}
             raise UserError(err["msg"].removeprefix("Value error, "), field=flag.get(str(err["loc"][0]), "judge")) from None
     only = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
+    data_note = None
+    if not args.no_data_check:
+        # per command: --help and validate load only what they use
+        from toolkit.reporting.data_report import check_before_run
+        data_note = check_before_run(loaded, str(args.suite))
     if args.seeds > 1:
-        return _run_seeds(loaded, args, only)
+        return _run_seeds(loaded, args, only, data_note)
     run, results = run_suite(loaded, only=only, limit=args.limit, out=args.out)
     if run is None:  # a helper process of a distributed launch: it trained, process 0 reports
         return 0
@@ -353,12 +427,14 @@ def cmd_run(args) -> int:
     console.print(terminal_table(results))
     for s in recommendation(results, load_run(run.path)[1], weights):
         log(s)
+    if data_note:
+        log(data_note)
     log(f"\nRun directory: {run.path}\nReport: {html}")
     print(run.path)  # stdout: the run directory, for scripts
     return 0 if results.status == "success" else 1
 
 
-def _run_seeds(loaded, args, only) -> int:
+def _run_seeds(loaded, args, only, data_note: str | None = None) -> int:
     # per command: --help and validate load only what they use
     from rich.table import Table
 
@@ -376,6 +452,8 @@ def _run_seeds(loaded, args, only) -> int:
     for arm, per in summary["arms"].items():
         t.add_row(arm, *[f"{per[m]['mean']:.3f} ± {per[m]['std']:.3f}" if m in per else "–" for m in metrics])
     console.print(t)
+    if data_note:
+        log(data_note)
     log(f"\nSeeds summary: {parent / 'seeds.md'}")
     print(parent)
     return 0 if all(s == "success" for s in summary["statuses"].values()) else 1
@@ -546,8 +624,21 @@ def cmd_init(args) -> int:
                       force=args.force, device=pick_device("auto").split(":")[0])
     labels = f", {len(g.labels)} labels" if g.labels else ""
     print(f"wrote {out}: task {g.task} ({g.why}{labels})")
-    print(f"next:  adaptbench validate {out}\n       adaptbench run {out} --limit 20    # a quick first look")
+    print(f"next:  adaptbench data check {out}      # problems in the data, with their lines, before a run\n"
+          f"       adaptbench run {out} --limit 20    # a quick first look")
     return 0
+
+
+def cmd_data(args) -> int:
+    _quiet_libraries()
+    if args.data_command == "prepare":
+        # per command: --help and validate load only what they use
+        from toolkit.checks.prepare import run_prepare
+        return run_prepare(args)
+    # per command: --help and validate load only what they use
+    from toolkit.reporting.data_report import run_check
+    _check_data_dir(args.data_dir)
+    return run_check(args)
 
 
 def cmd_fields(args) -> int:
@@ -598,7 +689,7 @@ def _quiet_libraries() -> None:
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "compare": cmd_compare,
             "export": cmd_export, "serve": cmd_serve, "logs": cmd_logs, "ab": cmd_ab, "runs": cmd_runs, "ls": cmd_ls,
-            "suite-fields": cmd_fields, "init": cmd_init}
+            "suite-fields": cmd_fields, "init": cmd_init, "data": cmd_data}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -98,7 +98,8 @@ def guess_task(rows: list[dict], *, task: str | None = None, input_col: str | No
                  target=target_col if shape == "columns" else None, labels=labels, shape=shape, why=why)
 
 
-def _fields(g: Guess) -> dict[str, str]:
+def fields_for(g: Guess) -> dict[str, str]:
+    """The `fields:` mapping of a guess: the columns whose names adaptbench would not read on its own."""
     if g.shape != "columns":
         return {}
     out = {}
@@ -165,7 +166,7 @@ def starter_suite(data: Path, out: Path, *, kb: Path | None = None, task: str | 
     rows = peek_rows(first, split=("train" if saved_splits and "train" in saved_splits else
                                    (saved_splits[0] if saved_splits else None)))
     g = guess_task(rows, task=task, input_col=input_col, target_col=target_col, where=first)
-    fields = _fields(g)
+    fields = fields_for(g)
     cpu = device == "cpu"
     lines = [f"# Written by `adaptbench init` from {data.name}: {g.why}, so task {g.task}.",
              "# Check it with `adaptbench validate`, then run it; `adaptbench suite-fields SECTION` explains",
@@ -236,7 +237,8 @@ def write_starter(data: Path, out: Path, *, force: bool = False, **kw) -> Guess:
     try:
         load_task_data(load_suite(tmp))  # what init writes, run accepts (and its data reads)
     except UserError as e:
-        raise UserError(f"the starter suite does not load: {e}", file=data) from None
+        raise UserError(f"the starter suite does not load: {e} (`adaptbench data check {data}` lists every "
+                        "problem)", file=data) from None
     finally:
         tmp.unlink(missing_ok=True)
     atomic_write(out, text)

@@ -64,3 +64,36 @@ def test_report_renders_in_headless_chromium(tmp_path, tiny_llama, scripted):  #
         shutil.copy(shot, dest)
     print(f"screenshot: {shot}")
     assert re.search(r"<table[^>]*id=\"results\"", dom.stdout)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make test installs Debian's chromium when it can)")
+def test_data_report_renders_in_headless_chromium(tmp_path, capsys):
+    """data_report.html: the verdict, the findings with their lines, the length histogram and
+    the label bars, and no live markup from hostile text in the data."""
+    import json as _json
+
+    from toolkit.cli import main
+
+    rows = [{"text": f"parcel {i} is late", "label": "shipping"} for i in range(30)]
+    rows += [{"text": f'refund <script>alert({i})</script> "><img src=x onerror=alert(1)>', "label": "billing<b>"}
+             for i in range(8)]
+    rows += [rows[0]]
+    data = tmp_path / "tickets.jsonl"
+    data.write_text("".join(_json.dumps(r) + "\n" for r in rows) + '{"text": "broken\n')
+    out = tmp_path / "report"
+    assert main(["data", "check", str(data), "-o", str(out), "--no-probe", "--near", "0"]) == 2
+    capsys.readouterr()
+    html = out / "data_report.html"
+    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+                          html.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert [l for l in dom.stderr.splitlines() if "CONSOLE" in l] == []
+    parser = Tags()
+    parser.feed(dom.stdout)
+    tags = parser.tags
+    assert not [t for t, _ in tags if t in ("script", "img", "iframe", "object", "embed")]
+    assert not [(t, a) for t, a in tags if any(k.startswith("on") for k in a)]
+    ids = {a.get("id") for _, a in tags}
+    assert {"verdict", "splits", "findings", "length-histogram", "label-bars", "labels", "top-terms"} <= ids
+    assert sum(1 for t, _ in tags if t == "svg") >= 2
+    assert "tickets.jsonl:40: malformed JSON" in dom.stdout and "billing&lt;b&gt;" in dom.stdout

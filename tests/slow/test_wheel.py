@@ -61,3 +61,15 @@ def test_the_wheel_runs_the_demo_from_an_empty_folder(tmp_path, shared_models_ca
     assert results["status"] == "success" and results["strategies"]["zero_shot"]["metrics"]["token_f1"]["n"] == 4
     assert (runs[0] / "report.html").is_file()
     assert sorted(p.name for p in empty.iterdir()) == ["reports"]  # nothing else written where it ran
+
+    # your own data, from the wheel: init writes a suite, data check reads it (templates shipped)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "tickets.csv").write_text("text,team\n" + "".join(
+        f"order {i} is {['late', 'broken', 'lost'][i % 3]},{['shipping', 'repairs', 'claims'][i % 3]}\n"
+        for i in range(60)))
+    _run(adaptbench, "init", "tickets.csv", cwd=mine, env=env)
+    r = subprocess.run([str(adaptbench), "data", "check", "tickets.yaml", "--no-probe", "--near", "0", "-q"],
+                       cwd=mine, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode in (0, 1), r.stderr[-3000:]
+    assert (mine / "reports" / "data-tickets" / "data_report.html").stat().st_size > 5000

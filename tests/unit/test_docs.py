@@ -4,6 +4,7 @@ every `adaptbench ...` command they show names a real subcommand with real flags
 
 from __future__ import annotations
 
+import argparse
 import re
 import shlex
 
@@ -79,8 +80,15 @@ def test_every_command_in_the_docs_is_real():
         if argv[0] not in sub:
             bad.append(f"{where}: no command '{argv[0]}'")
             continue
-        flags = {o for a in sub[argv[0]]._actions for o in a.option_strings}
-        bad += [f"{where}: adaptbench {argv[0]} has no {a.split('=')[0]}" for a in argv[1:]
+        cmd, rest, name = sub[argv[0]], argv[1:], argv[0]
+        nested = [a for a in cmd._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:  # adaptbench data check|prepare
+            if not rest or rest[0] not in nested[0].choices:
+                bad.append(f"{where}: adaptbench {name} has no command '{rest[0] if rest else ''}'")
+                continue
+            cmd, name, rest = nested[0].choices[rest[0]], f"{name} {rest[0]}", rest[1:]
+        flags = {o for a in cmd._actions for o in a.option_strings}
+        bad += [f"{where}: adaptbench {name} has no {a.split('=')[0]}" for a in rest
                 if a.startswith("-") and a != "-" and a.split("=")[0] not in flags]
     assert seen >= 5, "the docs show no adaptbench command: is the fence language still bash?"
     assert bad == [], "\n".join(bad)

@@ -9,21 +9,18 @@ Classification rows may give the class as `label` (or as the answer/completion).
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
 import random
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolkit.data.tables import dataset_rows, is_saved_dataset, parquet_rows, saved_dataset
-from toolkit.errors import UserError, read_utf8
+from toolkit.data.rows import FORMAT_OF as FORMAT_OF  # re-exported: what init and data check accept
+from toolkit.data.rows import iter_rows
+from toolkit.errors import UserError
 
 INPUT_KEYS = ("question", "input", "text", "query")
 TARGET_KEYS = ("answer", "target", "output", "response")
@@ -208,8 +205,9 @@ def example_from_row(row: Any, *, origin: tuple[Path, int], task: str,
     else:
         in_key = next((k for k in INPUT_KEYS if k in row), None)
         if in_key is None:
-            raise UserError("no question: a row needs `messages`, `prompt`/`completion`, or `question`/`answer`",
-                            file=path, line=line, field="question")
+            cols = ", ".join(list(row)[:12])
+            raise UserError("no question: a row needs `messages`, `prompt`/`completion`, or `question`/`answer` "
+                            f"(columns: {cols}; map yours with `fields:`)", file=path, line=line, field="question")
         inp = row[in_key]
         tgt_key = next((k for k in TARGET_KEYS if k in row), "label")
         tgt = row.get(tgt_key)
@@ -254,51 +252,6 @@ def example_from_row(row: Any, *, origin: tuple[Path, int], task: str,
     )
 
 
-FORMAT_OF = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
-
-
-def iter_rows(path: Path, fmt: str | None = None, *, split: str | None = None,
-              where: dict | None = None) -> Iterator[tuple[int, Any]]:
-    """(line or row number, parsed row) of a data file (JSONL, CSV, TSV, Parquet) or save_to_disk
-    folder, one at a time; `split` picks one split of a saved DatasetDict. Bad input is a
-    UserError naming file and line (row)."""
-    fmt = fmt or ("hf_disk" if is_saved_dataset(path) else FORMAT_OF.get(path.suffix.lower()))
-    if fmt is None and path.exists():
-        raise UserError("unknown data format (use .jsonl, .csv, .tsv or .parquet, a save_to_disk folder, "
-                        "or set `format:`)", file=path)
-    if split is not None and fmt != "hf_disk":
-        raise UserError("`split` is for a Hugging Face dataset or a saved DatasetDict folder", **(where or {"file": path}))
-    if fmt in ("parquet", "hf_disk"):
-        if not path.exists():
-            raise UserError("data file not found", file=path)
-        yield from parquet_rows(path) if fmt == "parquet" else dataset_rows(saved_dataset(path, split, where=where or {}))
-        return
-    text = read_utf8(path, "data file")
-    if fmt == "jsonl":
-        for n, raw in enumerate(text.splitlines(), 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise UserError(f"malformed JSON: {e.msg} (column {e.colno})", file=path, line=n) from None
-            except RecursionError:
-                raise UserError("malformed JSON: nested too deeply", file=path, line=n) from None
-            yield n, row
-        return
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="," if fmt == "csv" else "\t")
-    try:
-        for row in reader:
-            # the line a row starts on (a quoted field may span lines); line 1 is the header
-            n = reader.line_num - sum(v.count("\n") for v in row.values() if isinstance(v, str))
-            if None in row:
-                raise UserError(f"{len(reader.fieldnames or [])} columns in the header but more in this row",
-                                file=path, line=n)
-            yield n, row
-    except csv.Error as e:
-        raise UserError(f"malformed {fmt.upper()}: {e}", file=path, line=reader.line_num) from None
-
-
 def read_examples(path: Path, *, task: str, fmt: str | None = None, fields: dict[str, str] | None = None,
                   split: str | None = None, where: dict | None = None) -> list[Example]:
     """The examples of one data file or save_to_disk folder (see iter_rows)."""
@@ -309,9 +262,9 @@ def peek_rows(path: Path, n: int = 20_000, *, split: str | None = None) -> list[
     """Up to n raw rows of a data file or saved dataset, as dicts (before any field mapping):
     what `adaptbench init` looks at to guess the task and the columns."""
     out = []
-    for line, row in iter_rows(path, split=split, where={"file": path}):
+    for _, row in iter_rows(path, split=split, where={"file": path}, errors=[]):  # a bad line: the next one
         if not isinstance(row, dict):
-            raise UserError("each line must be a JSON object", file=path, line=line)
+            continue
         out.append(row)
         if len(out) >= n:
             break

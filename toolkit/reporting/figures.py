@@ -23,8 +23,9 @@ def _plt():
     matplotlib.use("Agg")
     # matplotlib: imported on first use, not when this module loads
     import matplotlib.pyplot as plt
+    # text.parse_math off: a label such as "$\\foo$" from the data is text, not TeX to parse
     matplotlib.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False,
-                                "axes.spines.right": False})
+                                "axes.spines.right": False, "text.parse_math": False})
     return plt
 
 
@@ -191,4 +192,39 @@ def confusion(cm: ConfusionMatrix, title: str) -> str:
     ax.set_xlabel("predicted (last column: output maps to no label)")
     ax.set_ylabel("gold")
     ax.set_title(title)
+    return _svg(fig)
+
+
+def length_histogram(lengths: list[int], limits: dict[str, int], title: str) -> str:
+    """Tokens per training example, with each training arm's max_seq_length as a line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 2.8))
+    ax.hist(lengths, bins=min(40, max(5, len(set(lengths)))), color="#4C72B0", alpha=0.85)
+    for i, (arm, limit) in enumerate(sorted(limits.items(), key=lambda kv: kv[1])):
+        ax.axvline(limit, color=ARM_COLORS[(i + 3) % len(ARM_COLORS)], linestyle="--", linewidth=1.2,
+                   label=f"{arm}: max_seq_length {limit}")
+    if limits:
+        ax.legend(fontsize=7, frameon=False)
+    ax.set_xlabel("tokens per training example (prompt + answer)")
+    ax.set_ylabel("examples")
+    ax.set_title(title)
+    return _svg(fig)
+
+
+def label_bars(counts: dict[str, dict[str, int]], most: int = 40) -> str:
+    """Examples per label in each split, horizontal bars (the most frequent `most` labels)."""
+    plt = _plt()
+    train = counts.get("train") or next(iter(counts.values()), {})
+    labels = [l for l, _ in sorted(train.items(), key=lambda kv: -kv[1])][:most]
+    splits = [s for s in ("train", "validation", "test") if counts.get(s)]
+    fig, ax = plt.subplots(figsize=(6.4, 0.6 + 0.22 * len(labels) * max(1, len(splits)) ** 0.5))
+    h = 0.8 / max(1, len(splits))
+    for k, s in enumerate(splits):
+        ax.barh([i + k * h for i in range(len(labels))], [counts[s].get(l, 0) for l in labels], height=h,
+                color=ARM_COLORS[k], label=s)
+    ax.set_yticks([i + h * (len(splits) - 1) / 2 for i in range(len(labels))])
+    ax.set_yticklabels([l[:28] for l in labels], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("examples")
+    ax.legend(fontsize=7, frameon=False)
     return _svg(fig)

@@ -153,7 +153,7 @@ def _rich_callback(total_steps: int, label: str):
     return RichProgress()
 
 
-def _prepare_model(ref: ModelRef, device: str, dtype, settings: dict[str, Any], attn: str = "sdpa"):
+def prepare_model(ref: ModelRef, device: str, dtype, settings: dict[str, Any], attn: str = "sdpa"):
     """The model to train: LoRA adapters on the base, the base itself ('full'), or
     LoRA on a 4-bit base ('qlora', CUDA + bitsandbytes only)."""
 
@@ -253,7 +253,7 @@ def _train(ref: ModelRef, gen_cfg: GeneratorConfig, train: list[TrainItem], vali
     tok = load_tokenizer(ref.path)
     tok.padding_side = "right"
     collator, batching, attn = batching_recipe(tok, device, settings.get("padding_free", "auto"))
-    model = _prepare_model(ref, device, dtype, settings, attn)
+    model = prepare_model(ref, device, dtype, settings, attn)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     max_len = settings["max_seq_length"]
