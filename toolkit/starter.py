@@ -169,7 +169,7 @@ def starter_suite(data: Path, out: Path, *, kb: Path | None = None, task: str | 
     fields = fields_for(g)
     cpu = device == "cpu"
     lines = [f"# Written by `adaptbench init` from {data.name}: {g.why}, so task {g.task}.",
-             "# Check it with `adaptbench validate`, then run it; `adaptbench suite-fields SECTION` explains",
+             "# Check it with `adaptbench data check`, then run it; `adaptbench suite-fields SECTION` explains",
              "# every setting.",
              "version: 1",
              f"name: {suite_name(data)}",

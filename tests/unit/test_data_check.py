@@ -274,6 +274,11 @@ def test_public_json_files_check_and_prepare_as_they_are(tmp_path, capsys):
                  "input=QUESTION,label=final_decision", "--split", "0.8/0.1/0.1", "--stratify", "-q"]) == 0
     assert sum(len(read_examples(out / f"{s}.jsonl", task="classification")) for s in
                ("train", "validation", "test")) == 1000
+    b77 = tmp_path / "b77.jsonl"  # banking77's CSV, columns guessed
+    assert main(["data", "prepare", str(SHARED_DATA / "banking77" / "train.csv"), str(b77), "--format", "label",
+                 "--dedupe", "exact", "-q"]) == 0
+    got = read_examples(b77, task="classification")
+    assert 9900 < len(got) <= 10003 and len({e.label for e in got}) == 77
 
 
 def test_what_the_run_refuses_is_an_error_of_the_check_too(tmp_path, capsys):

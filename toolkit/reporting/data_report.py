@@ -110,7 +110,8 @@ def check_before_run(loaded, name: str) -> str | None:
                         "writes the whole report", file=loaded.path)
     if report.warnings:
         what = ", ".join(sorted({f.code.replace("_", " ") for f in report.warnings}))
-        return (f"data check: {sum(f.count for f in report.warnings)} warnings ({what}); "
+        n = sum(f.count for f in report.warnings)
+        return (f"data check: {n} warning{'s' if n > 1 else ''} ({what}); "
                 f"`adaptbench data check {name}` explains each")
     return None
 
