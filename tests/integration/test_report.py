@@ -210,3 +210,35 @@ def test_corpus_level_metrics_are_compared_by_resampling_examples():
     assert ppl.diff == pytest.approx(np.exp(1.0) - np.exp(1.5)) and ppl.a_better and not ppl.higher_is_better
     # a run whose samples lack what a corpus metric needs gets no pair, so no claimed win
     assert stats.compare_arms(samples_of([{**s, "scores": {"accuracy": 1.0}} for s in rows]), "macro_f1") == []
+
+
+def test_many_labels_get_the_most_confused_pairs_not_a_wall_of_cells(tmp_path, tiny_llama, scripted):  # noqa: F811
+    """Above 20 labels the report lists the most confused (gold, predicted) pairs with an example
+    each, and draws the matrix of only the labels involved."""
+    import yaml
+
+    from tests.conftest import write_jsonl
+    from toolkit.reporting.report import render_run
+    from toolkit.suites import load_suite
+
+    labels = [f"intent_{i:02d}" for i in range(25)]
+    rows = [{"question": f"q{j} about {l}", "label": l} for l in labels for j in range(2)]
+    write_jsonl(tmp_path / "train.jsonl", [{**r, "question": "train " + r["question"]} for r in rows])
+    write_jsonl(tmp_path / "test.jsonl", rows)
+    answers = {r["question"]: r["label"] for r in rows}
+    answers.update({"q0 about intent_00": "intent_01", "q1 about intent_00": "intent_01",
+                    "q0 about intent_02": "intent_03"})
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump({
+        "name": "many", "task": "classification", "instruction": "Classify.", "labels": labels,
+        "data": {"train": "train.jsonl", "test": "test.jsonl"},
+        "generator": {"model": str(tiny_llama)},
+        "strategies": {"script": {"type": "scripted", "answers": answers}}}))
+    run, res = run_suite(load_suite(tmp_path / "suite.yaml"), out=tmp_path / "run")
+    assert res.status == "success"
+    md, html = render_run(run.path)
+    page = html.read_text()
+    assert 'id="confused"' in page and "Most confused labels: script (4 of 25)" in page
+    first = page.index("intent_00</td><td class=\"text\">intent_01</td><td>2</td>")
+    assert first < page.index("intent_02</td><td class=\"text\">intent_03</td><td>1</td>")
+    assert "q0 about intent_00" in page[first:first + 400]
+    assert "- intent_00 → intent_01: 2" in md.read_text()

@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.table import Table
 
-from toolkit.records import ArmInfo, ArmResult, Context, MetricValue, RunResults, Sample
+from toolkit.records import ArmInfo, ArmResult, ConfusionMatrix, Context, MetricValue, RunResults, Sample
 from toolkit.reporting import figures as F
 from toolkit.reporting.decision import (
     CRITERIA_HELP,
@@ -213,6 +213,42 @@ def disagreements(samples: list[Sample], metric: str, arms: list[str], n: int = 
     return rows[:n]
 
 
+MANY_LABELS = 20  # above this a full confusion matrix has no readable axis: the confused pairs instead
+
+
+def confused_pairs(cm: ConfusionMatrix, samples: list[Sample], n: int = 12) -> list[dict[str, Any]]:
+    """The most frequent (gold, predicted) label pairs off the diagonal, each with its count
+    and one test question that the arm answered so (from the arm's samples)."""
+    cells = [(cm.matrix[i][j], gold, pred) for i, gold in enumerate(cm.labels)
+             for j, pred in enumerate(cm.labels) if i != j and cm.matrix[i][j]]
+    cells.sort(key=lambda c: (-c[0], c[1], c[2]))
+    out = []
+    for count, gold, pred in cells[:n]:
+        ex = next((x for x in samples if x.label == gold and x.scores.get("mapped_label") == pred), None)
+        out.append({"gold": gold, "predicted": pred, "count": int(count),
+                    "example": ex.input[:200] if ex else "", "output": ex.output[:80] if ex else ""})
+    return out
+
+
+def confused_submatrix(cm: ConfusionMatrix, pairs: list[dict[str, Any]]) -> ConfusionMatrix:
+    """The confusion matrix of only the labels in `pairs` (and the unmapped column)."""
+    keep = sorted({p["gold"] for p in pairs} | {p["predicted"] for p in pairs}, key=cm.labels.index)
+    rows = [cm.labels.index(l) for l in keep]
+    cols = rows + [len(cm.columns) - 1]
+    return ConfusionMatrix(labels=keep, columns=keep + [cm.columns[-1]],
+                           matrix=[[cm.matrix[i][j] for j in cols] for i in rows])
+
+
+def confusion_view(results: RunResults, samples: list[Sample]) -> dict[str, list[dict[str, Any]]]:
+    """arm -> its most confused label pairs, for label tasks with more than MANY_LABELS labels."""
+    out = {}
+    for name, a in results.ok_arms().items():
+        cm = a.confusion_matrix
+        if cm and len(cm.labels) > MANY_LABELS:
+            out[name] = confused_pairs(cm, [x for x in samples if x.strategy == name])
+    return out
+
+
 def build(run_dir: Path, weights: dict[str, float] | None = None) -> dict[str, Any]:
     run = RunDir.open(run_dir)
     results, samples, env = run.results(), run.read_samples(), run.env()
@@ -238,6 +274,7 @@ def build(run_dir: Path, weights: dict[str, float] | None = None) -> dict[str, A
         "breakdown": breakdown(samples, metric, config.get("breakdown_by") or ["category"], list(arms)) if metric else {},
         "disagreements": disagreements(samples, metric, list(arms)) if metric else [],
         "retrieval_split": retrieval_split(samples, metric, list(arms)) if metric else [],
+        "confused": confusion_view(results, samples),
     }
 
 
@@ -261,7 +298,14 @@ def figures(ctx: dict) -> dict[str, str]:
         if fig:
             out[key] = fig
     for n, a in arms.items():
-        if a.confusion_matrix:
+        if not a.confusion_matrix:
+            continue
+        if n in ctx.get("confused", {}):  # many labels: only those of the most confused pairs
+            if pairs := ctx["confused"][n]:
+                sub = confused_submatrix(a.confusion_matrix, pairs)
+                out[f"confusion:{n}"] = F.confusion(sub, f"Most confused labels: {n} ({len(sub.labels)} of "
+                                                         f"{len(a.confusion_matrix.labels)})")
+        else:
             out[f"confusion:{n}"] = F.confusion(a.confusion_matrix, f"Confusion matrix: {n}")
     return out
 
@@ -327,6 +371,10 @@ def render_markdown(ctx: dict) -> str:
         lines.append("")
     if ctx.get("retrieval_split"):
         lines += retrieval_split_lines(ctx["retrieval_split"], LABELS.get(ctx["metric"], ctx["metric"])) + [""]
+    for name, pairs in ctx.get("confused", {}).items():
+        lines += [f"Most confused labels of {name} (gold → predicted, count):", ""]
+        lines += [f"- {p['gold']} → {p['predicted']}: {p['count']}" for p in pairs] or ["- none"]
+        lines.append("")
     notes = measurement_notes(r)
     if notes:
         lines += ["### Not measured", ""] + [f"- {n}" for n in notes] + [""]
