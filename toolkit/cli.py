@@ -415,8 +415,10 @@ def cmd_run(args) -> int:
     data_note = None
     if not args.no_data_check:
         # per command: --help and validate load only what they use
+        from toolkit.bundled import bundled_suites
         from toolkit.reporting.data_report import check_before_run
-        data_note = check_before_run(loaded, str(args.suite))
+        name = next((k for k, v in bundled_suites().items() if v == args.suite), str(args.suite))  # `demo`, not its path
+        data_note = check_before_run(loaded, name)
     if args.seeds > 1:
         return _run_seeds(loaded, args, only, data_note)
     run, results = run_suite(loaded, only=only, limit=args.limit, out=args.out)
