@@ -13,6 +13,8 @@ import time
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+
 from toolkit.backends import GenRequest, LLRequest, Settings
 from toolkit.config import arm_generator
 from toolkit.data import Example, Passage, Prediction, Query
@@ -107,10 +109,14 @@ class Strategy(ABC):
         dt = (time.perf_counter() - t0) / max(1, len(queries))
         out = []
         for i, (q, c) in enumerate(zip(queries, contexts)):
-            allowed = [j for j, lab in enumerate(labels) if lab in q.options] or range(len(labels))
+            allowed = [j for j, lab in enumerate(labels) if lab in q.options] or list(range(len(labels)))
             best = min(allowed, key=nll[i].__getitem__)
+            logp = -np.array([nll[i][j] for j in allowed], dtype=float)
+            p = np.exp(logp - logp.max())
+            p /= p.sum()  # each allowed label's probability, given that the answer is one of them
             out.append(Prediction(id=q.id, output=labels[best], contexts=c, prompt_tokens=be.count_tokens(prompts[i]),
-                                  completion_tokens=0, latency_s=dt, compute_s=dt))
+                                  completion_tokens=0, latency_s=dt, compute_s=dt,
+                                  label_probs={labels[j]: round(float(x), 6) for j, x in zip(allowed, p)}))
         return out
 
     def loglikelihood(self, queries: list[Query], targets: list[str], *, base: bool = False):

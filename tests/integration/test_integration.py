@@ -293,8 +293,23 @@ def test_classification_by_label_likelihood_never_unmapped(tmp_path, tiny_llama)
     assert res.status == "success"
     for r in res.strategies.values():
         assert r.metrics["unmapped_rate"].mean == 0.0
-    outs = {json.loads(l)["output"] for l in (run.path / "samples.jsonl").read_text().splitlines()}
-    assert outs <= {"activate_card", "lost_card", "card_arrival"}
+        # the label probabilities give ROC AUC, average precision and calibration, with CIs
+        for m in ("roc_auc", "average_precision", "ece"):
+            v = r.metrics[m]
+            assert 0 <= v.ci_low <= v.mean <= v.ci_high <= 1 and v.n == 9, (m, v)
+        assert not r.metrics["ece"].higher_is_better
+    samples = [json.loads(l) for l in (run.path / "samples.jsonl").read_text().splitlines()]
+    assert {s["output"] for s in samples} <= {"activate_card", "lost_card", "card_arrival"}
+    probs = samples[0]["scores"]["label_probs"]
+    assert set(probs) == {"activate_card", "lost_card", "card_arrival"} and sum(probs.values()) == pytest.approx(1, abs=1e-4)
+    assert max(probs, key=probs.get) == samples[0]["output"]
+    from toolkit.reporting.report import build
+    paired = build(run.path)["paired"]
+    assert paired  # the primary metric's paired table still builds
+    from toolkit.runs import load_run
+    from toolkit.scoring.stats import compare_arms
+    auc = compare_arms(load_run(run.path)[1], "roc_auc", ["zero_shot", "few_shot"], seed=0)
+    assert len(auc) == 1 and auc[0].n == 9  # paired on the same resampled examples
 
 
 def test_choice_nll_with_shared_prefix_matches_full_passes(tiny_llama):
@@ -368,7 +383,8 @@ def test_multiple_choice_suite_by_letter_likelihood(tmp_path, tiny_llama):
     run, res = run_suite(load_suite(tmp_path / "mc.yaml"), out=tmp_path / "run")
     assert res.status == "success" and res.labels == ["A", "B", "C"]
     for r in res.strategies.values():
-        assert set(r.metrics) == {"accuracy", "unmapped_rate"} and r.metrics["accuracy"].n == 4
+        assert set(r.metrics) == {"accuracy", "unmapped_rate", "roc_auc", "average_precision", "ece"}  # letters by likelihood
+        assert r.metrics["accuracy"].n == 4
         assert r.metrics["unmapped_rate"].mean == 0.0
     samples = [json.loads(l) for l in (run.path / "samples.jsonl").read_text().splitlines()]
     assert {s["output"] for s in samples} <= {"A", "B", "C"} and "C. Lowmarsh" in samples[0]["input"]

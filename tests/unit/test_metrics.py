@@ -152,3 +152,29 @@ def test_regression_scores_count_parse_failures_and_match_sklearn():
     assert agg["r2"].mean == pytest.approx(r2_score(np.array(gold)[ok], pred))
     assert agg["r2"].ci_low <= agg["r2"].mean <= agg["r2"].ci_high
     assert math.isnan(rows[3]["mae"])  # a failure is unmeasured, not an error of 0
+
+
+def test_probability_metrics_equal_scikit_learn_on_a_fixed_set():
+    """roc_auc and average_precision are scikit-learn's macro one-vs-rest values; ece is the
+    top-label expected calibration error over 10 equal-width bins, checked by hand."""
+    import numpy as np
+    from sklearn.metrics import average_precision_score, roc_auc_score
+    from sklearn.preprocessing import label_binarize
+
+    from toolkit.scoring.metrics import prob_metric
+
+    rng = np.random.default_rng(3)
+    y = np.array([0, 1, 2, 2, 1, 0, 0, 2, 1, 1, 2, 0, 1, 2, 0, 1])
+    raw = rng.random((len(y), 3)) + np.eye(3)[y] * 0.8
+    p = raw / raw.sum(axis=1, keepdims=True)
+    assert prob_metric("roc_auc", y, p) == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"))
+    assert prob_metric("average_precision", y, p) == pytest.approx(
+        average_precision_score(label_binarize(y, classes=[0, 1, 2]), p, average="macro"))
+    conf, right = p.max(axis=1), (p.argmax(axis=1) == y)
+    ece = sum(abs(right[m].mean() - conf[m].mean()) * m.mean()
+              for lo in np.arange(0, 1, 0.1) if (m := (conf >= lo) & (conf < lo + 0.1)).any())
+    assert prob_metric("ece", y, p) == pytest.approx(ece)
+    # a label with no positive among the rows has no curve: left out, as sklearn would refuse it
+    two = y < 2
+    q = p[two][:, :2] / p[two][:, :2].sum(axis=1, keepdims=True)
+    assert prob_metric("roc_auc", y[two], np.c_[q, np.zeros(two.sum())]) == pytest.approx(roc_auc_score(y[two], q[:, 1]))

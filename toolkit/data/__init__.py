@@ -79,6 +79,7 @@ class Prediction:
     latency_s: float = 0.0   # what a caller waited for this answer
     compute_s: float = 0.0   # the amortised compute of this answer (a batch's time over its size)
     cached: bool = False     # came from the request cache
+    label_probs: dict[str, float] = field(default_factory=dict)  # likelihood-scored labels: each one's probability
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -164,6 +164,39 @@ def bootstrap_statistic(n: int, statistic, *, seed: int = 0, higher_is_better: b
     return _value(point, min(lo, point), max(hi, point), n, higher_is_better)
 
 
+PROB_METRICS = ("roc_auc", "average_precision", "ece")  # from label probabilities (classification_mode: likelihood)
+ECE_BINS = 10
+
+
+def prob_metric(metric: str, y_true: np.ndarray, probs: np.ndarray) -> float:
+    """One-vs-rest macro ROC AUC, macro average precision, or expected calibration error (top
+    label, 10 equal-width bins) of label probabilities `probs` (n x labels) against gold label
+    ids. scikit-learn computes the curves' areas; a label with no positive or no negative
+    example among these rows has no curve and is left out of the macro mean, as
+    roc_auc_score(multi_class="ovr") would refuse it (tests check the equality with sklearn)."""
+    # scipy, sklearn, pandas: imported on first use, not when this module loads
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    if metric == "ece":
+        conf, pred = probs.max(axis=1), probs.argmax(axis=1)
+        right = (pred == y_true).astype(float)
+        bins = np.minimum((conf * ECE_BINS).astype(int), ECE_BINS - 1)
+        return float(sum(abs(right[bins == b].mean() - conf[bins == b].mean()) * (bins == b).mean()
+                         for b in range(ECE_BINS) if (bins == b).any()))
+    area = roc_auc_score if metric == "roc_auc" else average_precision_score
+    per_label = [area(y_true == k, probs[:, k]) for k in range(probs.shape[1])
+                 if 0 < (y_true == k).sum() < len(y_true)]
+    return float(np.mean(per_label)) if per_label else float("nan")
+
+
+def label_prob_matrix(rows: list[dict], labels: list[str]) -> np.ndarray | None:
+    """Rows' label probabilities as an (n x labels) array, or None where an answer has none
+    (generated answers)."""
+    if not rows or any(not r.get("label_probs") for r in rows):
+        return None
+    return np.array([[r["label_probs"].get(l, 0.0) for l in labels] for r in rows], dtype=float)
+
+
 def macro_prf(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> tuple[float, float, float]:
     """Macro precision/recall/F1 over the labels that occur in the gold labels or the
     predictions (label ids 0..n_labels-1; a prediction < 0 is an output that named no label).
@@ -249,7 +282,8 @@ def score_classification(examples, preds, *, labels: list[str]) -> list[dict[str
     rows = []
     for e, p in zip(examples, preds):
         m = map_to_label(p.output, labels)
-        rows.append({"accuracy": float(m == e.label), "unmapped_rate": float(m is None), "mapped_label": m})
+        rows.append({"accuracy": float(m == e.label), "unmapped_rate": float(m is None), "mapped_label": m,
+                     **({"label_probs": p.label_probs} if getattr(p, "label_probs", None) else {})})
     return rows
 
 
@@ -272,6 +306,11 @@ def aggregate_classification(rows: list[dict], gold: list[str], *, labels: list[
         elif m in ("macro_precision", "macro_recall", "macro_f1"):
             i = ("macro_precision", "macro_recall", "macro_f1").index(m)
             out[m] = bootstrap_statistic(len(rows), lambda idx, i=i: prf(idx)[i], seed=seed)
+    probs = label_prob_matrix(rows, labels)
+    for m in metrics:
+        if m in PROB_METRICS and probs is not None and not np.isnan(prob_metric(m, y_true, probs)):
+            out[m] = bootstrap_statistic(len(rows), lambda idx, m=m: prob_metric(m, y_true[idx], probs[idx]), seed=seed,
+                                         higher_is_better=m != "ece")
     cm = confusion_matrix(y_true, np.where(y_pred < 0, len(labels), y_pred), labels=label_ids + [len(labels)])
     return out, {"labels": labels, "columns": labels + ["(unmapped)"], "matrix": cm[: len(labels)].tolist()}
 

@@ -51,6 +51,11 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     Metric("macro_recall", "Macro recall", (CLS,), level="corpus", needs=("labels",)),
     Metric("macro_f1", "Macro F1", (CLS,), level="corpus", needs=("labels",)),
     Metric("unmapped_rate", "Unmapped outputs", (CLS, MC), higher_is_better=False, needs=("labels",)),
+    # from label probabilities: arms that score every label (classification_mode: likelihood)
+    Metric("roc_auc", "ROC AUC (macro)", (CLS, MC), level="corpus", needs=("labels", "probabilities")),
+    Metric("average_precision", "Average precision", (CLS, MC), level="corpus", needs=("labels", "probabilities")),
+    Metric("ece", "Calibration error (ECE)", (CLS, MC), higher_is_better=False, level="corpus",
+           needs=("labels", "probabilities")),
     Metric("mae", "MAE", (REG,), higher_is_better=False, needs=("number",), bounded=False),
     Metric("mse", "MSE", (REG,), higher_is_better=False, needs=("number",), bounded=False),
     Metric("r2", "R²", (REG,), level="corpus", needs=("number",), bounded=False),

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from toolkit.records import Sample
-from toolkit.scoring.metrics import macro_prf, r_squared
+from toolkit.scoring.metrics import PROB_METRICS, macro_prf, prob_metric, r_squared
 from toolkit.scoring.registry import METRICS
 
 N_BOOTSTRAP = 2000
@@ -109,6 +109,14 @@ def corpus_statistic(metric: str, rows: list[Sample]):
         pred = np.array([idx[s["mapped_label"]] if s["mapped_label"] is not None else -1 for s in sc])
         k = ("macro_precision", "macro_recall", "macro_f1").index(metric)
         return lambda i: macro_prf(gold[i], pred[i], len(names))[k]
+    if metric in PROB_METRICS:
+        if any(not isinstance(s.get("label_probs"), dict) or not s["label_probs"] for s in sc) or \
+                any(r.label is None for r in rows):
+            return None
+        names = sorted({r.label for r in rows} | {k for s in sc for k in s["label_probs"]})
+        gold = np.array([names.index(r.label) for r in rows])
+        probs = np.array([[s["label_probs"].get(n, 0.0) for n in names] for s in sc], dtype=float)
+        return lambda i: prob_metric(metric, gold[i], probs[i])
     if metric == "perplexity":
         if any(not isinstance(s.get("answer_nll"), (int, float)) or not s.get("answer_tokens") for s in sc):
             return None
