@@ -76,7 +76,10 @@ class Strategy(ABC):
         base and trained model) reuse them instead of retrieving and embedding again."""
         todo = [q for q in queries if q.id not in self._prompt_memo]
         if todo:
-            for q, p, c in zip(todo, *self.prompts(todo)):
+            prompts, contexts = self.prompts(todo)
+            if self.retrieves:  # evaluation only: a served request is not counted (nor tokenised twice)
+                self.count_over_context(todo, prompts)
+            for q, p, c in zip(todo, prompts, contexts):
                 self._prompt_memo[q.id] = (p, c)
         return [self._prompt_memo[q.id][0] for q in queries], [self._prompt_memo[q.id][1] for q in queries]
 
@@ -141,15 +144,15 @@ class Strategy(ABC):
     def count_over_context(self, queries: list[Query], prompts: list[list[dict]]) -> None:
         """Record the questions whose prompt plus max_new_tokens exceed the model's context (a
         retrieving arm's passages can): nothing is cut, so the model reads past what it was
-        trained to attend to, and the run record and the report say how often (once per question)."""
+        trained to attend to, and the run record and the report say how often. Called from
+        prompts_once, so each question is counted once."""
         be = self.backend()
         limit = be.context_length()
         if not limit:
             return
         over = self.__dict__.setdefault("_over_context", {})
         for q, m in zip(queries, prompts):
-            if q.id not in over and len(over) < 100_000:  # a long-running server asks without end
-                over[q.id] = max(0, be.count_tokens(m) + self.settings.max_tokens - limit)
+            over[q.id] = max(0, be.count_tokens(m) + self.settings.max_tokens - limit)
         self.info["prompts_over_context"] = sum(1 for n in over.values() if n)
         self.info["context_tokens_over"] = sum(over.values())
         self.info["context_length"] = limit

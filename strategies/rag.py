@@ -22,6 +22,4 @@ class Rag(Strategy):
 
     def prompts(self, queries: list[Query]):
         contexts = self.retriever.retrieve([q.input for q in queries], self.config.top_k)
-        prompts = [self.messages(q.input, passages=[p.text for p in c]) for q, c in zip(queries, contexts)]
-        self.count_over_context(queries, prompts)
-        return prompts, contexts
+        return [self.messages(q.input, passages=[p.text for p in c]) for q, c in zip(queries, contexts)], contexts

@@ -39,6 +39,4 @@ class RagFinetune(Finetune):
         return {**super().fingerprint(), "index": self.retriever.key}
 
     def prompts(self, queries: list[Query]):
-        prompts, contexts = self.with_passages([q.input for q in queries])
-        self.count_over_context(queries, prompts)
-        return prompts, contexts
+        return self.with_passages([q.input for q in queries])

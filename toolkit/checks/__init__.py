@@ -35,6 +35,7 @@ from toolkit.data import Example, dedup, example_from_row, normalize_text, split
 from toolkit.data.kb import read_knowledge_base
 from toolkit.data.loaders import run_loader
 from toolkit.data.rows import RowReader
+from toolkit.data.suite_data import field_path
 from toolkit.data.tables import dataset_rows, hub_dataset
 from toolkit.errors import UserError
 
@@ -283,8 +284,8 @@ class ReadData:
 
 def _read_spec(loaded: LoadedSuite, spec: FileSpec, name: str, findings: Findings, files: list[str]) -> list[Example]:
     s = loaded.suite
+    loc = field_path(name)
     if spec.hf is not None:
-        loc = [int(x) if x.isdigit() else x for x in name.split(".")]
         ds = hub_dataset(spec.hf, spec.config, spec.split, spec.revision, where=loaded.where(*loc, "hf"))
         files.append(spec.source)
         out = []
@@ -296,7 +297,6 @@ def _read_spec(loaded: LoadedSuite, spec: FileSpec, name: str, findings: Finding
         return out
     p = loaded.resolve(spec.path, f"{name}.path")
     files.append(str(p))
-    loc = [int(x) if x.isdigit() else x for x in name.split(".")]
     where = loaded.where(*loc, "split") if spec.split is not None or p.is_dir() else None
     scan = scan_file(p, task=s.task, fmt=spec.format, fields=spec.fields or {}, split=spec.split, where=where,
                      findings=findings)

@@ -56,12 +56,17 @@ def load_task_data(loaded: LoadedSuite) -> TaskData:
                     datasets=datasets)
 
 
+def field_path(field: str) -> list[str | int]:
+    """'data.extra_train.0' -> ['data', 'extra_train', 0]: a suite location for LoadedSuite.where."""
+    return [int(x) if x.isdigit() else x for x in field.split(".")]
+
+
 def read_spec(loaded: LoadedSuite, spec: FileSpec, field: str, files: list[Path],
               datasets: dict[str, str]) -> list[Example]:
     """The examples one data entry of the suite names: a file, a saved dataset folder, or a hub
     dataset (its fingerprint recorded, as a file's hash is)."""
     s = loaded.suite
-    loc = [int(x) if x.isdigit() else x for x in field.split(".")]
+    loc = field_path(field)
     if spec.hf is not None:
         ds = hub_dataset(spec.hf, spec.config, spec.split, spec.revision, where=loaded.where(*loc, "hf"))
         datasets[spec.source] = ds._fingerprint  # noqa: SLF001 -- datasets' own content fingerprint
