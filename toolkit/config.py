@@ -331,6 +331,9 @@ class Suite(StrictModel):
         "Classification only. 'generate': the model writes an answer, which is mapped to a label; 'likelihood': "
         "every label is scored by its log-likelihood as the answer and the most likely one is taken "
         "(lm-evaluation-harness style: no unparseable outputs; one forward pass per example and label)."))
+    positive_label: str | None = Field(None, description=(
+        "Two-label classification: the label the report's threshold table treats as positive (default: the "
+        "rarer label of the test split)."))
     data: DataConfig = Field(description="Where the examples come from.")
     knowledge_base: str | None = Field(None, description=(
         "Folder of documents (.md/.txt) for retrieval, relative to the suite file; "

@@ -133,6 +133,10 @@ def load_suite(path: str | Path, data_dir: str | Path | None = None) -> LoadedSu
     if suite.task not in LABEL_TASKS and suite.labels:
         raise UserError("`labels` is only for task: classification", file=path,
                         line=line_of(root, ("labels",)), field="labels")
+    if suite.positive_label is not None and (suite.task != "classification" or
+                                             (suite.labels and suite.positive_label not in suite.labels)):
+        raise UserError("`positive_label` must be one of the suite's `labels` (task: classification)", file=path,
+                        line=line_of(root, ("positive_label",)), field="positive_label")
     return LoadedSuite(suite=suite, path=path, data_dir=ddir, arms=arms)
 
 

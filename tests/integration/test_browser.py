@@ -97,3 +97,46 @@ def test_data_report_renders_in_headless_chromium(tmp_path, capsys):
     assert {"verdict", "splits", "findings", "length-histogram", "label-bars", "labels", "top-terms"} <= ids
     assert sum(1 for t, _ in tags if t == "svg") >= 2
     assert "tickets.jsonl:40: malformed JSON" in dom.stdout and "billing&lt;b&gt;" in dom.stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make test installs Debian's chromium when it can)")
+def test_label_score_figures_render_in_headless_chromium(tmp_path, tiny_llama, scripted):  # noqa: F811
+    """ROC, precision-recall and reliability figures and the threshold tables of two arms with
+    label probabilities, in a real browser, with a hostile label name."""
+    import json as _json
+
+    import yaml
+    from test_report import binary_probs_suite
+
+    from toolkit.suites import load_suite
+
+    binary_probs_suite(tmp_path, tiny_llama)
+    suite = yaml.safe_load((tmp_path / "suite.yaml").read_text())
+    evil = '<img src=x onerror=alert(5)>'
+    suite["labels"] = ["ham", evil]
+    for arm in suite["strategies"].values():
+        arm["answers"] = {q: (evil if a == "spam" else a) for q, a in arm["answers"].items()}
+        arm["probs"] = {q: {"ham": p["ham"], evil: p["spam"]} for q, p in arm["probs"].items()}
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    test = [_json.loads(l) for l in (tmp_path / "test.jsonl").read_text().splitlines()]
+    (tmp_path / "test.jsonl").write_text("".join(
+        _json.dumps({**r, "label": evil if r["label"] == "spam" else "ham"}) + "\n" for r in test))
+    (tmp_path / "train.jsonl").write_text("".join(
+        _json.dumps({**r, "question": "train " + r["question"], "label": evil if r["label"] == "spam" else "ham"}) + "\n"
+        for r in test[:10]))
+    run, res = run_suite(load_suite(tmp_path / "suite.yaml"), out=tmp_path / "run")
+    assert res.status == "success"
+    _, html = render_run(run.path)
+    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+                          html.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert [l for l in dom.stderr.splitlines() if "CONSOLE" in l] == []
+    parser = Tags()
+    parser.feed(dom.stdout)
+    tags = parser.tags
+    assert not [t for t, _ in tags if t in ("script", "img", "iframe", "object", "embed")]
+    assert not [(t, a) for t, a in tags if any(k.startswith("on") for k in a)]
+    ids = {a.get("id") for _, a in tags}
+    assert {"label-scores", "fig-roc", "fig-pr", "fig-reliability", "thresholds-1", "thresholds-2"} <= ids
+    assert "ROC (one label vs the rest, mean)" in dom.stdout and "Calibration (reliability diagram)" in dom.stdout
+    assert "answer “&lt;img src=x onerror=alert(5)&gt;” when p ≥" in dom.stdout

@@ -20,6 +20,7 @@ CALLS: list[int] = []
 
 class ScriptConfig(StrategyConfig):
     answers: dict[str, str] = {}
+    probs: dict[str, dict[str, float]] = {}  # question -> label probabilities (as a likelihood arm has them)
     fail: bool = False
 
 
@@ -37,7 +38,8 @@ class Scripted(Strategy):
             raise RuntimeError("scripted failure")
         CALLS.append(len(queries))
         return [Prediction(id=q.id, output=self.config.answers.get(q.input, "no idea"), prompt_tokens=3,
-                           completion_tokens=2, latency_s=0.01, compute_s=0.01) for q in queries]
+                           completion_tokens=2, latency_s=0.01, compute_s=0.01,
+                           label_probs=self.config.probs.get(q.input, {})) for q in queries]
 
     def single_latency(self, queries):  # answers without a backend: nothing to time alone
         return []

@@ -242,3 +242,67 @@ def test_many_labels_get_the_most_confused_pairs_not_a_wall_of_cells(tmp_path, t
     assert first < page.index("intent_02</td><td class=\"text\">intent_03</td><td>1</td>")
     assert "q0 about intent_00" in page[first:first + 400]
     assert "- intent_00 → intent_01: 2" in md.read_text()
+
+
+def binary_probs_suite(tmp_path, tiny_llama, positive: str | None = None):
+    """A two-label suite whose two scripted arms answer with label probabilities (as likelihood
+    arms do): 'sharp' ranks the labels well and is overconfident, 'blunt' ranks them worse."""
+    import yaml
+
+    from tests.conftest import write_jsonl
+    from toolkit.suites import load_suite
+
+    rng = np.random.default_rng(0)
+    rows = [{"question": f"message {i}", "label": "spam" if i % 3 == 0 else "ham"} for i in range(60)]
+    write_jsonl(tmp_path / "train.jsonl", [{**r, "question": "train " + r["question"]} for r in rows[:10]])
+    write_jsonl(tmp_path / "test.jsonl", rows)
+    arms = {}
+    for name, signal in (("sharp", 0.45), ("blunt", 0.1)):
+        probs, answers = {}, {}
+        for r in rows:
+            p = float(np.clip(0.5 + (signal if r["label"] == "spam" else -signal) + rng.normal(0, 0.25), 0.01, 0.99))
+            probs[r["question"]] = {"spam": round(p, 4), "ham": round(1 - p, 4)}
+            answers[r["question"]] = "spam" if p >= 0.5 else "ham"
+        arms[name] = {"type": "scripted", "answers": answers, "probs": probs}
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump({
+        "name": "binary", "task": "classification", "instruction": "Spam or ham?", "labels": ["ham", "spam"],
+        **({"positive_label": positive} if positive else {}),
+        "data": {"train": "train.jsonl", "test": "test.jsonl"}, "generator": {"model": str(tiny_llama)},
+        "strategies": arms, "metrics": ["accuracy", "macro_f1", "roc_auc", "average_precision", "ece"]}))
+    return load_suite(tmp_path / "suite.yaml")
+
+
+def test_label_probabilities_draw_roc_pr_calibration_and_a_threshold_table(tmp_path, tiny_llama, scripted):  # noqa: F811
+    from toolkit.reporting.report import render_run
+
+    run, res = run_suite(binary_probs_suite(tmp_path, tiny_llama), out=tmp_path / "run")
+    assert res.status == "success"
+    sharp, blunt = res.strategies["sharp"].metrics, res.strategies["blunt"].metrics
+    assert sharp["roc_auc"].mean > blunt["roc_auc"].mean and sharp["ece"].ci_low <= sharp["ece"].mean
+    md, html = render_run(run.path)
+    page, text = html.read_text(), md.read_text()
+    assert 'id="label-scores"' in page and 'id="fig-reliability"' in page
+    assert 'id="fig-roc"' in page and 'id="fig-pr"' in page
+    assert f"AUC {sharp['roc_auc'].mean:.2f}" in page and "Calibration (reliability diagram)" in page
+    # the rarer label (spam: 20 of 60) is the positive one; one row per threshold and a best-F1 row
+    assert page.count('class="thresholds"') == 2 and "answer “spam” when p ≥" in page
+    assert "Threshold table of sharp: answer `spam`" in text and "(20 `spam` and 40 other test examples)" in text
+    assert "best F1 on this test split" in text and "the arm's own answer" in text
+
+    # positive_label picks the other label; one outside the labels is refused with its line
+    run2, _ = run_suite(binary_probs_suite(tmp_path / "b", tiny_llama, positive="ham"), out=tmp_path / "run2")
+    assert "answer `ham` when its probability" in render_run(run2.path)[0].read_text()
+    from toolkit.errors import UserError
+    with pytest.raises(UserError, match="positive_label"):
+        binary_probs_suite(tmp_path / "c", tiny_llama, positive="eggs")
+
+
+def test_generated_answers_draw_no_label_curves(tmp_path, tiny_llama, scripted):  # noqa: F811
+    from toolkit.reporting.report import render_run
+    loaded = binary_probs_suite(tmp_path, tiny_llama)
+    for arm in loaded.arms.values():
+        arm[1].probs = {}
+    run, res = run_suite(loaded, out=tmp_path / "run")
+    assert "roc_auc" in res.strategies["sharp"].not_applicable
+    page = render_run(run.path)[1].read_text()
+    assert 'id="label-scores"' not in page and "fig-roc" not in page

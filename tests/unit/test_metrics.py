@@ -178,3 +178,51 @@ def test_probability_metrics_equal_scikit_learn_on_a_fixed_set():
     two = y < 2
     q = p[two][:, :2] / p[two][:, :2].sum(axis=1, keepdims=True)
     assert prob_metric("roc_auc", y[two], np.c_[q, np.zeros(two.sum())]) == pytest.approx(roc_auc_score(y[two], q[:, 1]))
+
+
+def test_curves_reliability_and_thresholds_agree_with_scikit_learn():
+    """The averaged ROC / PR curves come from sklearn's per-label curves; the reliability bins'
+    weighted gaps are the ECE metric; each threshold row is sklearn's precision and recall of
+    "p(positive) >= t", and the best-F1 row is the best over every threshold."""
+    import numpy as np
+    from sklearn.metrics import auc, f1_score, precision_score, recall_score, roc_auc_score
+
+    from toolkit.scoring import curves as C
+    from toolkit.scoring.metrics import prob_metric
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 120)
+    raw = rng.random((120, 3)) + np.eye(3)[y] * 0.6
+    p = raw / raw.sum(axis=1, keepdims=True)
+    s = C.LabelScores(["a", "b", "c"], y, p)
+    x, tpr = C.macro_roc(s)
+    assert np.all(np.diff(tpr) >= -1e-12) and tpr[-1] == pytest.approx(1.0)
+    # the area under the averaged curve is close to sklearn's macro AUC (the metric the legend prints)
+    assert auc(x, tpr) == pytest.approx(roc_auc_score(y, p, multi_class="ovr"), abs=0.01)
+    r, prec = C.macro_pr(s)
+    assert np.all(np.diff(prec) <= 1e-12) and prec[0] <= 1.0 and prec[-1] > 0
+    bins = C.reliability(s)
+    assert sum(b.n for b in bins) == 120
+    assert sum(abs(b.accuracy - b.confidence) * b.n / 120 for b in bins) == pytest.approx(prob_metric("ece", y, p))
+
+    yb = rng.integers(0, 2, 80)
+    pos = np.clip(0.35 + 0.3 * yb + rng.normal(0, 0.2, 80), 0.001, 0.999)
+    sb = C.LabelScores(["no", "yes"], yb, np.c_[1 - pos, pos])
+    t = C.threshold_table(sb, "yes")
+    assert t.positives == int(yb.sum()) and t.negatives == 80 - int(yb.sum())
+    for row in t.rows:
+        hit = pos >= row.threshold
+        assert row.flagged == hit.sum()
+        assert row.recall == pytest.approx(recall_score(yb, hit))
+        if hit.any():
+            assert row.precision == pytest.approx(precision_score(yb, hit))
+        assert row.f1 == pytest.approx(f1_score(yb, hit))
+    best = max(t.rows, key=lambda r: r.f1)
+    assert "best F1" in best.note
+    assert best.f1 == pytest.approx(max(f1_score(yb, pos >= th) for th in np.unique(pos)))
+    assert next(r for r in t.rows if r.threshold == 0.5).note.startswith("the arm's own answer")
+    # the default positive label is the rarer gold label; a chosen one wins
+    assert C.positive_label(["no", "yes"], ["no", "no", "yes"]) == "yes"
+    assert C.positive_label(["spam", "ham"], ["ham", "ham", "spam"]) == "spam"
+    assert C.positive_label(["no", "yes"], ["no", "yes", "yes"], "yes") == "yes"
+    assert C.threshold_table(s, "a") is None  # three labels: no threshold table

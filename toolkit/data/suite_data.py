@@ -165,6 +165,11 @@ def _labels(loaded: LoadedSuite, every: list[Example]) -> list[str]:
     for e in every:
         if e.label not in allowed:
             raise UserError(f"'{e.label}' is not one of the suite's labels", **_where(e), field="label")
+    pos = loaded.suite.positive_label
+    if pos is not None and (pos not in allowed or len(labels) != 2):
+        raise UserError(f"'{pos}' is not one of the two labels of the data ({', '.join(labels[:5])}"
+                        f"{', ...' if len(labels) > 5 else ''}): a threshold table needs two labels",
+                        file=loaded.path, field="positive_label")
     return labels
 
 

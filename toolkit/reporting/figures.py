@@ -8,6 +8,7 @@ import io
 import numpy as np
 
 from toolkit.records import ArmResult, ConfusionMatrix, MetricValue, Sample
+from toolkit.scoring.curves import LabelScores, macro_pr, macro_roc, reliability
 
 ARM_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C",
               "#CCB974", "#64B5CD"]
@@ -227,4 +228,53 @@ def label_bars(counts: dict[str, dict[str, int]], most: int = 40) -> str:
     ax.invert_yaxis()
     ax.set_xlabel("examples")
     ax.legend(fontsize=7, frameon=False)
+    return _svg(fig)
+
+
+def _metric_note(a: ArmResult, metric: str, label: str) -> str:
+    v = a.metrics.get(metric)
+    return f" ({label} {v.mean:.2f} [{v.ci_low:.2f}, {v.ci_high:.2f}])" if v else ""
+
+
+def label_curve(scores: dict[str, LabelScores], arms: dict[str, ArmResult], colors: dict, kind: str) -> str:
+    """One-vs-rest ROC (`kind` "roc") or precision-recall ("pr") curves averaged over labels, one
+    line per arm; the legend gives the arm's roc_auc / average_precision with its 95% CI."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    for n, s in scores.items():
+        x, y = macro_roc(s) if kind == "roc" else macro_pr(s)
+        note = _metric_note(arms[n], "roc_auc", "AUC") if kind == "roc" else _metric_note(arms[n], "average_precision", "AP")
+        ax.plot(x, y, "-", color=colors[n], label=n + note)
+    if kind == "roc":
+        ax.plot([0, 1], [0, 1], ":", color="#999", lw=1, label="chance")
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (one label vs the rest, mean)")
+    else:
+        ax.set(xlabel="recall", ylabel="precision (interpolated)", title="Precision–recall (one label vs the rest, mean)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False, loc="lower right" if kind == "roc" else "lower left")
+    return _svg(fig)
+
+
+def reliability_diagram(scores: dict[str, LabelScores], arms: dict[str, ArmResult], colors: dict) -> str:
+    """How often the top label is right against its probability, in ten bins (dot size: the
+    bin's share of answers); the diagonal is perfect calibration."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    ax.plot([0, 1], [0, 1], ":", color="#999", lw=1, label="perfectly calibrated")
+    for n, s in scores.items():
+        bins = reliability(s)
+        total = sum(b.n for b in bins)
+        ax.plot([b.confidence for b in bins], [b.accuracy for b in bins], "-", color=colors[n], alpha=0.7,
+                label=n + _metric_note(arms[n], "ece", "ECE"))
+        ax.scatter([b.confidence for b in bins], [b.accuracy for b in bins], s=[12 + 200 * b.n / total for b in bins],
+                   color=colors[n], alpha=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("probability of the answered label (bin mean)")
+    ax.set_ylabel("share answered right")
+    ax.set_title("Calibration (reliability diagram)")
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    ax.grid(alpha=0.3)
     return _svg(fig)

@@ -25,6 +25,7 @@ from toolkit.reporting.decision import (
     total_cost,
 )
 from toolkit.runs import RunDir, atomic_write
+from toolkit.scoring.curves import LabelScores, ThresholdTable, label_scores, positive_label, threshold_table
 from toolkit.scoring.registry import METRICS
 from toolkit.scoring.stats import N_BOOTSTRAP, compare_arms
 
@@ -249,6 +250,29 @@ def confusion_view(results: RunResults, samples: list[Sample]) -> dict[str, list
     return out
 
 
+def label_curves(results: RunResults, samples: list[Sample]) -> dict[str, LabelScores]:
+    """arm -> its answers' gold labels and label probabilities, for the arms that scored every
+    label (classification_mode: likelihood); arms with generated answers have none."""
+    if not results.labels:
+        return {}
+    out = {}
+    for name in results.ok_arms():
+        s = label_scores([(x.label, (x.scores or {}).get("label_probs")) for x in samples if x.strategy == name],
+                         results.labels)
+        if s is not None and s.curve_labels():
+            out[name] = s
+    return out
+
+
+def thresholds_view(results: RunResults, curves: dict[str, LabelScores], config: dict) -> dict[str, ThresholdTable]:
+    """arm -> its threshold table, for two-label classification with label probabilities."""
+    if results.task != "classification" or not results.labels or len(results.labels) != 2 or not curves:
+        return {}
+    any_arm = next(iter(curves.values()))
+    pos = positive_label(results.labels, [results.labels[k] for k in any_arm.y_true], config.get("positive_label"))
+    return {n: t for n, s in curves.items() if (t := threshold_table(s, pos))}
+
+
 def build(run_dir: Path, weights: dict[str, float] | None = None) -> dict[str, Any]:
     run = RunDir.open(run_dir)
     results, samples, env = run.results(), run.read_samples(), run.env()
@@ -275,6 +299,8 @@ def build(run_dir: Path, weights: dict[str, float] | None = None) -> dict[str, A
         "disagreements": disagreements(samples, metric, list(arms)) if metric else [],
         "retrieval_split": retrieval_split(samples, metric, list(arms)) if metric else [],
         "confused": confusion_view(results, samples),
+        "curves": (curves := label_curves(results, samples)),
+        "thresholds": thresholds_view(results, curves, config),
     }
 
 
@@ -297,6 +323,10 @@ def figures(ctx: dict) -> dict[str, str]:
                      ("loss", F.loss_curves(arms, colors))):
         if fig:
             out[key] = fig
+    if ctx.get("curves"):
+        out["roc"] = F.label_curve(ctx["curves"], arms, colors, "roc")
+        out["pr"] = F.label_curve(ctx["curves"], arms, colors, "pr")
+        out["reliability"] = F.reliability_diagram(ctx["curves"], arms, colors)
     for n, a in arms.items():
         if not a.confusion_matrix:
             continue
@@ -375,12 +405,24 @@ def render_markdown(ctx: dict) -> str:
         lines += [f"Most confused labels of {name} (gold → predicted, count):", ""]
         lines += [f"- {p['gold']} → {p['predicted']}: {p['count']}" for p in pairs] or ["- none"]
         lines.append("")
+    for name, t in ctx.get("thresholds", {}).items():
+        lines += threshold_lines(name, t) + [""]
     notes = measurement_notes(r)
     if notes:
         lines += ["### Not measured", ""] + [f"- {n}" for n in notes] + [""]
     if r.data.notes:
         lines += ["Data: " + "; ".join(r.data.notes) + ".", ""]
     return "\n".join(lines) + "\n"
+
+
+def threshold_lines(arm: str, t: ThresholdTable) -> list[str]:
+    f = lambda x: "–" if x is None else f"{x:.3f}"  # noqa: E731
+    out = [f"Threshold table of {arm}: answer `{t.positive}` when its probability is at least t "
+           f"({t.positives} `{t.positive}` and {t.negatives} other test examples):", "",
+           "| t | answered positive | precision | recall | F1 | false positive rate | |", "|---|---|---|---|---|---|---|"]
+    out += [f"| {r.threshold:.3g} | {r.flagged} | {f(r.precision)} | {f(r.recall)} | {f(r.f1)} | "
+            f"{f(r.false_positive_rate)} | {r.note} |" for r in t.rows]
+    return out
 
 
 def retrieval_split_lines(rows: list[dict], label: str) -> list[str]:
