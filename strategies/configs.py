@@ -22,6 +22,7 @@ class Settings(BaseModel):
 class StrategyConfig(Settings):
     needs_knowledge_base: ClassVar[bool] = False
     trains_locally: ClassVar[bool] = False
+    combines: ClassVar[bool] = False  # an ensemble: combines other arms' answers
 
     generator: dict[str, Any] | None = Field(None, description=(
         "This arm's own generator, as settings on top of the suite's `generator:` (e.g. `{backend: openai, "
@@ -211,3 +212,45 @@ class RagFinetuneConfig(FinetuneConfig, RetrievalConfig):
     top_k: int = Field(2, ge=1, le=50, description="Passages retrieved per question, in training and at test time.",
         **part("retrieval"))
     num_train_epochs: float = Field(2, gt=0, description="Passes over the train split.", **part("training"))
+
+
+class EnsembleConfig(StrategyConfig):
+    """Combines other arms' answers to the same test questions: no prompt or model of its own
+    (except `best_of`, which scores the members' answers with the arm's generator)."""
+
+    combines: ClassVar[bool] = True
+
+    members: list[str] = Field(min_length=2, description=(
+        "The arms whose answers are combined (at least two, none of them an ensemble); they run first, and "
+        "`--strategies` adds any that are left out."), **part("arm"))
+    method: Literal["majority", "weighted", "likelihood_mean", "best_of"] = Field("majority", description=(
+        "'majority': the answer most members give (labels, or QA answers after SQuAD normalisation; a tie goes to "
+        "the member listed first); 'weighted': the same with `weights`; 'likelihood_mean': the label with the "
+        "highest mean probability (soft voting; classification_mode: likelihood); 'best_of' (QA): the member "
+        "answer with the lowest per-token negative log-likelihood under the arm's generator and a zero-shot "
+        "prompt."), **part("arm"))
+    weights: dict[str, float] | None = Field(None, description=(
+        "Member -> vote weight for 'weighted' and 'likelihood_mean' (default 1 each), as scikit-learn's "
+        "VotingClassifier(weights=...). Choose them on validation data, never on the test split."),
+        **part("arm"))
+
+    @field_validator("members")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if twice := next((m for m in v if v.count(m) > 1), None):
+            raise ValueError(f"member '{twice}' is listed twice")
+        return v
+
+    @model_validator(mode="after")
+    def _weights(self) -> "EnsembleConfig":
+        if self.weights is not None:
+            if bad := next((m for m in self.weights if m not in self.members), None):
+                raise ValueError(f"weight for '{bad}', which is not a member ({', '.join(self.members)})")
+            if any(w < 0 or w != w for w in self.weights.values()):
+                raise ValueError("weights must be >= 0")
+            if sum(self.weights.get(m, 1.0) for m in self.members) <= 0:
+                raise ValueError("the weights add up to 0")
+        return self
+
+    def weight(self, member: str) -> float:
+        return float((self.weights or {}).get(member, 1.0))

@@ -17,6 +17,7 @@ STRATEGY_TYPES: dict[str, tuple[str, type[configs.StrategyConfig]]] = {
     "rag": ("strategies.rag:Rag", configs.RagConfig),
     "finetune": ("strategies.finetune:Finetune", configs.FinetuneConfig),
     "rag_finetune": ("strategies.rag_finetune:RagFinetune", configs.RagFinetuneConfig),
+    "ensemble": ("strategies.ensemble:Ensemble", configs.EnsembleConfig),
 }
 
 

@@ -42,13 +42,21 @@ CHUNK_BATCHES = 2  # a local arm's answers are scored and appended to samples.js
 
 
 def select_arms(loaded: LoadedSuite, only: list[str] | None) -> dict[str, tuple[str, Any]]:
-    if not only:
-        return dict(loaded.arms)
-    unknown = [a for a in only if a not in loaded.arms]
+    """The arms to run, in order: those named (all, without `only`), plus the members of a
+    named ensemble that were left out; every ensemble after the arms it combines."""
+    names = list(loaded.arms) if not only else list(only)
+    unknown = [a for a in names if a not in loaded.arms]
     if unknown:
         raise UserError(f"'{unknown[0]}' is not an arm of this suite (arms: {', '.join(loaded.arms)})",
                         file=loaded.path, field="--strategies")
-    return {a: loaded.arms[a] for a in only}
+    combines = {a for a in names if getattr(loaded.arms[a][1], "combines", False)}
+    added = [m for a in names if a in combines for m in loaded.arms[a][1].members if m not in names]
+    if added:
+        log(f"the ensemble{'s' if len(combines) > 1 else ''} {', '.join(sorted(combines))} also run"
+            f"{'' if len(combines) > 1 else 's'} {', '.join(dict.fromkeys(added))}, whose answers "
+            f"{'they combine' if len(combines) > 1 else 'it combines'}")
+    order = [a for a in dict.fromkeys(names + added) if a not in combines] + [a for a in names if a in combines]
+    return {a: loaded.arms[a] for a in order}
 
 
 def limit_test(test: list[Example], limit: int | None, *, seed: int, stratify: bool) -> tuple[list[Example], list[str]]:
@@ -155,9 +163,13 @@ def run_arms(arms: dict, res, data, test: list[Example], run: RunDir, results: R
     """Each arm in turn, the record rewritten after each. An arm that fails is recorded as an
     error with its traceback in errors.log, and the others still run; bad input (UserError)
     and Ctrl-C stop the run."""
+    answered: dict[str, dict] = {}  # arm -> id -> Prediction, for the ensembles that follow
     for name, (stype, cfg) in arms.items():
         try:
-            results.strategies[name] = run_arm(name, stype, cfg, res, data, test, run)
+            if getattr(cfg, "combines", False):
+                results.strategies[name] = run_ensemble(name, stype, cfg, res, test, run, answered, results)
+            else:
+                results.strategies[name], answered[name] = run_arm(name, stype, cfg, res, data, test, run)
         except (UserError, KeyboardInterrupt):
             raise
         except Exception as e:  # one arm failing must not lose the others
@@ -183,9 +195,10 @@ def train_together(arms: dict, res, data) -> None:
 SINGLE_SAMPLE = 4  # test questions a local arm answers one at a time, for its single-request latency
 
 
-def run_arm(name: str, stype: str, cfg, res, data, test: list[Example], run: RunDir) -> ArmResult:
+def run_arm(name: str, stype: str, cfg, res, data, test: list[Example], run: RunDir) -> tuple[ArmResult, dict]:
     """Prepare one arm, answer the test split chunk by chunk (each chunk scored and appended to
-    samples.jsonl as it finishes, so a killed run keeps what it answered), then aggregate."""
+    samples.jsonl as it finishes, so a killed run keeps what it answered), then aggregate.
+    Returns the record and id -> Prediction."""
 
     suite = res.suite
     strategy = strategy_class(stype)(name, cfg, res)
@@ -216,7 +229,78 @@ def run_arm(name: str, stype: str, cfg, res, data, test: list[Example], run: Run
     head = ", ".join(f"{k} {v.mean:.3f}" for k, v in list(result.metrics.items())[:3])
     log(f"[green]✓ {name}[/]: {head} · setup {cost.setup_s:.1f}s · p50 {cost.latency_p50_s:.2f}s"
         + (f" · {cost.cached_answers} of {len(test)} answers from the cache" if cost.cached_answers else ""))
+    return result, preds
+
+
+def run_ensemble(name: str, stype: str, cfg, res, test: list[Example], run: RunDir, answered: dict[str, dict],
+                 results: RunResults) -> ArmResult:
+    """Combine the members' answers of this run (no model call, except best_of's scoring), score
+    the combined answers as any arm's, and cost them as the sum of the members'."""
+    suite = res.suite
+    for m in cfg.members:
+        if m not in answered:
+            a = results.strategies.get(m)
+            raise RuntimeError(f"member '{m}' has no answers in this run"
+                               + (f" ({a.status}: {a.error})" if a else ""))
+    log(f"[bold cyan]▶ {name}[/]: {cfg.method} of {', '.join(cfg.members)}")
+    strategy = strategy_class(stype)(name, cfg, res)
+    t0 = time.perf_counter()
+    combined = strategy.combine([e.to_query() for e in test], {m: answered[m] for m in cfg.members})
+    answer_s = time.perf_counter() - t0
+    scoring = ArmScoring(suite, res, strategy)
+    for i in range(0, len(test), 256):
+        chunk = test[i:i + 256]
+        scores = scoring.score(chunk, combined[i:i + 256])
+        run.append_samples([sample_row(name, e, p, s) for e, p, s in zip(chunk, combined[i:i + 256], scores)])
+    scored, not_measured, unmeasured = scoring.aggregate(test)
+    members = {m: results.strategies[m] for m in cfg.members}
+    cost = ensemble_cost(combined, members, answer_s)
+    if scoring.judged:
+        cost.judge = scoring.judge_cost()
+    fp = {"type": stype, "config": cfg.model_dump(), "members": {m: a.fingerprint for m, a in members.items()}}
+    if cfg.method == "best_of":
+        fp["scorer"] = strategy.backend().identity()
+    result = ArmResult(
+        type=stype, status="success", fingerprint=content_hash(fp),
+        fingerprint_parts={k: content_hash(v, 12) for k, v in fp.items()},
+        model=ModelInfo(backend="ensemble", model=" + ".join(cfg.members), where=cfg.method),
+        metrics=scored.metrics, **scored.record, unmeasured=unmeasured, not_measured=not_measured,
+        not_applicable=[m for m in suite.metric_names if m not in scored.metrics and m not in not_measured],
+        cost=cost, info=ArmInfo(**strategy.info))
+    head = ", ".join(f"{k} {v.mean:.3f}" for k, v in list(result.metrics.items())[:3])
+    log(f"[green]✓ {name}[/]: {head} · combined in {answer_s:.1f}s · "
+        + ", ".join(f"{m} {k}" for m, k in strategy.info["answers_taken"].items()) + " answers taken")
     return result
+
+
+def ensemble_cost(ordered: list, members: dict[str, ArmResult], answer_s: float) -> ArmCost:
+    """An ensemble costs what its members cost together: every member's setup, and per answer
+    the sum of their tokens, seconds and $ (they answer one after another on one machine)."""
+    cs = [a.cost for a in members.values()]
+    lat = np.array([p.latency_s for p in ordered])
+
+    def total(field: str) -> float | None:
+        vals = [getattr(c, field) for c in cs]
+        return None if any(v is None for v in vals) else float(sum(vals))
+
+    cost = ArmCost(
+        setup_s=round(sum(c.setup_s for c in cs), 3), setup_breakdown_s={m: a.cost.setup_s for m, a in members.items()},
+        setup_s_this_run=0.0, answer_s_this_run=round(answer_s, 3),
+        latency_p50_s=float(np.percentile(lat, 50)), latency_p95_s=float(np.percentile(lat, 95)),
+        latency_kind="per batch" if any(c.latency_kind == "per batch" for c in cs) else "per request",
+        compute_s_per_answer=float(np.mean([p.compute_s for p in ordered])),
+        prompt_tokens_mean=float(np.mean([p.prompt_tokens for p in ordered])),
+        completion_tokens_mean=float(np.mean([p.completion_tokens for p in ordered])),
+        cached_answers=sum(bool(p.cached) for p in ordered),
+        single_request_latency_s=None if any(c.alone_s is None for c in cs) else float(sum(c.alone_s for c in cs)),
+        usd_per_1k_queries=total("usd_per_1k_queries"), setup_usd=total("setup_usd"),
+        api_usd_per_1k_queries=total("api_usd_per_1k_queries"))
+    if cost.single_request_latency_s is not None:  # what one caller waits: each member's one answer in turn
+        cost.single_request_sample = min((c.single_request_sample for c in cs if c.single_request_sample), default=None)
+    sources = {c.usd_source for c in cs if c.usd_source}
+    if cost.usd_per_1k_queries is not None and sources:
+        cost.usd_source = "the sum of its members' (" + "; ".join(sorted(sources)) + ")"
+    return cost
 
 
 class ArmScoring:

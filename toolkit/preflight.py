@@ -51,7 +51,7 @@ def check_suite(loaded: LoadedSuite, data, arms: dict[str, tuple[str, Any]]) -> 
         where = lambda *f: loaded.where("strategies", name, *f)  # noqa: E731
         if stype in ("few_shot", "finetune", "rag_finetune") and not splits.train:
             raise UserError("the train split is empty, and this arm learns from it", **where())
-        if not getattr(cfg, "method", None):
+        if "early_stopping_patience" not in type(cfg).model_fields:  # what follows are fine-tuning settings
             continue
         needs_val = [("early_stopping_patience", bool(cfg.early_stopping_patience)),
                      ("load_best_model_at_end", cfg.load_best_model_at_end),

@@ -151,6 +151,11 @@ class ArmInfo(BaseModel):
     pool_size: int | None = None
     prompts_over_budget: int | None = None  # few_shot: questions whose examples did not all fit max_prompt_tokens
     shots_dropped: int | None = None
+    # ensemble
+    members: list[str] | None = None
+    ensemble_method: str | None = None
+    member_weights: dict[str, float] | None = None
+    answers_taken: dict[str, int] | None = None  # member -> how many of the ensemble's answers were its answer
     # rag, rag_finetune: questions whose prompt plus max_new_tokens exceed the model's context
     prompts_over_context: int | None = None
     context_tokens_over: int | None = None

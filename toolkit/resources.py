@@ -16,6 +16,7 @@ from toolkit.models import resolve_generator
 from toolkit.parts import values_of
 from toolkit.retrieval import Retriever
 from toolkit.scoring.judge import Judge
+from toolkit.scoring.metrics import map_to_label, normalize_answer
 
 
 class Resources:
@@ -46,6 +47,15 @@ class Resources:
         # numpy: imported on first use, not when this module loads
         from toolkit.scoring.metrics import validation_score
         return lambda outputs, golds: validation_score(metric, outputs, golds, self.labels)
+
+    def label_of(self, output: str) -> str | None:
+        """The label an answer maps to, as the scorer maps it (None: no label), for an ensemble's
+        vote (strategies do not reach into scoring themselves)."""
+        return map_to_label(output, self.labels or [])
+
+    def answer_key(self, output: str) -> str:
+        """A free-text answer as exact match compares it (SQuAD normalisation), for a QA vote."""
+        return normalize_answer(output)
 
     def release_adapters(self) -> None:
         """Free the models an arm trained (a merged copy of the base each) once it is done;

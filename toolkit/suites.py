@@ -122,6 +122,9 @@ def load_suite(path: str | Path, data_dir: str | Path | None = None) -> LoadedSu
                             field=f"strategies.{arm}.generator.backend")
         arms[arm] = (stype, cfg)
 
+    for arm, (stype, cfg) in arms.items():
+        if getattr(cfg, "combines", False):
+            check_ensemble(suite, arms, arm, cfg, path, root)
     suite = _with_default_metrics(suite)
     for i, m in enumerate(suite.metric_names):
         if m not in for_task(suite.task):
@@ -138,6 +141,32 @@ def load_suite(path: str | Path, data_dir: str | Path | None = None) -> LoadedSu
         raise UserError("`positive_label` must be one of the suite's `labels` (task: classification)", file=path,
                         line=line_of(root, ("positive_label",)), field="positive_label")
     return LoadedSuite(suite=suite, path=path, data_dir=ddir, arms=arms)
+
+
+def check_ensemble(suite: Suite, arms: dict[str, Any], arm: str, cfg, path: Path, root) -> None:
+    """An ensemble's members are other, non-ensemble arms of the suite, and its method fits the task."""
+    for i, m in enumerate(cfg.members):
+        where = {"file": path, "line": line_of(root, ("strategies", arm, "members", i)), "field": f"strategies.{arm}.members.{i}"}
+        if m == arm:
+            raise UserError("an ensemble cannot be its own member", **where)
+        if m not in arms:
+            raise UserError(f"'{m}' is not an arm of this suite (arms: {', '.join(a for a in arms if a != arm)})", **where)
+        if getattr(arms[m][1], "combines", False):
+            raise UserError(f"'{m}' is an ensemble itself: list its members instead", **where)
+    where = {"file": path, "line": line_of(root, ("strategies", arm, "method")), "field": f"strategies.{arm}.method"}
+    method = cfg.method
+    if suite.task == "regression":
+        raise UserError("ensembles combine labels or QA answers, not numbers (task: regression)",
+                        file=path, line=line_of(root, ("strategies", arm)), field=f"strategies.{arm}")
+    if method == "likelihood_mean" and (suite.task not in LABEL_TASKS or suite.classification_mode != "likelihood"):
+        raise UserError("likelihood_mean averages label probabilities, which only classification_mode: likelihood "
+                        "gives; use majority or weighted", **where)
+    if method == "best_of" and suite.task != "qa":
+        raise UserError("best_of picks among free-text answers (task: qa); label tasks use majority, weighted or "
+                        "likelihood_mean", **where)
+    if method == "best_of" and arm_generator(suite.generator, cfg.generator).backend != "transformers":
+        raise UserError("best_of scores the answers' likelihood, which needs a local generator (backend: "
+                        "transformers); use majority", **where)
 
 
 def load_resolved(cfg: dict, *, file: Path) -> LoadedSuite:

@@ -287,10 +287,18 @@ def test_classification_by_label_likelihood_never_unmapped(tmp_path, tiny_llama)
              "classification_mode": "likelihood",
              "data": {"file": "all.jsonl", "split": {"validation": 0.0, "test": 0.5, "seed": 1}},
              "generator": {"model": str(tiny_llama), "batch_size": 8},
-             "strategies": {"zero_shot": {}, "few_shot": {"num_fewshot": 2}}}
+             "strategies": {"zero_shot": {}, "few_shot": {"num_fewshot": 2},
+                            "soft": {"type": "ensemble", "members": ["zero_shot", "few_shot"],
+                                     "method": "likelihood_mean"}}}
     (tmp_path / "clf.yaml").write_text(yaml.safe_dump(suite))
     run, res = run_suite(load_suite(tmp_path / "clf.yaml"), out=tmp_path / "run")
     assert res.status == "success"
+    # the soft vote's probabilities are its members' mean, computed from their answers alone
+    by = {(s["strategy"], s["id"]): s["scores"]["label_probs"]
+          for s in map(json.loads, (run.path / "samples.jsonl").read_text().splitlines())}
+    for (arm, i), p in by.items():
+        if arm == "soft":
+            assert p == pytest.approx({k: (by["zero_shot", i][k] + by["few_shot", i][k]) / 2 for k in p}, abs=1e-5)
     for r in res.strategies.values():
         assert r.metrics["unmapped_rate"].mean == 0.0
         # the label probabilities give ROC AUC, average precision and calibration, with CIs

@@ -149,7 +149,8 @@ def api_cost(loaded: LoadedSuite, test: list[Example], tok, labels) -> dict[str,
     question's zero-shot prompt in, its gold answer's length out (few-shot and RAG prompts are
     longer; the report says so)."""
     s = loaded.suite
-    api = [n for n, (_, cfg) in loaded.arms.items() if arm_generator(s.generator, cfg.generator).backend == "openai"]
+    api = [n for n, (_, cfg) in loaded.arms.items() if arm_generator(s.generator, cfg.generator).backend == "openai"
+           and not getattr(cfg, "combines", False)]  # an ensemble asks its members, not a model
     p = s.prices
     if not api or not test or (p.input_per_1m_tokens is None and p.output_per_1m_tokens is None):
         return {}

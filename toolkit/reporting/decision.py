@@ -66,6 +66,12 @@ def criteria(results: RunResults) -> dict[str, dict[str, float | None]]:
         wait = c.alone_s if c.alone_s is not None else c.latency_p50_s
         out[name] = {"quality": quality, "latency": wait, "cost_per_query": query_cost(c, unit),
                      "setup": setup_cost(c, unit), "knowledge_update": update, "data_needed": float(data)}
+    for name, a in ok.items():  # an ensemble absorbs new knowledge when its members all have, and needs their data
+        if a.type == "ensemble":
+            got = [out[m] for m in (a.info.members or []) if m in out]
+            ups = [g["knowledge_update"] for g in got if g["knowledge_update"] is not None]
+            out[name]["knowledge_update"] = float(sum(ups)) if ups else None
+            out[name]["data_needed"] = max((g["data_needed"] for g in got), default=0.0)
     return out
 
 

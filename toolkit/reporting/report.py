@@ -154,6 +154,46 @@ def recommendation(results: RunResults, samples: list[Sample], weights: dict[str
     return out
 
 
+def ensemble_verdicts(results: RunResults, samples: list[Sample], metric: str | None) -> list[str]:
+    """Per ensemble arm, one sentence: does it beat its best member (paired, same examples) and
+    what does that cost per query, so a reader sees whether it earns its price."""
+    arms = results.ok_arms()
+    out = []
+    for name, a in arms.items():
+        if a.type != "ensemble" or not metric or metric not in a.metrics:
+            continue
+        members = [m for m in (a.info.members or []) if m in arms and metric in arms[m].metrics]
+        if not members:
+            continue
+        hib = a.metrics[metric].higher_is_better
+        best = (max if hib else min)(members, key=lambda m: arms[m].metrics[metric].mean)
+        pair = next(iter(compare_arms(samples, metric, [name, best], seed=0)), None)
+        bc, ec = arms[best].cost, a.cost
+        ratio = ec.compute_s_per_answer / bc.compute_s_per_answer if bc.compute_s_per_answer > 0 else None
+        if ec.priced and bc.priced and bc.usd_per_1k_queries:
+            ratio = ec.usd_per_1k_queries / bc.usd_per_1k_queries
+        price = f"{ratio:.1f}× {best}'s cost per query" if ratio else "its members' cost per query together"
+        label = LABELS.get(metric, metric)
+        if pair is None:
+            out.append(f"{name} ({a.info.ensemble_method} of {', '.join(a.info.members or [])}): no paired "
+                       f"comparison with {best} could be made from this run's samples.")
+            continue
+        d, lo, hi = pair.diff, pair.ci_low, pair.ci_high
+        ci = f"{d:+.3f} (95% CI {lo:+.3f} to {hi:+.3f})"
+        if pair.tied:
+            verdict = (f"is statistically tied with its best member {best} on {label}, {ci}, and costs {price}: "
+                       f"not worth it on this data; {best} alone does as well")
+        elif pair.a_better:
+            verdict = (f"beats its best member {best} on {label} by {ci}, at {price}: worth it where that gain is "
+                       f"worth paying for every query")
+        else:
+            verdict = f"is worse than its best member {best} on {label}, {ci}, and costs {price}: not worth it"
+        taken = ", ".join(f"{m} {k}" for m, k in (a.info.answers_taken or {}).items())
+        out.append(f"{name} ({a.info.ensemble_method} of {', '.join(a.info.members or [])}) {verdict}."
+                   + (f" Answers taken from each member: {taken}." if taken else ""))
+    return out
+
+
 # --- what the report shows -------------------------------------------------------
 
 def breakdown(samples: list[Sample], metric: str, fields: list[str], arms: list[str]) -> dict[str, list[dict]]:
@@ -299,6 +339,7 @@ def build(run_dir: Path, weights: dict[str, float] | None = None) -> dict[str, A
         "disagreements": disagreements(samples, metric, list(arms)) if metric else [],
         "retrieval_split": retrieval_split(samples, metric, list(arms)) if metric else [],
         "confused": confusion_view(results, samples),
+        "ensembles": ensemble_verdicts(results, samples, metric),
         "curves": (curves := label_curves(results, samples)),
         "thresholds": thresholds_view(results, curves, config),
     }
@@ -399,6 +440,8 @@ def render_markdown(ctx: dict) -> str:
             lines.append(f"| {p['a']} | {p['b']} | {p['diff']:+.3f} | [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}] | "
                          f"{fmt_p(p['p_bootstrap'])} | {'tied' if p['tied'] else ('A better' if p['a_better'] else 'B better')} |")
         lines.append("")
+    if ctx.get("ensembles"):
+        lines += ["Ensembles:", ""] + [f"- {v}" for v in ctx["ensembles"]] + [""]
     if ctx.get("retrieval_split"):
         lines += retrieval_split_lines(ctx["retrieval_split"], LABELS.get(ctx["metric"], ctx["metric"])) + [""]
     for name, pairs in ctx.get("confused", {}).items():

@@ -87,6 +87,11 @@ def check_arms(run_dir: Path, names: list[str]) -> tuple[RunResults, dict]:
         if n not in arms:
             raise UserError(f"'{n}' is not an arm of this run (arms: {', '.join(arms) or 'none'})",
                             file=run_dir, field="--arm")
+        if arms[n].type == "ensemble":
+            members = arms[n].info.members or []
+            raise UserError(f"arm '{n}' is an ensemble ({arms[n].info.ensemble_method} of {', '.join(members)}), which "
+                            f"serve cannot answer with yet; serve one of its members, or several side by side "
+                            f"(" + " ".join(f"--arm {m}" for m in members) + ")", file=run_dir, field="--arm")
         if not arms[n].ok:
             raise UserError(f"arm '{n}' did not finish in this run ({arms[n].status}: "
                             f"{arms[n].error or 'no result'}); serve an arm that did", file=run_dir, field="--arm")
