@@ -158,6 +158,12 @@ class FinetuneConfig(StrategyConfig):
         "Pack each batch into one row without padding (position ids restart per example). 'auto': only "
         "when FlashAttention-2 is installed (CUDA), whose kernel makes packing free; otherwise batches of "
         "similar length are padded, which measured faster on CPU."), **part("training"))
+    balance: Literal["oversample", "undersample", "class_weight"] | None = Field(None, description=(
+        "Classification: even out imbalanced labels in training. 'oversample': seeded repeats of the rarer "
+        "labels' examples up to the commonest label's count; 'undersample': a seeded sample of each label down "
+        "to the rarest's; 'class_weight': every example kept once, its answer tokens' loss weighted by "
+        "n / (labels x its label's count), as scikit-learn's class_weight='balanced'. The test split is never "
+        "touched."), **part("training"))
     label_list: bool = Field(True, description=(
         "Label tasks: list the suite's labels in the prompt, as zero_shot does. false trains and answers with "
         "the instruction alone: the model learns the labels from its training answers, and with many labels "

@@ -9,6 +9,7 @@ import json
 import random
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 from strategies.base import Strategy
@@ -16,6 +17,7 @@ from toolkit.backends.openai_api import api_key
 from toolkit.cache import cache_root, content_hash
 from toolkit.chat import TrainItem
 from toolkit.data import Example, Query, subsample
+from toolkit.data.balance import balanced, class_weights
 from toolkit.errors import UserError, inside
 from toolkit.parts import values_of
 from toolkit.progress import status
@@ -36,10 +38,18 @@ class Finetune(Strategy):
         train = subsample(train, self.config.max_train_examples, seed=seed,
                           stratify=self.res.suite.has_labels)
         settings = values_of(self.config, "training")
+        balance_info = {}
+        if self.config.balance in ("oversample", "undersample"):
+            train, balance_info = balanced(train, self.config.balance, seed)
         augment_info = {}
         if self.config.augment:
             train, augment_info = paraphrase(train, self.config.augment, self.res, self.gen_cfg)
         items, val_items = self.train_items(train), self.train_items(validation)
+        if self.config.balance == "class_weight":
+            weights = class_weights([e.label for e in train])
+            items = [TrainItem(t.messages, t.target, weights[e.label]) for t, e in zip(items, train)]
+            balance_info = {"method": "class_weight", "before": dict(sorted(Counter(e.label for e in train).items())),
+                            "weights": {k: round(v, 4) for k, v in sorted(weights.items())}}
         if self.config.method == "openai_api":
             self.adapter, self.info = None, self.train_through_api(items, val_items, seed)
         elif self.config.search:
@@ -49,6 +59,8 @@ class Finetune(Strategy):
                                                   settings, label=f"{self.name}: training", seed=seed,
                                                   scorer=self.scorer())
             self.info["build_s"] = {"training": self.info["train_s"]}
+        if balance_info:
+            self.info["balance"] = balance_info
         if augment_info:
             self.info = {**self.info, "augment": augment_info,
                          "build_s": {"paraphrasing": augment_info["paraphrase_s"], **self.info["build_s"]}}

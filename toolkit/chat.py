@@ -13,6 +13,7 @@ Messages = list[dict[str, str]]
 class TrainItem:
     messages: Messages  # the prompt, as the strategy will send it at answer time
     target: str
+    weight: float = 1.0  # the loss weight of its answer tokens (finetune balance: class_weight)
 
 
 def render_chat(tokenizer, messages: Messages, *, add_generation_prompt: bool = True) -> str:

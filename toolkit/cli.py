@@ -96,6 +96,10 @@ def _run_parser(sub) -> None:
     r.add_argument("--judge-key-env", metavar="VAR", help="environment variable holding the endpoint's API key")
     r.add_argument("--seeds", type=int, default=1, metavar="N", help="repeat the whole comparison with N seeds "
                    "(split, few-shot choice, training seed) and report mean ± std across them")
+    r.add_argument("--folds", type=int, metavar="K", help="k-fold cross-validation: pool the labelled examples, cut "
+                   "K folds (stratified by label), run every arm K times with each fold as the test split, and report "
+                   "mean ± std across folds and the pooled estimate with its CI; for small data (costs K× the "
+                   "training); the same command with the same --out resumes an interrupted run")
     r.add_argument("--no-data-check", action="store_true", help="skip the data checks a run starts with (adaptbench "
                    "data check without the probe and the near duplicates; errors stop the run)")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -392,6 +396,13 @@ def cmd_run(args) -> int:
         raise UserError("must be at least 1", field="--limit")
     if args.seeds < 1:
         raise UserError("must be at least 1", field="--seeds")
+    if args.folds is not None:
+        if args.folds < 2:
+            raise UserError("must be at least 2", field="--folds")
+        if args.seeds > 1 or args.limit is not None:
+            raise UserError("cannot be combined with " + ("--seeds" if args.seeds > 1 else "--limit") +
+                            " (each fold's test split is the sample: use fewer folds or a smaller suite)",
+                            field="--folds")
     _check_data_dir(args.data_dir)
     weights = parse_weights(args.weights) or None
     loaded = load_suite(args.suite, args.data_dir)
@@ -421,6 +432,8 @@ def cmd_run(args) -> int:
         data_note = check_before_run(loaded, name)
     if args.seeds > 1:
         return _run_seeds(loaded, args, only, data_note)
+    if args.folds is not None:
+        return _run_folds(loaded, args, only, data_note)
     run, results = run_suite(loaded, only=only, limit=args.limit, out=args.out)
     if run is None:  # a helper process of a distributed launch: it trained, process 0 reports
         return 0
@@ -457,6 +470,34 @@ def _run_seeds(loaded, args, only, data_note: str | None = None) -> int:
     if data_note:
         log(data_note)
     log(f"\nSeeds summary: {parent / 'seeds.md'}")
+    print(parent)
+    return 0 if all(s == "success" for s in summary["statuses"].values()) else 1
+
+
+def _run_folds(loaded, args, only, data_note: str | None = None) -> int:
+    # per command: --help and validate load only what they use
+    from rich.table import Table
+
+    from toolkit.folds import run_folds
+    from toolkit.progress import console, log
+    from toolkit.reporting.report import render_run
+    parent, summary = run_folds(loaded, args.folds, only=only, out=args.out, on_run=render_run)
+    metrics = [m for m in summary["metrics_order"] if any(m in a for a in summary["arms"].values())][:4]
+    t = Table(title=f"{loaded.suite.name}: {summary['how']} · mean ± std across folds · pooled [95% CI]")
+    t.add_column("arm", style="bold")
+    for m in metrics:
+        t.add_column(m, justify="right")
+    for arm, per in summary["arms"].items():
+        cells = []
+        for m in metrics:
+            d, p = per.get(m), (per.get(m) or {}).get("pooled")
+            cells.append("–" if not d else f"{d['mean']:.3f} ± {d['std']:.3f}"
+                         + (f"\n{p['mean']:.3f} [{p['ci_low']:.3f}, {p['ci_high']:.3f}]" if p else ""))
+        t.add_row(arm, *cells)
+    console.print(t)
+    if data_note:
+        log(data_note)
+    log(f"\nFolds summary: {parent / 'folds.md'}")
     print(parent)
     return 0 if all(s == "success" for s in summary["statuses"].values()) else 1
 

@@ -109,14 +109,19 @@ def new_results(loaded: LoadedSuite, data, test: list[Example], limit_note: list
 
 def run_suite(loaded: LoadedSuite, *, only: list[str] | None = None, limit: int | None = None,
               out: Path | None = None, reports_root: Path = Path("reports"),
-              models_checked: bool = False) -> tuple[RunDir | None, RunResults | None]:
+              models_checked: bool = False, data=None, fold: dict | None = None) -> tuple[RunDir | None, RunResults | None]:
     """Every selected arm of the suite on its test split, into a new run directory. Returns
     (None, None) in the helper processes of a distributed launch. `models_checked`: the
-    caller (run_seeds) already checked the models the suite names."""
+    caller (run_seeds, run_folds) already checked the models the suite names. `data`: the
+    suite's data with the splits to use (run_folds: one fold's), checked by the caller;
+    `fold` says which fold, for config.yaml."""
 
     suite = loaded.suite
     arms = select_arms(loaded, only)
-    data = preflight.check_run(loaded, arms, out, reports_root, models=not models_checked)
+    if data is None:
+        data = preflight.check_run(loaded, arms, out, reports_root, models=not models_checked)
+    else:
+        preflight.check_suite(loaded, data, arms)
     test, limit_note = limit_test(data.splits.test, limit, seed=suite.seed, stratify=suite.has_labels)
     local = suite.generator.backend == "transformers"
     device = pick_device(suite.generator.device) if local else "api"
@@ -132,7 +137,7 @@ def run_suite(loaded: LoadedSuite, *, only: list[str] | None = None, limit: int 
             return None, None
 
     run = RunDir.create(out, suite.name, reports_root)
-    run.write_config(resolved_config(loaded, arms, limit, run))
+    run.write_config({**resolved_config(loaded, arms, limit, run), **({"_fold": fold} if fold else {})})
     run.write_env(environment(device, dtype))
     results = new_results(loaded, data, test, limit_note, device, dtype, run)
     run.write_results(results)

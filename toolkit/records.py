@@ -138,6 +138,7 @@ class ArmInfo(BaseModel):
     adapter_dir: str | None = None  # relative to the run directory
     adapter_key: str | None = None
     augment: AugmentInfo | None = None
+    balance: dict[str, Any] | None = None  # finetune balance: method, label counts before (and after), weights
     trials: list[dict[str, Any]] | None = None
     chosen_params: dict[str, Any] | None = None
     # finetune, method openai_api

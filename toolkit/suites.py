@@ -116,6 +116,14 @@ def load_suite(path: str | Path, data_dir: str | Path | None = None) -> LoadedSu
                             "with `backend: openai` (base_url, model, api_key_env)",
                             file=path, line=line_of(root, ("strategies", arm, "method")),
                             field=f"strategies.{arm}.generator.backend")
+        if getattr(cfg, "balance", None) and suite.task != "classification":
+            raise UserError("balance evens out the labels of a classification task (task: classification)",
+                            file=path, line=line_of(root, ("strategies", arm, "balance")),
+                            field=f"strategies.{arm}.balance")
+        if getattr(cfg, "balance", None) == "class_weight" and getattr(cfg, "method", None) == "openai_api":
+            raise UserError("class_weight weights the loss of a model trained here; a fine-tuning API takes no "
+                            "weights: use balance oversample or undersample", file=path,
+                            line=line_of(root, ("strategies", arm, "balance")), field=f"strategies.{arm}.balance")
         if getattr(cfg, "trains_locally", False) and gen.backend != "transformers":
             raise UserError(f"strategy '{stype}' trains its model here, so its generator needs `backend: transformers`",
                             file=path, line=line_of(root, ("strategies", arm, "generator")),

@@ -229,3 +229,84 @@ def test_bars_inside_the_training_bar_draw_nothing_and_a_failure_closes_it(monke
     assert progress._outer[0] == 0 and bar.p is None
     with progress.task_bar("next arm", 1) as advance:  # LiveError if the failed bar were still live
         advance(1)
+
+
+def test_class_weighted_loss_is_the_weighted_mean_of_each_examples_answer_tokens(tiny_llama):
+    """balance: class_weight — the training loss of a batch is sum(w_i * CE of example i's answer
+    tokens) / sum(w_i * its answer tokens), in padded and in packed batches; with every weight
+    1 it is the model's own loss."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from toolkit.models import load_tokenizer
+    from toolkit.training.trainer import AnswerLogitsOnly, TrainItem, tokenize_item, weighted_answer_loss
+
+    tok = load_tokenizer(str(tiny_llama))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, attn_implementation="sdpa", dtype=torch.float32).eval()
+    model.config.use_cache = False
+    items = [TrainItem([{"role": "user", "content": "q " * n}], "answer " * (n % 3 + 1)) for n in (3, 11, 7, 20)]
+    feats = [tokenize_item(tok, t, 256) for t in items]
+    weights = [1.0, 3.0, 0.5, 2.0]
+    sums, counts = [], []
+    with torch.no_grad():
+        for f in feats:  # each example alone: its answer tokens' summed cross-entropy and count
+            ids, labels = torch.tensor([f["input_ids"]]), torch.tensor([f["labels"]])
+            logits = model(input_ids=ids).logits[0, :-1].float()
+            target = labels[0, 1:]
+            ce = torch.nn.functional.cross_entropy(logits[target != -100], target[target != -100], reduction="sum")
+            sums.append(float(ce))
+            counts.append(int((target != -100).sum()))
+        expected = sum(w * s for w, s in zip(weights, sums)) / sum(w * n for w, n in zip(weights, counts))
+        for packed in (False, True):
+            batch = AnswerLogitsOnly(tok, packed=packed)([{**f, "weight": w} for f, w in zip(feats, weights)])
+            w, labels, shift = batch.pop("token_weights"), batch.pop("labels"), batch.pop("shift_labels", None)
+            out = model(**batch)
+            got = weighted_answer_loss(out.logits, shift if packed else labels, w, shifted=packed)
+            assert float(got) == pytest.approx(expected, rel=1e-4), packed
+            plain = AnswerLogitsOnly(tok, packed=packed)(feats)
+            assert "token_weights" not in plain
+            ones = torch.ones_like(w)
+            assert float(weighted_answer_loss(out.logits, shift if packed else labels, ones, shifted=packed)) == \
+                pytest.approx(float(model(**plain).loss), rel=1e-4)
+
+
+def test_balance_oversamples_undersamples_or_weights_the_training_labels(tmp_path, tiny_llama):
+    from tests.conftest import write_jsonl
+    from toolkit.errors import UserError
+
+    counts = {"common": 24, "middle": 8, "rare": 3}
+    train = [{"question": f"{lab} ticket {i}", "label": lab} for lab, n in counts.items() for i in range(n)]
+    write_jsonl(tmp_path / "train.jsonl", train)
+    write_jsonl(tmp_path / "test.jsonl", [{"question": f"{lab} test {i}", "label": lab} for lab in counts for i in range(2)])
+    arm = {"type": "finetune", "num_train_epochs": 1, "max_seq_length": 64, "per_device_train_batch_size": 8,
+           "r": 4, "eval_strategy": "no"}
+    suite = {"name": "imb", "task": "classification", "instruction": "Classify the ticket.",
+             "data": {"train": "train.jsonl", "test": "test.jsonl"}, "generator": {"model": str(tiny_llama),
+                                                                                   "max_new_tokens": 3},
+             "strategies": {"plain": arm, "over": {**arm, "balance": "oversample"},
+                            "under": {**arm, "balance": "undersample"}, "weighted": {**arm, "balance": "class_weight"}},
+             "metrics": ["macro_f1", "accuracy"]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(suite))
+    run, res = run_suite(load_suite(tmp_path / "s.yaml"), out=tmp_path / "run")
+    assert res.status == "success", res.strategies
+    info = {n: a.info for n, a in res.strategies.items()}
+    assert info["plain"].balance is None and info["plain"].train_examples == 35
+    assert info["over"].balance["after"] == {"common": 24, "middle": 24, "rare": 24} and info["over"].train_examples == 72
+    assert info["under"].balance["after"] == {"common": 3, "middle": 3, "rare": 3} and info["under"].train_examples == 9
+    w = info["weighted"].balance["weights"]
+    assert info["weighted"].train_examples == 35 and w["rare"] == pytest.approx(35 / (3 * 3), rel=1e-3)
+    assert w["common"] < w["middle"] < w["rare"]
+    assert len({i.adapter_key for i in info.values()}) == 4  # four different adapters
+    assert any("loss" in h for h in info["weighted"].history)
+    md, html = __import__("toolkit.reporting.report", fromlist=["render_run"]).render_run(run.path)
+    page = html.read_text()
+    assert "oversampled to 24 per label" in page and "class weights" in page
+    assert 'id="per-label"' in page  # recall per label, each arm side by side
+
+    for bad, msg in (({"task": "qa", "metrics": None}, "balance evens out the labels"),):
+        q = {**suite, **bad, "strategies": {"over": {**arm, "balance": "oversample"}}}
+        q = {k: v for k, v in q.items() if v is not None}
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump(q))
+        with pytest.raises(UserError, match=msg):
+            load_suite(tmp_path / "bad.yaml")

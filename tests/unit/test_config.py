@@ -113,7 +113,8 @@ def test_cli_bad_input_exit_2_one_line_no_run_dir(tmp_path, suite_text, data, ex
     assert not out_dir.exists()
 
 
-@pytest.mark.parametrize("name", ["demo", "knowledge_injection", "covid_faq", "covid_qa", "banking77", "pubmedqa"])
+@pytest.mark.parametrize("name", ["demo", "knowledge_injection", "covid_faq", "covid_qa", "banking77", "pubmedqa",
+                                  "banking77_imbalanced"])
 def test_every_bundled_suite_loads_its_data(name, monkeypatch):
     from tests.conftest import SHARED_DATA
     from toolkit.data.suite_data import load_task_data
@@ -129,6 +130,16 @@ def test_every_bundled_suite_loads_its_data(name, monkeypatch):
         assert all(set(e.context_ids) <= ids for e in s.test)
     if name == "covid_qa":
         assert len(data.kb.documents) == 98 and len(s.test) > 250 and all(e.context_ids for e in s.test)
+    if name == "banking77_imbalanced":  # drawn from the official splits at run time, seeded
+        from collections import Counter
+        assert list(Counter(e.label for e in s.train).most_common()) == [
+            ("card_arrival", 120), ("top_up_failed", 60), ("exchange_rate", 30), ("pin_blocked", 15),
+            ("declined_transfer", 8), ("lost_or_stolen_card", 4)]
+        # the official test rows of the six intents, 40 each, less the repeats the run's dedup drops
+        assert all(36 <= n <= 40 for n in Counter(e.label for e in s.test).values()) and len(s.validation) == 30
+        assert not {e.input for e in s.train} & {e.input for e in s.validation}
+        again = load_task_data(load_suite(REPO / "eval_suites" / f"{name}.yaml")).splits
+        assert [e.id for e in again.train] == [e.id for e in s.train]
     if name == "pubmedqa":
         assert len(s.test) == 500 and data.labels == ["yes", "no", "maybe"]
         assert s.test[0].input.startswith("Abstract: ") and "\n\nQuestion: " in s.test[0].input

@@ -235,7 +235,7 @@ def test_the_bundled_demo_data_prepares_into_every_format(tmp_path, fmt, task):
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "banking77").is_dir(), reason="needs ../shared/datasets")
-@pytest.mark.parametrize("suite", ["banking77", "covid_qa", "pubmedqa", "covid_faq"])
+@pytest.mark.parametrize("suite", ["banking77", "covid_qa", "pubmedqa", "covid_faq", "banking77_imbalanced"])
 def test_the_public_data_suites_check_without_errors(tmp_path, capsys, suite):
     code, report, _ = check(capsys, suite, *FAST, "--data-dir", str(SHARED_DATA), out=tmp_path / "r")
     assert code in (0, 1), [f for f in report["findings"] if f["level"] == "error"]

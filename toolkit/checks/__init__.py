@@ -564,9 +564,10 @@ def recommendations(r: DataReport) -> list[str]:
     if codes & {"duplicate_exact", "conflicting_answers"}:
         out.append("Duplicates and conflicting answers: run drops exact copies; settle the conflicting ones by hand.")
     if "imbalance" in codes and any(f.level == "warning" for f in r.findings if f.code == "imbalance"):
-        out.append("Classes are imbalanced: read macro-F1 and per-class recall, not accuracy, and consider "
-                   "adaptbench data prepare --balance oversample for the train split (with `data: {dedup: false}` "
-                   "in the suite, which would otherwise drop the copies).")
+        out.append("Classes are imbalanced: read macro-F1 and per-class recall, not accuracy, and try a finetune "
+                   "arm with `balance: oversample` or `balance: class_weight` beside the plain one (the report "
+                   "shows recall per label for both); adaptbench data prepare --balance writes a balanced file "
+                   "instead (with `data: {dedup: false}` in the suite, which would otherwise drop the copies).")
     if {"rare_labels", "unseen_labels"} & codes:
         out.append("Some labels are rare or missing from train: collect examples for them, or expect their recall "
                    "to be low for every trained arm.")

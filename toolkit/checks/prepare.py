@@ -37,6 +37,7 @@ import numpy as np
 
 from toolkit import progress
 from toolkit.data import Example, example_from_row, normalize_text, peek_rows
+from toolkit.data.balance import balance_copies
 from toolkit.data.rows import iter_rows
 from toolkit.data.tables import is_saved_dataset
 from toolkit.errors import UserError
@@ -515,21 +516,15 @@ def _balance(assign: np.ndarray, labels: np.ndarray | None, names: list[str],
     copies = (assign != DROPPED).astype(np.int32)
     if not o.balance:
         return copies, None
-    groups = _groups(np.flatnonzero(assign == TRAIN), labels, len(names))
-    sizes = np.array([len(g) for g in groups])
+    train = np.flatnonzero(assign == TRAIN)
+    # its own stream: adding --balance does not move the split
+    copies[train] = balance_copies(labels[train], len(names), o.balance, [o.seed, 1])
+    sizes = np.bincount(labels[train], minlength=len(names))
+    after = np.bincount(labels[train], weights=copies[train], minlength=len(names)).astype(int)
     target = int(sizes.max() if o.balance == "oversample" else sizes[sizes > 0].min())
-    rng = np.random.default_rng([o.seed, 1])  # its own stream: adding --balance does not move the split
-    for g in groups:
-        if o.balance == "oversample" and 0 < len(g) < target:
-            extra = target - len(g)
-            copies[g] += extra // len(g)
-            copies[rng.choice(g, extra % len(g), replace=False)] += 1
-        elif o.balance == "undersample" and len(g) > target:
-            copies[rng.choice(g, len(g) - target, replace=False)] = 0
-    after = [int(copies[g].sum()) for g in groups]
     return copies, {"method": o.balance, "split": "train" if o.split else "all", "per_label": target,
                     "before": {names[c]: int(n) for c, n in enumerate(sizes) if n},
-                    "after": {names[c]: n for c, n in enumerate(after) if sizes[c]}}
+                    "after": {names[c]: int(n) for c, n in enumerate(after) if sizes[c]}}
 
 
 # ---- writing -------------------------------------------------------------------------------------

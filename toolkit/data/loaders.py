@@ -105,6 +105,46 @@ def pubmedqa(path: Path, *, suite_path: Path, seed: int = 0, validation_size: in
     return train[validation_size:], train[:validation_size], test, None
 
 
+IMBALANCED_INTENTS = ["card_arrival", "top_up_failed", "exchange_rate", "pin_blocked", "declined_transfer",
+                      "lost_or_stolen_card"]
+
+
+@loader("banking77_imbalanced", "banking77 made imbalanced on purpose: a few intents (`intents`) whose training "
+        "examples fall off (`train_per_label`, a seeded sample of the official train split per intent), "
+        "`validation_per_label` more of each for validation, and the official test rows of those intents.")
+def banking77_imbalanced(path: Path, *, suite_path: Path, seed: int = 0, intents: list[str] | None = None,
+                         train_per_label: list[int] | None = None, validation_per_label: int = 5, **_):
+    intents = list(intents or IMBALANCED_INTENTS)
+    counts = list(train_per_label or [120, 60, 30, 15, 8, 4])
+    if len(counts) != len(intents) or any(not isinstance(n, int) or n < 1 for n in counts):
+        raise UserError(f"train_per_label needs one count of at least 1 per intent ({len(intents)} intents, "
+                        f"{len(counts)} counts)", file=suite_path, field="data.loader_args.train_per_label")
+
+    def read(name: str) -> dict[str, list[Example]]:
+        f = _need(path / name, "data.loader_args.path", suite_path)
+        by: dict[str, list[Example]] = {i: [] for i in intents}
+        with f.open(encoding="utf-8", newline="") as fh:
+            for line, r in enumerate(csv.DictReader(fh), start=2):
+                lab, text = (r.get("category") or "").strip(), (r.get("text") or "").strip()
+                if lab in by and text:
+                    by[lab].append(Example(id=f"{name.split('.')[0]}-{line}", input=text, target=lab, label=lab,
+                                           origin=f"{f}:{line}"))
+        if missing := [i for i, rows in by.items() if not rows]:
+            raise UserError(f"intent '{missing[0]}' has no rows in {f}", file=suite_path, field="data.loader_args.intents")
+        return by
+
+    pool, test = read("train.csv"), read("test.csv")
+    train, val = [], []
+    for k, (intent, n) in enumerate(zip(intents, counts)):
+        rows = shuffled(pool[intent], seed + k)
+        if n + validation_per_label > len(rows):
+            raise UserError(f"intent '{intent}' has {len(rows)} training rows, fewer than {n} + "
+                            f"{validation_per_label} asked for", file=suite_path, field="data.loader_args.train_per_label")
+        train += rows[:n]
+        val += rows[n:n + validation_per_label]
+    return shuffled(train, seed), val, [e for i in intents for e in test[i]], None
+
+
 def run_loader(name: str, args: dict, *, suite_path: Path, resolve, seed: int):
     if name not in LOADERS:
         raise UserError(f"unknown loader '{name}' (choose from: {', '.join(LOADERS)})", file=suite_path, field="data.loader")

@@ -280,6 +280,23 @@ def confused_submatrix(cm: ConfusionMatrix, pairs: list[dict[str, Any]]) -> Conf
                            matrix=[[cm.matrix[i][j] for j in cols] for i in rows])
 
 
+def per_label_recall(results: RunResults) -> list[dict[str, Any]]:
+    """Rows {label, n, arm: recall} from each arm's confusion matrix, for label tasks with at
+    most MANY_LABELS labels: where balancing (or any arm) helps the rare labels and hurts the
+    common ones, which a mean over labels hides."""
+    arms = {n: a.confusion_matrix for n, a in results.ok_arms().items() if a.confusion_matrix}
+    if not arms:
+        return []
+    labels = next(iter(arms.values())).labels
+    if len(labels) > MANY_LABELS:
+        return []
+    rows = []
+    for i, lab in enumerate(labels):
+        n = sum(next(iter(arms.values())).matrix[i])
+        rows.append({"label": lab, "n": n, **{a: (cm.matrix[i][i] / n if n else None) for a, cm in arms.items()}})
+    return sorted(rows, key=lambda r: -r["n"])
+
+
 def confusion_view(results: RunResults, samples: list[Sample]) -> dict[str, list[dict[str, Any]]]:
     """arm -> its most confused label pairs, for label tasks with more than MANY_LABELS labels."""
     out = {}
@@ -340,6 +357,7 @@ def build(run_dir: Path, weights: dict[str, float] | None = None) -> dict[str, A
         "retrieval_split": retrieval_split(samples, metric, list(arms)) if metric else [],
         "confused": confusion_view(results, samples),
         "ensembles": ensemble_verdicts(results, samples, metric),
+        "per_label": per_label_recall(results),
         "curves": (curves := label_curves(results, samples)),
         "thresholds": thresholds_view(results, curves, config),
     }
@@ -444,6 +462,13 @@ def render_markdown(ctx: dict) -> str:
         lines += ["Ensembles:", ""] + [f"- {v}" for v in ctx["ensembles"]] + [""]
     if ctx.get("retrieval_split"):
         lines += retrieval_split_lines(ctx["retrieval_split"], LABELS.get(ctx["metric"], ctx["metric"])) + [""]
+    if ctx.get("per_label"):
+        arms = [k for k in ctx["per_label"][0] if k not in ("label", "n")]
+        lines += ["Recall per label (share of each label's test examples answered with it):", "",
+                  "| label | test examples | " + " | ".join(arms) + " |", "|---" * (len(arms) + 2) + "|"]
+        lines += [f"| {r['label']} | {r['n']} | " + " | ".join("–" if r[a] is None else f"{r[a]:.2f}" for a in arms) + " |"
+                  for r in ctx["per_label"]]
+        lines.append("")
     for name, pairs in ctx.get("confused", {}).items():
         lines += [f"Most confused labels of {name} (gold → predicted, count):", ""]
         lines += [f"- {p['gold']} → {p['predicted']}: {p['count']}" for p in pairs] or ["- none"]
@@ -540,6 +565,14 @@ def info_summary(r: ArmResult) -> str:
         m = i.metric_for_best_model
         parts.append(f"early stopping and best checkpoint by validation {LABELS.get(m, m)} "
                      f"(best {i.extra(f'best_eval_{m}') or 0:.3f})")
+    if i.balance:
+        parts.append(balance_summary(i.balance))
+    if i.members:
+        parts.append(f"{i.ensemble_method} of {', '.join(i.members)}"
+                     + (f", weights {i.member_weights}" if i.ensemble_method in ("weighted", "likelihood_mean")
+                        and set((i.member_weights or {}).values()) != {1.0} else "")
+                     + (" — answers taken: " + ", ".join(f"{m} {k}" for m, k in i.answers_taken.items())
+                        if i.answers_taken else ""))
     aug = i.augment
     if aug:
         ex = next((e for e in aug.paraphrase_examples if e.paraphrases), None)
@@ -563,6 +596,17 @@ def info_summary(r: ArmResult) -> str:
         parts.append(f"{i.prompts_over_context} questions' prompts with their passages exceeded the model's context of "
                      f"{i.context_length} tokens (by {i.context_tokens_over} in all)")
     return "; ".join(parts)
+
+
+def balance_summary(b: dict) -> str:
+    """finetune balance, in words: how the training labels were evened out."""
+    before = ", ".join(f"{k} {v}" for k, v in b.get("before", {}).items())
+    if b.get("method") == "class_weight":
+        return ("class weights (n / (labels × count)) on the training loss: "
+                + ", ".join(f"{k} ×{v:.2f}" for k, v in b.get("weights", {}).items()) + f" (examples per label: {before})")
+    per = max(b["after"].values()) if b.get("after") else 0
+    verb = "oversampled" if b.get("method") == "oversample" else "undersampled"
+    return f"training labels {verb} to {per} per label (before: {before})"
 
 
 def training_summary(i: ArmInfo) -> str:

@@ -36,6 +36,8 @@ def adapter_key(ref: ModelRef, train: list[TrainItem], validation: list[TrainIte
     extra = {"world_size": world_size()} if world_size() > 1 else {}  # N processes: N times the global batch
     device = pick_device(gen.device)
     dtype = str(pick_dtype(device, gen.dtype)).replace("torch.", "")  # resolved: bf16 and fp32 train differently
+    if any(t.weight != 1.0 for t in train):  # class weights change the loss: a different adapter
+        extra["weights"] = [t.weight for t in train]
     return content_hash({"base": ref.fingerprint, "train": [(t.messages, t.target) for t in train],
                          "validation": [(t.messages, t.target) for t in validation], "settings": settings,
                          "dtype": dtype, "device": device.split(":")[0], "format": ADAPTER_FORMAT, **extra})
@@ -66,6 +68,9 @@ class AnswerLogitsOnly:
     def __call__(self, features: list[dict]) -> dict:
         # torch, numpy: imported on first use, not when this module loads
         import torch
+        weights = [f.get("weight", 1.0) for f in features]
+        weighted = any(w != 1.0 for w in weights)  # class weights: the loss weighs each example's answer tokens
+        features = [{k: v for k, v in f.items() if k != "weight"} for f in features]
         if self.packed:
             # transformers, numpy, jinja2: imported on first use, not when this module loads
             from transformers import DataCollatorWithFlattening
@@ -74,6 +79,9 @@ class AnswerLogitsOnly:
             keep = (labels[1:] != -100).nonzero()[:, 0]  # positions whose next token is an answer token
             batch["logits_to_keep"] = keep
             batch["shift_labels"] = labels[keep + 1].unsqueeze(0)
+            if weighted:
+                per_token = torch.tensor([w for f, w in zip(features, weights) for _ in f["input_ids"]])
+                batch["token_weights"] = per_token[keep + 1].unsqueeze(0)
             return batch
         width = max(len(f["input_ids"]) for f in features)
         width = -(-width // self.multiple) * self.multiple
@@ -89,9 +97,58 @@ class AnswerLogitsOnly:
         first = torch.where(answer.any(1), answer.argmax(1), torch.full((len(features),), width - 1))
         keep = int(width - first.min()) + 1  # the longest answer, plus the position that predicts its first token
         keep = min(keep, width)
-        return {"input_ids": torch.tensor(ids), "attention_mask": mask_t,
-                "position_ids": (mask_t.cumsum(1) - 1).clamp(min=0), "labels": labels_t[:, -keep:],
-                "logits_to_keep": keep}
+        batch = {"input_ids": torch.tensor(ids), "attention_mask": mask_t,
+                 "position_ids": (mask_t.cumsum(1) - 1).clamp(min=0), "labels": labels_t[:, -keep:],
+                 "logits_to_keep": keep}
+        if weighted:
+            batch["token_weights"] = torch.tensor(weights, dtype=torch.float32)
+        return batch
+
+
+def weighted_answer_loss(logits, labels, weights, *, shifted: bool):
+    """Cross-entropy over the answer tokens, each token weighted by its example's class weight:
+    sum(w * ce) / sum(w) over the tokens the loss looks at, torch's CrossEntropyLoss(weight=...)
+    reduction with the weight given per example instead of per vocabulary entry (a label spans
+    several tokens, so a weight per target token id cannot express it). `shifted`: the labels
+    are aligned with the logits already (a packed row's shift_labels); otherwise the logits at
+    t predict the labels at t + 1, as the model's own loss shifts them. `weights`: per row
+    (padded batches) or per kept position (packed)."""
+    # torch, numpy: imported on first use, not when this module loads
+    import torch
+    import torch.nn.functional as F
+    logits = logits.float()
+    if not shifted:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+        weights = weights[:, None].expand_as(labels)
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                         reduction="none").view_as(labels)
+    w = weights.to(ce.dtype) * (labels != -100)
+    return (ce * w).sum() / w.sum().clamp(min=torch.finfo(ce.dtype).tiny)
+
+
+def weighted_trainer_class():
+    """transformers.Trainer whose training loss weighs each example's answer tokens by its
+    class weight (batches with `token_weights`); evaluation batches carry none, so the
+    validation loss stays the plain one and comparable with an unweighted arm's."""
+    # transformers, numpy, jinja2: imported on first use, not when this module loads
+    from transformers import Trainer
+
+    class WeightedLossTrainer(Trainer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by accumulation steps
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            weights = inputs.pop("token_weights", None)
+            if weights is None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            labels, shift = inputs.pop("labels"), inputs.pop("shift_labels", None)
+            outputs = model(**inputs)
+            loss = weighted_answer_loss(outputs.logits, shift if shift is not None else labels, weights,
+                                        shifted=shift is not None)
+            return (loss, outputs) if return_outputs else loss
+
+    return WeightedLossTrainer
 
 
 def batching_recipe(tok, device: str, padding_free: bool | str) -> tuple[Any, dict, str]:
@@ -294,8 +351,13 @@ def _train(ref: ModelRef, gen_cfg: GeneratorConfig, train: list[TrainItem], vali
         callbacks.append(_generative_eval(validation, scorer, metric, gen_cfg, ref, device))
     if val_ds and settings["early_stopping_patience"]:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings["early_stopping_patience"]))
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds or None,
-                      data_collator=collator, callbacks=callbacks)
+    weighted = any(t.weight != 1.0 for t in train)
+    if weighted:
+        for x, t in zip(train_ds, train):
+            x["weight"] = t.weight
+    trainer = (weighted_trainer_class() if weighted else Trainer)(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds or None, data_collator=collator,
+        callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # our rich bar shows the losses; no raw dicts on stdout
     initial = trainer.evaluate() if val_ds and evaluate != "no" else {}  # the untrained starting point
     t0 = time.perf_counter()
