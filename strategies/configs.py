@@ -8,6 +8,7 @@ Names follow what users know: `num_fewshot` (lm-evaluation-harness), `r`,
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -252,10 +253,12 @@ class EnsembleConfig(StrategyConfig):
         if self.weights is not None:
             if bad := next((m for m in self.weights if m not in self.members), None):
                 raise ValueError(f"weight for '{bad}', which is not a member ({', '.join(self.members)})")
-            if any(w < 0 or w != w for w in self.weights.values()):
-                raise ValueError("weights must be >= 0")
+            if any(not math.isfinite(w) or w < 0 for w in self.weights.values()):
+                raise ValueError("weights must be finite numbers >= 0")
             if sum(self.weights.get(m, 1.0) for m in self.members) <= 0:
                 raise ValueError("the weights add up to 0")
+            if self.method in ("majority", "best_of"):
+                raise ValueError(f"weights are for method weighted or likelihood_mean, not {self.method}")
         return self
 
     def weight(self, member: str) -> float:

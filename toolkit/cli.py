@@ -449,57 +449,50 @@ def cmd_run(args) -> int:
     return 0 if results.status == "success" else 1
 
 
-def _run_seeds(loaded, args, only, data_note: str | None = None) -> int:
+def _repeat_summary(title: str, summary: dict, cell, n_metrics: int, data_note: str | None, md: Path) -> int:
+    """The table of a --seeds or --folds run (arm x metric, `cell(per_metric_dict)` each), the data
+    check's line, where the summary is; the parent folder on stdout. Exit 1 if a run failed."""
     # per command: --help and validate load only what they use
     from rich.table import Table
 
     from toolkit.progress import console, log
+    metrics = [m for m in summary["metrics_order"] if any(m in a for a in summary["arms"].values())][:n_metrics]
+    t = Table(title=title)
+    t.add_column("arm", style="bold")
+    for m in metrics:
+        t.add_column(m, justify="right")
+    for arm, per in summary["arms"].items():
+        t.add_row(arm, *[cell(per[m]) if m in per else "–" for m in metrics])
+    console.print(t)
+    if data_note:
+        log(data_note)
+    log(f"\nSummary: {md}")
+    print(md.parent)
+    return 0 if all(s == "success" for s in summary["statuses"].values()) else 1
+
+
+def _run_seeds(loaded, args, only, data_note: str | None = None) -> int:
+    # per command: --help and validate load only what they use
     from toolkit.reporting.report import render_run
     from toolkit.seeds import run_seeds
     parent, summary = run_seeds(loaded, args.seeds, only=only, limit=args.limit, out=args.out, on_run=render_run)
     if parent is None:
         return 0
-    metrics = [m for m in summary["metrics_order"] if any(m in a for a in summary["arms"].values())][:6]
-    t = Table(title=f"{loaded.suite.name}: mean ± std across seeds {', '.join(map(str, summary['seeds']))}")
-    t.add_column("arm", style="bold")
-    for m in metrics:
-        t.add_column(m, justify="right")
-    for arm, per in summary["arms"].items():
-        t.add_row(arm, *[f"{per[m]['mean']:.3f} ± {per[m]['std']:.3f}" if m in per else "–" for m in metrics])
-    console.print(t)
-    if data_note:
-        log(data_note)
-    log(f"\nSeeds summary: {parent / 'seeds.md'}")
-    print(parent)
-    return 0 if all(s == "success" for s in summary["statuses"].values()) else 1
+    return _repeat_summary(f"{loaded.suite.name}: mean ± std across seeds {', '.join(map(str, summary['seeds']))}",
+                           summary, lambda d: f"{d['mean']:.3f} ± {d['std']:.3f}", 6, data_note, parent / "seeds.md")
 
 
 def _run_folds(loaded, args, only, data_note: str | None = None) -> int:
     # per command: --help and validate load only what they use
-    from rich.table import Table
-
     from toolkit.folds import run_folds
-    from toolkit.progress import console, log
     from toolkit.reporting.report import render_run
     parent, summary = run_folds(loaded, args.folds, only=only, out=args.out, on_run=render_run)
-    metrics = [m for m in summary["metrics_order"] if any(m in a for a in summary["arms"].values())][:4]
-    t = Table(title=f"{loaded.suite.name}: {summary['how']} · mean ± std across folds · pooled [95% CI]")
-    t.add_column("arm", style="bold")
-    for m in metrics:
-        t.add_column(m, justify="right")
-    for arm, per in summary["arms"].items():
-        cells = []
-        for m in metrics:
-            d, p = per.get(m), (per.get(m) or {}).get("pooled")
-            cells.append("–" if not d else f"{d['mean']:.3f} ± {d['std']:.3f}"
-                         + (f"\n{p['mean']:.3f} [{p['ci_low']:.3f}, {p['ci_high']:.3f}]" if p else ""))
-        t.add_row(arm, *cells)
-    console.print(t)
-    if data_note:
-        log(data_note)
-    log(f"\nFolds summary: {parent / 'folds.md'}")
-    print(parent)
-    return 0 if all(s == "success" for s in summary["statuses"].values()) else 1
+
+    def cell(d: dict) -> str:
+        p = d.get("pooled")
+        return f"{d['mean']:.3f} ± {d['std']:.3f}" + (f"\n{p['mean']:.3f} [{p['ci_low']:.3f}, {p['ci_high']:.3f}]" if p else "")
+    return _repeat_summary(f"{loaded.suite.name}: {summary['how']} · mean ± std across folds · pooled [95% CI]",
+                           summary, cell, 4, data_note, parent / "folds.md")
 
 
 def _check_data_dir(d: Path | None) -> None:

@@ -1,9 +1,11 @@
 """`run --folds K`: k-fold cross-validation of every arm on the suite's pooled examples.
 
 The train, validation and test examples are pooled and cut into K folds (stratified by label
-for label tasks, seeded by the suite's seed, scikit-learn's StratifiedKFold / KFold). Fold k
-is the test split of run `fold-<k>/`, a complete run directory whose train split is the other
-folds (less a validation split of the suite's validation size, when it has one). Every
+for label tasks, seeded by the suite's seed, with every copy of a question in one fold:
+scikit-learn's StratifiedGroupKFold / GroupKFold). Fold k is the test split of run
+`fold-<k>/`, a complete run directory whose train split is the other folds (less a validation
+split of the suite's validation size, when it has one) plus the data.extra_train rows, which
+train every fold and are never tested (less those asking a question the fold tests). Every
 example is tested exactly once, so the folds' answers together are one pooled test set: the
 parent's folds.json and folds.md give each arm's mean ± standard deviation across folds and
 the pooled estimate with its bootstrap CI, and pair the arms on the pooled examples.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ import numpy as np
 from toolkit import preflight
 from toolkit.cache import content_hash
 from toolkit.config import LoadedSuite
-from toolkit.data import Example, Splits, stratify_ok
+from toolkit.data import Example, Splits, normalize_text, stratify_ok
 from toolkit.errors import UserError
 from toolkit.harness import run_suite, select_arms
 from toolkit.progress import log
@@ -35,26 +38,36 @@ from toolkit.runs import RunDir, atomic_write
 from toolkit.scoring.metrics import bootstrap_mean, bootstrap_statistic
 from toolkit.scoring.registry import METRICS
 from toolkit.scoring.stats import compare_arms, corpus_statistic
+from toolkit.training import distributed as D
 
 PLAN = "plan.json"
 
 
 def fold_ids(pool: list[Example], k: int, *, seed: int, stratify: bool) -> tuple[list[list[str]], str]:
-    """The example ids each fold tests, and how the folds were cut (a note for the report)."""
+    """The example ids each fold tests, and how the folds were cut (a note for the report).
+    Examples asking the same question (after normalising case, spacing and punctuation) stay
+    in one fold, so no fold trains on a copy of a question it tests (scikit-learn's
+    StratifiedGroupKFold / GroupKFold with the normalised question as the group)."""
     # scipy, sklearn, pandas: imported on first use, not when this module loads
-    from sklearn.model_selection import KFold, StratifiedKFold
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
     labels = [e.label for e in pool]
-    by_label = stratify and stratify_ok(labels, k) and min(labels.count(lab) for lab in set(labels)) >= k
-    cutter = StratifiedKFold(k, shuffle=True, random_state=seed) if by_label else KFold(k, shuffle=True, random_state=seed)
-    folds = [[pool[i].id for i in test] for _, test in cutter.split(np.zeros(len(pool)), labels if by_label else None)]
+    groups = [normalize_text(e.input) for e in pool]
+    counts = Counter(labels)
+    by_label = stratify and None not in counts and min(counts.values()) >= k
+    cutter = (StratifiedGroupKFold(k, shuffle=True, random_state=seed) if by_label
+              else GroupKFold(k, shuffle=True, random_state=seed))
+    folds = [[pool[i].id for i in test]
+             for _, test in cutter.split(np.zeros(len(pool)), labels if by_label else None, groups)]
     how = (f"{k} folds stratified by label" if by_label else
            f"{k} folds, not stratified (a label has fewer than {k} examples)" if stratify else f"{k} folds")
     return folds, how + f", seed {seed}"
 
 
-def fold_splits(pool: list[Example], test_ids: list[str], n_val: int, *, seed: int, stratify: bool) -> Splits:
-    """Fold's splits: its test ids; the other examples as train, less n_val for validation."""
+def fold_splits(pool: list[Example], test_ids: list[str], n_val: int, *, seed: int, stratify: bool,
+                extra: list[Example] = ()) -> Splits:
+    """Fold's splits: its test ids; the other examples as train, less n_val for validation, plus
+    the extra training rows whose question the fold does not test."""
     # scipy, sklearn, pandas: imported on first use, not when this module loads
     from sklearn.model_selection import train_test_split
 
@@ -66,7 +79,8 @@ def fold_splits(pool: list[Example], test_ids: list[str], n_val: int, *, seed: i
         labels = [e.label for e in rest]
         strat = labels if stratify and stratify_ok(labels, n_val) else None
         rest, val = train_test_split(rest, test_size=n_val, random_state=seed, stratify=strat)
-    return Splits(rest, val, test)
+    tested = {normalize_text(e.input) for e in test}
+    return Splits(rest + [e for e in extra if normalize_text(e.input) not in tested], val, test)
 
 
 def run_folds(loaded: LoadedSuite, k: int, *, only=None, out: Path | None = None,
@@ -75,25 +89,35 @@ def run_folds(loaded: LoadedSuite, k: int, *, only=None, out: Path | None = None
     its report). Returns the parent folder and the summary."""
     if k < 2:
         raise UserError("must be at least 2", field="--folds")
+    if D.is_distributed():  # each process would claim its own parent folder
+        raise UserError("cannot run under a distributed launcher: run it in one process (each fold's training "
+                        "can still use the GPUs of a launch of its own)", field="--folds")
     arms = select_arms(loaded, only)
     resuming = out is not None and (Path(out) / PLAN).is_file()  # its folder is checked against its plan below
     # bad input fails here, before any directory exists
     data = preflight.check_run(loaded, arms, None if resuming else out, reports_root)
     s = loaded.suite
-    pool = data.splits.train + data.splits.validation + data.splits.test
+    # data.extra_train rows (production feedback) train every fold and are never tested
+    sources = set(data.extra_train)
+    extra = [e for e in data.splits.train if (e.metadata or {}).get("source") in sources]
+    extra_ids = {e.id for e in extra}
+    pool = [e for e in data.splits.train if e.id not in extra_ids] + data.splits.validation + data.splits.test
     if len(pool) < 2 * k:
         raise UserError(f"{len(pool)} examples cannot make {k} folds of at least 2", field="--folds")
     folds, how = fold_ids(pool, k, seed=s.seed, stratify=s.has_labels)
     n_val = len(data.splits.validation)
     plan = {"suite": s.name, "folds": k, "seed": s.seed, "how": how, "validation_size": n_val,
             "arms": list(arms), "suite_hash": content_hash(loaded.suite.model_dump(mode="json")),
+            "data_hash": content_hash([(e.id, e.input, e.target, e.label, e.context_ids) for e in pool + extra]),
             "test_ids": folds}
     parent = resume_or_claim(out, plan, loaded, reports_root)
     log(f"[bold]{s.name}[/]: {len(pool)} examples pooled into {how} · run dir {parent}")
     runs = []
     for i, ids in enumerate(folds):
         path = parent / f"fold-{i}"
-        done = finished(path, list(arms))
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise UserError("is not a fold folder of this run; move it away to resume", file=path, field="--out")
+        done = finished(path, list(arms), i)
         if done is not None:
             log(f"[bold]fold {i + 1}/{k}[/]: finished before, kept ({path})")
             if on_run is not None and not (path / "report.html").exists():  # killed while its report was written
@@ -103,7 +127,7 @@ def run_folds(loaded: LoadedSuite, k: int, *, only=None, out: Path | None = None
         if path.exists():  # an interrupted fold of this run: its answers are in the cache, the folder is redone
             shutil.rmtree(path)
         log(f"[bold]fold {i + 1}/{k}[/]: {len(ids)} test examples")
-        splits = fold_splits(pool, ids, n_val, seed=s.seed + i, stratify=s.has_labels)
+        splits = fold_splits(pool, ids, n_val, seed=s.seed + i, stratify=s.has_labels, extra=extra)
         splits.notes = data.splits.notes + [f"fold {i + 1} of {how}"]
         run, results = run_suite(loaded, only=only, out=path, models_checked=True,
                                  data=replace(data, splits=splits), fold={"index": i, "of": k, "how": how})
@@ -136,13 +160,14 @@ def resume_or_claim(out: Path | None, plan: dict, loaded: LoadedSuite, reports_r
     return parent
 
 
-def finished(path: Path, arms: list[str]) -> RunResults | None:
-    """A fold's record when it finished with every arm (so it is kept on resume), else None."""
+def finished(path: Path, arms: list[str], index: int) -> RunResults | None:
+    """A fold's record when it is fold `index` of this plan and finished with every arm (so it
+    is kept on resume), else None."""
     try:
-        res = RunDir(path).results()
+        res, fold = RunDir(path).results(), (RunDir(path).config().get("_fold") or {})
     except Exception:  # absent, half-written or unreadable: the fold is run again
         return None
-    return res if res.status == "success" and list(res.strategies) == arms else None
+    return res if res.status == "success" and list(res.strategies) == arms and fold.get("index") == index else None
 
 
 def pooled(samples: list[Sample], metric: str, seed: int = 0) -> MetricValue | None:

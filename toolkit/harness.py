@@ -302,6 +302,10 @@ def ensemble_cost(ordered: list, members: dict[str, ArmResult], answer_s: float)
         api_usd_per_1k_queries=total("api_usd_per_1k_queries"))
     if cost.single_request_latency_s is not None:  # what one caller waits: each member's one answer in turn
         cost.single_request_sample = min((c.single_request_sample for c in cs if c.single_request_sample), default=None)
+    extra_s = cost.compute_s_per_answer - sum(c.compute_s_per_answer for c in cs)  # best_of's own scoring
+    rate = next((c.usd_per_hour for c in cs if c.usd_per_hour), None)
+    if cost.usd_per_1k_queries is not None and rate and extra_s > 0:
+        cost.usd_per_1k_queries += extra_s * 1000 / 3600 * rate
     sources = {c.usd_source for c in cs if c.usd_source}
     if cost.usd_per_1k_queries is not None and sources:
         cost.usd_source = "the sum of its members' (" + "; ".join(sorted(sources)) + ")"

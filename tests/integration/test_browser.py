@@ -66,6 +66,21 @@ def test_report_renders_in_headless_chromium(tmp_path, tiny_llama, scripted):  #
     assert re.search(r"<table[^>]*id=\"results\"", dom.stdout)
 
 
+def inert_dom(html, profile) -> tuple[str, list[tuple[str, dict]]]:
+    """The page's DOM after headless Chromium loaded it (network off), and its tags: asserted to
+    log nothing to the console and to hold no live markup (scripts, images, event handlers)."""
+    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", html.resolve().as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert [l for l in dom.stderr.splitlines() if "CONSOLE" in l] == []
+    parser = Tags()
+    parser.feed(dom.stdout)
+    tags = parser.tags
+    assert not [t for t, _ in tags if t in ("script", "img", "iframe", "object", "embed")]
+    assert not [(t, a) for t, a in tags if any(k.startswith("on") for k in a)]
+    return dom.stdout, tags
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make test installs Debian's chromium when it can)")
 def test_data_report_renders_in_headless_chromium(tmp_path, capsys):
     """data_report.html: the verdict, the findings with their lines, the length histogram and
@@ -84,19 +99,11 @@ def test_data_report_renders_in_headless_chromium(tmp_path, capsys):
     assert main(["data", "check", str(data), "-o", str(out), "--no-probe", "--near", "0"]) == 2
     capsys.readouterr()
     html = out / "data_report.html"
-    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
-                          html.resolve().as_uri()], capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    assert [l for l in dom.stderr.splitlines() if "CONSOLE" in l] == []
-    parser = Tags()
-    parser.feed(dom.stdout)
-    tags = parser.tags
-    assert not [t for t, _ in tags if t in ("script", "img", "iframe", "object", "embed")]
-    assert not [(t, a) for t, a in tags if any(k.startswith("on") for k in a)]
+    dom, tags = inert_dom(html, tmp_path / "profile")
     ids = {a.get("id") for _, a in tags}
     assert {"verdict", "splits", "findings", "length-histogram", "label-bars", "labels", "top-terms"} <= ids
     assert sum(1 for t, _ in tags if t == "svg") >= 2
-    assert "tickets.jsonl:40: malformed JSON" in dom.stdout and "billing&lt;b&gt;" in dom.stdout
+    assert "tickets.jsonl:40: malformed JSON" in dom and "billing&lt;b&gt;" in dom
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make test installs Debian's chromium when it can)")
@@ -127,16 +134,8 @@ def test_label_score_figures_render_in_headless_chromium(tmp_path, tiny_llama, s
     run, res = run_suite(load_suite(tmp_path / "suite.yaml"), out=tmp_path / "run")
     assert res.status == "success"
     _, html = render_run(run.path)
-    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
-                          html.resolve().as_uri()], capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    assert [l for l in dom.stderr.splitlines() if "CONSOLE" in l] == []
-    parser = Tags()
-    parser.feed(dom.stdout)
-    tags = parser.tags
-    assert not [t for t, _ in tags if t in ("script", "img", "iframe", "object", "embed")]
-    assert not [(t, a) for t, a in tags if any(k.startswith("on") for k in a)]
+    dom, tags = inert_dom(html, tmp_path / "profile")
     ids = {a.get("id") for _, a in tags}
     assert {"label-scores", "fig-roc", "fig-pr", "fig-reliability", "thresholds-1", "thresholds-2"} <= ids
-    assert "ROC (one label vs the rest, mean)" in dom.stdout and "Calibration (reliability diagram)" in dom.stdout
-    assert "answer “&lt;img src=x onerror=alert(5)&gt;” when p ≥" in dom.stdout
+    assert "ROC (one label vs the rest, mean)" in dom and "Calibration (reliability diagram)" in dom
+    assert "answer “&lt;img src=x onerror=alert(5)&gt;” when p ≥" in dom

@@ -131,6 +131,8 @@ def test_qa_majority_votes_on_normalised_answers(tmp_path, tiny_llama, scripted)
     ({"method": "best_of"}, "generate", "task: qa"),
     ({"method": "weighted", "weights": {"z": 1}}, "generate", "not a member"),
     ({"method": "weighted", "weights": {"a": -1}}, "generate", ">= 0"),
+    ({"method": "weighted", "weights": {"a": float("inf")}}, "generate", "finite"),
+    ({"method": "majority", "weights": {"a": 2}}, "generate", "not majority"),
     ({"method": "vibes"}, "generate", "method"),
 ])
 def test_bad_ensembles_are_refused_with_their_line(tmp_path, tiny_llama, scripted, ensemble, mode, message):  # noqa: F811

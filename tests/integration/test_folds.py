@@ -32,6 +32,14 @@ def test_folds_are_stratified_seeded_and_cover_every_example_once():
     assert fold_ids(pool, 5, seed=1, stratify=True)[0] != folds
     rare = pool + [Example(id="r", input="r", target="rare", label="rare")]
     assert "not stratified" in fold_ids(rare, 5, seed=0, stratify=True)[1]
+    # more labels than folds still stratifies; a repeated question stays in one fold
+    six = [Example(id=f"s{i}", input=f"Question {i // 2}?" if i < 4 else f"q{i}", target=f"l{i % 6}",
+                   label=f"l{i % 6}") for i in range(60)]
+    folds, how = fold_ids(six, 5, seed=0, stratify=True)
+    assert "stratified by label" in how
+    assert all(Counter(i for i in f) and len({int(i[1:]) % 6 for i in f}) == 6 for f in folds)
+    where = {i: n for n, f in enumerate(folds) for i in f}
+    assert where["s0"] == where["s1"] and where["s2"] == where["s3"]
 
 
 def five_fold_suite(tmp_path, tiny_llama, arms=None):
@@ -79,6 +87,28 @@ def test_five_folds_pool_every_example_and_give_mean_std_and_a_pooled_ci(tmp_pat
         run_folds(five_fold_suite(tmp_path, tiny_llama), 5, out=tmp_path / "cv")
     with pytest.raises(UserError, match="another suite, data, --folds"):
         run_folds(five_fold_suite(tmp_path, tiny_llama), 3, out=tmp_path / "cv")
+
+
+def test_extra_train_rows_train_every_fold_and_are_never_tested(tmp_path, tiny_llama, scripted):  # noqa: F811
+    five_fold_suite(tmp_path, tiny_llama)
+    # production feedback: two new questions and a copy of a train question (ticket 0)
+    write_jsonl(tmp_path / "feedback.jsonl", [{"question": "ticket 100", "label": "refund"},
+                                              {"question": "ticket 101", "label": "billing"},
+                                              {"question": "Ticket 0!", "label": "billing"}])
+    raw = yaml.safe_load((tmp_path / "suite.yaml").read_text())
+    raw["data"]["extra_train"] = ["feedback.jsonl"]
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(raw))
+    parent, summary = run_folds(load_suite(tmp_path / "suite.yaml"), 5, out=tmp_path / "cv")
+    assert summary["pooled_examples"] == 30
+    tested: set[str] = set()
+    for k in range(5):
+        res = json.loads((parent / f"fold-{k}" / "results.json").read_text())
+        questions = {json.loads(line)["input"]
+                     for line in (parent / f"fold-{k}" / "samples.jsonl").read_text().splitlines()}
+        tested |= questions
+        # 21 pooled rows + the two new questions + the copy of ticket 0 unless this fold tests ticket 0
+        assert res["data"]["train"] == 21 + 2 + ("ticket 0" not in questions), (k, res["data"])
+    assert len(tested) == 30 and not tested & {"ticket 100", "ticket 101", "Ticket 0!"}
 
 
 def test_bad_fold_requests_are_one_line_errors(tmp_path, tiny_llama):

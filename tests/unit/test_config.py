@@ -145,6 +145,20 @@ def test_every_bundled_suite_loads_its_data(name, monkeypatch):
         assert s.test[0].input.startswith("Abstract: ") and "\n\nQuestion: " in s.test[0].input
 
 
+@pytest.mark.parametrize("args,field", [({"intents": ["card_arrival", "card_arrival"]}, "intents"),
+                                        ({"intents": "card_arrival"}, "intents"),
+                                        ({"validation_per_label": -1}, "validation_per_label"),
+                                        ({"validation_per_label": "5"}, "validation_per_label"),
+                                        ({"train_per_label": [120, 60, True, 15, 8, 4]}, "train_per_label"),
+                                        ({"train_per_label": [1, 2]}, "train_per_label")])
+def test_bad_banking77_imbalanced_arguments_name_their_field(args, field, tmp_path):
+    from toolkit.data.loaders import banking77_imbalanced
+
+    with pytest.raises(UserError) as e:
+        banking77_imbalanced(tmp_path, suite_path=tmp_path / "suite.yaml", **args)
+    assert e.value.field == f"data.loader_args.{field}"
+
+
 def test_every_generator_and_finetune_field_belongs_to_a_part():
     """Code asks a config for a part (what loads a model, what one request changes, what the
     trainer reads) by name; a field added without a part would silently fall out of all of them."""

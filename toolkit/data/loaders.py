@@ -114,9 +114,16 @@ IMBALANCED_INTENTS = ["card_arrival", "top_up_failed", "exchange_rate", "pin_blo
         "`validation_per_label` more of each for validation, and the official test rows of those intents.")
 def banking77_imbalanced(path: Path, *, suite_path: Path, seed: int = 0, intents: list[str] | None = None,
                          train_per_label: list[int] | None = None, validation_per_label: int = 5, **_):
+    if intents is not None and (not isinstance(intents, list) or not all(isinstance(i, str) for i in intents)
+                                or len(set(intents)) != len(intents) or len(intents) < 2):
+        raise UserError("intents needs a list of at least two different intent names", file=suite_path,
+                        field="data.loader_args.intents")
+    if not isinstance(validation_per_label, int) or isinstance(validation_per_label, bool) or validation_per_label < 0:
+        raise UserError("validation_per_label needs a whole number, 0 or more", file=suite_path,
+                        field="data.loader_args.validation_per_label")
     intents = list(intents or IMBALANCED_INTENTS)
     counts = list(train_per_label or [120, 60, 30, 15, 8, 4])
-    if len(counts) != len(intents) or any(not isinstance(n, int) or n < 1 for n in counts):
+    if len(counts) != len(intents) or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in counts):
         raise UserError(f"train_per_label needs one count of at least 1 per intent ({len(intents)} intents, "
                         f"{len(counts)} counts)", file=suite_path, field="data.loader_args.train_per_label")
 

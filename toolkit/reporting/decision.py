@@ -66,7 +66,9 @@ def criteria(results: RunResults) -> dict[str, dict[str, float | None]]:
         wait = c.alone_s if c.alone_s is not None else c.latency_p50_s
         out[name] = {"quality": quality, "latency": wait, "cost_per_query": query_cost(c, unit),
                      "setup": setup_cost(c, unit), "knowledge_update": update, "data_needed": float(data)}
-    for name, a in ok.items():  # an ensemble absorbs new knowledge when its members all have, and needs their data
+    # an ensemble absorbs new knowledge as its members do (the sum of their update times; members that
+    # cannot, such as zero_shot, add nothing) and needs the most data any member needs
+    for name, a in ok.items():
         if a.type == "ensemble":
             got = [out[m] for m in (a.info.members or []) if m in out]
             ups = [g["knowledge_update"] for g in got if g["knowledge_update"] is not None]

@@ -293,7 +293,7 @@ def per_label_recall(results: RunResults) -> list[dict[str, Any]]:
     rows = []
     for i, lab in enumerate(labels):
         n = sum(next(iter(arms.values())).matrix[i])
-        rows.append({"label": lab, "n": n, **{a: (cm.matrix[i][i] / n if n else None) for a, cm in arms.items()}})
+        rows.append({"label": lab, "n": n, "recall": {a: (cm.matrix[i][i] / n if n else None) for a, cm in arms.items()}})
     return sorted(rows, key=lambda r: -r["n"])
 
 
@@ -463,10 +463,11 @@ def render_markdown(ctx: dict) -> str:
     if ctx.get("retrieval_split"):
         lines += retrieval_split_lines(ctx["retrieval_split"], LABELS.get(ctx["metric"], ctx["metric"])) + [""]
     if ctx.get("per_label"):
-        arms = [k for k in ctx["per_label"][0] if k not in ("label", "n")]
+        arms = list(ctx["per_label"][0]["recall"])
         lines += ["Recall per label (share of each label's test examples answered with it):", "",
                   "| label | test examples | " + " | ".join(arms) + " |", "|---" * (len(arms) + 2) + "|"]
-        lines += [f"| {r['label']} | {r['n']} | " + " | ".join("–" if r[a] is None else f"{r[a]:.2f}" for a in arms) + " |"
+        lines += [f"| {r['label']} | {r['n']} | " + " | ".join("–" if r["recall"][a] is None else f"{r['recall'][a]:.2f}"
+                                                           for a in arms) + " |"
                   for r in ctx["per_label"]]
         lines.append("")
     for name, pairs in ctx.get("confused", {}).items():

@@ -69,7 +69,9 @@ class AnswerLogitsOnly:
         # torch, numpy: imported on first use, not when this module loads
         import torch
         weights = [f.get("weight", 1.0) for f in features]
-        weighted = any(w != 1.0 for w in weights)  # class weights: the loss weighs each example's answer tokens
+        # class weights (every training feature carries one; validation features none): the
+        # loss weighs each example's answer tokens, even in a batch whose weights happen to be 1
+        weighted = any("weight" in f for f in features)
         features = [{k: v for k, v in f.items() if k != "weight"} for f in features]
         if self.packed:
             # transformers, numpy, jinja2: imported on first use, not when this module loads
@@ -129,7 +131,10 @@ def weighted_answer_loss(logits, labels, weights, *, shifted: bool):
 def weighted_trainer_class():
     """transformers.Trainer whose training loss weighs each example's answer tokens by its
     class weight (batches with `token_weights`); evaluation batches carry none, so the
-    validation loss stays the plain one and comparable with an unweighted arm's."""
+    validation loss stays the plain one and comparable with an unweighted arm's. Each
+    micro-batch's loss is its own weighted mean, which the Trainer divides by the accumulation
+    steps: with gradient_accumulation_steps 1 (the default) that is exactly the weighted mean
+    of the batch; above 1, micro-batches count equally rather than by their weight."""
     # transformers, numpy, jinja2: imported on first use, not when this module loads
     from transformers import Trainer
 
