@@ -14,8 +14,7 @@ class Rag(Strategy):
     def prepare(self, train: list[Example], validation: list[Example]) -> None:
         self.retriever = self.res.retriever(self.config.chunk_size, self.config.chunk_overlap)
         self.retriever.build()
-        self.info = {"index_key": self.retriever.key, "chunks": self.retriever.n_chunks,
-                     "index_cached": not self.retriever.built_now, "build_s": {"index": self.retriever.build_s}}
+        self.info = {**self.retriever.info(), "build_s": {"index": self.retriever.build_s}}
 
     def fingerprint(self) -> dict:
         return {**super().fingerprint(), "index": self.retriever.key}

@@ -18,7 +18,7 @@ class RagFinetune(Finetune):
         self.retriever = self.res.retriever(self.config.chunk_size, self.config.chunk_overlap)
         self.retriever.build()
         super().prepare(train, validation)
-        self.info = {**self.info, "index_key": self.retriever.key, "chunks": self.retriever.n_chunks,
+        self.info = {**self.info, **self.retriever.info(),
                      "build_s": {"index": self.retriever.build_s, **self.info["build_s"]}}
 
     def restore(self, run_dir, info: ArmInfo, train: list[Example], validation: list[Example]) -> None:

@@ -129,6 +129,25 @@ class EmbedderConfig(StrictModel):
     batch_size: int = Field(64, ge=1, description="Texts embedded together.")
 
 
+class ChromaServerConfig(StrictModel):
+    """A running Chroma server (`chroma run --path DIR --port 8000`) that holds the index."""
+    host: str = Field(min_length=1, max_length=253, description="Host name or address of the Chroma server.")
+    port: int = Field(8000, ge=1, le=65535, description="Its port.")
+    ssl: bool = Field(False, description="Connect with HTTPS.")
+    headers: dict[str, str] = Field(default_factory=dict, description=(
+        "HTTP headers sent with every request (e.g. `Authorization: Bearer ...` for a server with token auth); "
+        "a value `${NAME}` is read from the environment variable NAME."))
+
+
+class KnowledgeBaseConfig(StrictModel):
+    """A knowledge base with where its index lives."""
+    path: str = Field(min_length=1, description=(
+        "Folder of documents (.md/.txt) relative to the suite file (may start with {data_dir}/), or 'loader'."))
+    chroma: ChromaServerConfig | None = Field(None, description=(
+        "Keep the index on this Chroma server instead of embedded in the cache ($ADAPTBENCH_CHROMA_URL, "
+        "http://HOST:PORT, does the same for every suite)."))
+
+
 # adaptbench's names for what a data row holds, which `fields:` maps a file's own columns to
 MAPPABLE_FIELDS = ("input", "question", "target", "answer", "label", "id", "context_ids", "choices", "metadata",
                    "prompt", "completion", "messages")
@@ -335,9 +354,10 @@ class Suite(StrictModel):
         "Two-label classification: the label the report's threshold table treats as positive (default: the "
         "rarer label of the test split)."))
     data: DataConfig = Field(description="Where the examples come from.")
-    knowledge_base: str | None = Field(None, description=(
+    knowledge_base: str | KnowledgeBaseConfig | None = Field(None, description=(
         "Folder of documents (.md/.txt) for retrieval, relative to the suite file; "
-        "may start with {data_dir}/ or be 'loader' when the data loader provides the documents."))
+        "may start with {data_dir}/ or be 'loader' when the data loader provides the documents. "
+        "`{path: FOLDER, chroma: {host: HOST, port: 8000}}` keeps its index on a Chroma server."))
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig, description="The model that answers.")
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig, description="The embedding model (retrieval, few-shot selection, similarity metric).")
     strategies: dict[Annotated[str, AfterValidator(lambda v: check_name(v, "the arm name"))], dict[str, Any]] = Field(
@@ -393,6 +413,17 @@ class Suite(StrictModel):
             twice = next(m for m in v if v.count(m) > 1)
             raise ValueError(f"metric '{twice}' is listed twice")
         return v
+
+    @property
+    def kb_path(self) -> str | None:
+        """The knowledge base's folder (or 'loader'), in either spelling of `knowledge_base`."""
+        kb = self.knowledge_base
+        return kb.path if isinstance(kb, KnowledgeBaseConfig) else kb
+
+    @property
+    def kb_chroma(self) -> ChromaServerConfig | None:
+        kb = self.knowledge_base
+        return kb.chroma if isinstance(kb, KnowledgeBaseConfig) else None
 
     @property
     def has_labels(self) -> bool:

@@ -41,7 +41,23 @@ def check_run(loaded: LoadedSuite, arms: dict[str, tuple[str, Any]], out: Path |
     check_cache()
     if models:
         check_models(loaded, arms)
+    check_index_server(loaded, arms)
     return data
+
+
+def check_index_server(loaded: LoadedSuite, arms: dict[str, tuple[str, Any]]) -> None:
+    """A Chroma server the retrieving arms would use answers its heartbeat (one line otherwise)."""
+    if not any(getattr(cfg, "needs_knowledge_base", False) for _, cfg in arms.values()):
+        return
+    # chromadb, httpx: imported on first use, not when this module loads
+    from toolkit.retrieval import chroma_server, connect
+
+    server = chroma_server(loaded.suite.kb_chroma)
+    if server is not None:
+        try:
+            connect(server)
+        except UserError as e:
+            raise UserError(e.message, file=loaded.path if loaded.suite.kb_chroma else None, field=e.field) from None
 
 
 def check_suite(loaded: LoadedSuite, data, arms: dict[str, tuple[str, Any]]) -> None:

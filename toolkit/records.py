@@ -148,6 +148,12 @@ class ArmInfo(BaseModel):
     # rag, rag_finetune
     index_key: str | None = None
     chunks: int | None = None
+    index_cached: bool | None = None
+    index_where: str | None = None  # "embedded" or "chroma server"
+    index_collection: str | None = None
+    hnsw: dict[str, Any] | None = None
+    knowledge_update_s: float | None = None  # one changed document absorbed, at the index's measured rates
+    index_update: dict[str, Any] | None = None  # what this run's incremental update did (documents, seconds)
     # few_shot
     pool_size: int | None = None
     prompts_over_budget: int | None = None  # few_shot: questions whose examples did not all fit max_prompt_tokens

@@ -1,118 +1,305 @@
-"""Retrieval: a llama-index VectorStoreIndex over a persistent Chroma collection,
-one collection per (knowledge base content, embedder, chunking) key."""
+"""Retrieval: the knowledge base's chunks in a Chroma collection, embedded here, kept in step
+with the documents incrementally, and searched by Chroma's HNSW index.
+
+One collection per knowledge-base *source* (its folder or loader) and indexing settings
+(embedder, chunking, tokenizer), either in a folder of the cache (Chroma embedded) or on a
+Chroma server (`knowledge_base: {path: ..., chroma: {host: ...}}` or $ADAPTBENCH_CHROMA_URL).
+Every chunk carries its document's id and a hash of the document's text; the collection's
+metadata records the content hash of the knowledge base it holds. Opening the collection for
+a knowledge base whose hash differs compares the chunks with the documents and re-embeds only
+what was added or changed (and deletes the chunks of changed or deleted documents), so a
+knowledge base that changes a document a day costs that document's chunks, not a rebuild.
+The comparison reads what the collection holds, not a separate record of it, so an update that
+was killed halfway is finished by the next one.
+
+llama-index's SentenceSplitter cuts the chunks (counting generator tokens, the budget the
+passages spend in the prompt); adding, deleting and querying go to the chromadb client itself,
+which batches queries and deletes by id (llama-index's ChromaVectorStore wraps the same calls
+one query at a time and has no delete by chunk id)."""
 
 from __future__ import annotations
 
-import json
-import shutil
+import hashlib
+import os
 import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
 
 from toolkit.cache import cache_root, content_hash, locked
-from toolkit.config import EmbedderConfig
+from toolkit.config import ChromaServerConfig, EmbedderConfig
 from toolkit.data import Passage
-from toolkit.data.kb import KnowledgeBase
-from toolkit.models import embed, load_embedder, load_tokenizer, resolve_embedder
+from toolkit.data.kb import Document, KnowledgeBase
+from toolkit.errors import UserError
+from toolkit.models import embed, load_tokenizer, resolve_embedder
 from toolkit.progress import task_bar
-from toolkit.runs import atomic_write
 from toolkit.training.distributed import main_first
 
-INDEX_FORMAT = 1  # bump when the way chunks are built changes
+INDEX_FORMAT = 2  # bump when the way chunks are built or stored changes
+# Chroma's HNSW settings, stated in the index's record (Chroma's defaults but the space)
+HNSW = {"space": "cosine", "ef_construction": 100, "ef_search": 100, "max_neighbors": 16}
+DOCS_PER_BATCH = 256  # documents chunked at a time: memory stays within one batch of chunks
+ADD_BATCH = 512  # chunks per call to Chroma's add
+GET_BATCH = 5000  # chunk records per call when the collection is compared with the documents
 
 
+def doc_hash(d: Document) -> str:
+    return hashlib.sha256(d.id.encode() + b"\x00" + d.text.encode()).hexdigest()[:16]
+
+
+def chroma_server(cfg: ChromaServerConfig | None) -> ChromaServerConfig | None:
+    """The suite's Chroma server, or the one $ADAPTBENCH_CHROMA_URL names, or None (embedded)."""
+    if cfg is not None:
+        return cfg
+    url = os.environ.get("ADAPTBENCH_CHROMA_URL")
+    if not url:
+        return None
+    u = urlsplit(url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise UserError(f"'{url}' is not an http(s)://HOST:PORT address", field="ADAPTBENCH_CHROMA_URL")
+    try:
+        port = u.port or (443 if u.scheme == "https" else 8000)
+    except ValueError:
+        raise UserError(f"'{url}' has a bad port", field="ADAPTBENCH_CHROMA_URL") from None
+    return ChromaServerConfig(host=u.hostname, port=port, ssl=u.scheme == "https")
+
+
+def server_url(s: ChromaServerConfig) -> str:
+    return f"{'https' if s.ssl else 'http'}://{s.host}:{s.port}"
+
+
+def connect(s: ChromaServerConfig):
+    """A chromadb.HttpClient of the server that has answered its heartbeat."""
+    # chromadb: imported on first use, not when this module loads
+    import chromadb
+    from chromadb.config import Settings
+
+    headers = {}
+    for k, v in s.headers.items():  # `${NAME}`: a secret kept out of the suite file
+        if v.startswith("${") and v.endswith("}"):
+            if not os.environ.get(v[2:-1]):
+                raise UserError(f"environment variable {v[2:-1]} is not set", field=f"knowledge_base.chroma.headers.{k}")
+            v = os.environ[v[2:-1]]
+        headers[k] = v
+    try:
+        client = chromadb.HttpClient(host=s.host, port=s.port, ssl=s.ssl, headers=headers,
+                                     settings=Settings(anonymized_telemetry=False))
+        client.heartbeat()
+    except Exception as e:  # refused, unresolvable, TLS, bad token: one line, before any arm runs
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"cannot reach the Chroma server at {server_url(s)}: {first}",
+                        field="knowledge_base.chroma") from None
+    return client
+
+
+@dataclass
+class SyncStats:
+    """What one comparison of the collection with the documents did, and what it cost."""
+    added: int = 0  # documents new to the collection
+    changed: int = 0
+    deleted: int = 0
+    chunks_embedded: int = 0
+    chunks_deleted: int = 0
+    compare_s: float = 0.0  # reading the collection's chunk records and comparing
+    embed_s: float = 0.0
+    write_s: float = 0.0  # Chroma add and delete
+    total_s: float = 0.0
+    full: bool = False  # the collection was empty: a full build
+
+    @property
+    def touched(self) -> int:
+        return self.added + self.changed + self.deleted
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass
 class Retriever:
-    def __init__(self, kb: KnowledgeBase, embedder: EmbedderConfig, *, chunk_size: int, chunk_overlap: int,
-                 tokenizer_path: str, tokenizer_key: str):
-        self.kb, self.embedder = kb, embedder
-        self.chunk_size, self.chunk_overlap = chunk_size, chunk_overlap
-        self.tokenizer_path = tokenizer_path
-        self.key = content_hash({"kb": kb.content_hash, "embedder": resolve_embedder(embedder.model).fingerprint,
-                                 "chunk_size": chunk_size, "chunk_overlap": chunk_overlap,
-                                 "tokenizer": tokenizer_key,
-                                 "format": INDEX_FORMAT})
-        self.folder = cache_root() / "indexes" / self.key
-        self._store = None
-        self.built_now = False
-        self.n_chunks = 0
-        self.build_s = 0.0  # time the index took to build, when it was built (cached ones too)
+    kb: KnowledgeBase
+    embedder: EmbedderConfig
+    chunk_size: int
+    chunk_overlap: int
+    tokenizer_path: str
+    tokenizer_key: str
+    source: str = ""  # where the documents come from (folder, loader): which collection they keep in step
+    server: ChromaServerConfig | None = None
+    built_now: bool = False
+    n_chunks: int = 0
+    build_s: float = 0.0  # seconds the last full build took (an index built before: as it recorded)
+    last: SyncStats | None = None  # what opening it did this time
+    record: dict[str, Any] = field(default_factory=dict)  # the collection's metadata after opening
+    _collection: Any = None
+
+    def __post_init__(self) -> None:
+        self.server = chroma_server(self.server)
+        settings = {"embedder": resolve_embedder(self.embedder.model).fingerprint, "chunk_size": self.chunk_size,
+                    "chunk_overlap": self.chunk_overlap, "tokenizer": self.tokenizer_key, "format": INDEX_FORMAT,
+                    "hnsw": HNSW}
+        lineage = content_hash({"source": self.source or self.kb.name, **settings})
+        self.collection_name = f"adaptbench-{lineage}"
+        # what the answers depend on: the settings and the documents' content (not where they are kept)
+        self.key = content_hash({"kb": self.kb.content_hash, **settings})
+        self.folder = cache_root() / "indexes" / lineage  # embedded: the Chroma folder; server: its lock
+
+    # -- opening and keeping in step ---------------------------------------------------------
+
+    def where(self) -> str:
+        return server_url(self.server) if self.server else str(self.folder)
+
+    def client(self):
+        if self.server is None:
+            # chromadb: imported on first use, not when this module loads
+            import chromadb
+            from chromadb.config import Settings
+            return chromadb.PersistentClient(path=str(self.folder), settings=Settings(anonymized_telemetry=False))
+        return connect(self.server)
 
     def build(self) -> None:
-        """Open the cached collection, or chunk, embed and index the knowledge base."""
+        """Open the collection and bring it in step with the documents (a full build when empty)."""
         with main_first():  # several processes: the first builds, the others open it
-            self._build()
+            # one process of this machine at a time (Chroma initialises its SQLite schema when a client
+            # opens a folder); on a server, other machines' updates are idempotent (ids are by content)
+            with locked(self.folder):
+                self._open()
 
-    def _build(self) -> None:
-        # chromadb, llama-index, httpx: imported on first use, not when this module loads
-        import chromadb
-        from chromadb.config import Settings
-        from llama_index.vector_stores.chroma import ChromaVectorStore
+    def _open(self) -> None:
+        client = self.client()
+        col = client.get_or_create_collection(self.collection_name, configuration={"hnsw": dict(HNSW)},
+                                              metadata={"adaptbench_format": INDEX_FORMAT})
+        meta = dict(col.metadata or {})
+        if meta.get("kb_hash") != self.kb.content_hash:
+            self.last = self._sync(col, meta)
+            self.built_now = self.last.touched > 0
+            meta = self._record(col, meta, self.last)
+        self._collection, self.record = col, meta
+        self.n_chunks = int(meta.get("chunks", 0))
+        self.build_s = float(meta.get("build_s", 0.0))
 
-        done = self.folder / "done.json"
-        if not done.exists():
-            with locked(self.folder):  # concurrent runs on one cache: one builds, the others wait
-                if not done.exists():
-                    self._index()
-        # Chroma initialises its SQLite schema when a client opens a folder: one process at a time
-        with locked(self.folder):
-            client = chromadb.PersistentClient(path=str(self.folder), settings=Settings(anonymized_telemetry=False))
-            collection = client.get_collection("knowledge_base")
-        self._store = ChromaVectorStore(chroma_collection=collection)
-        meta = json.loads(done.read_text())
-        self.n_chunks, self.build_s = meta["chunks"], meta["build_s"]
+    def _record(self, col, meta: dict, st: SyncStats) -> dict:
+        """The collection's metadata after a sync: the content it holds and what keeping it cost."""
+        new = {**meta, "adaptbench_format": INDEX_FORMAT, "kb_hash": self.kb.content_hash,
+               "kb_name": self.kb.name[:200], "documents": len(self.kb.documents), "chunks": col.count()}
+        if st.full:
+            new["build_s"] = round(st.total_s, 4)
+        if st.touched:
+            chunks = max(st.chunks_embedded, 1)
+            new.update({"update_s": round(st.total_s, 4), "update_documents": st.touched,
+                        "update_full": st.full, "compare_s": round(st.compare_s, 4),
+                        "s_per_chunk": round((st.embed_s + st.write_s) / chunks, 6),
+                        "chunks_per_document": round(new["chunks"] / max(len(self.kb.documents), 1), 3)})
+        col.modify(metadata=new)
+        return new
 
-    def _index(self) -> None:
-        """Chunk, embed and index the knowledge base into the folder; done.json, written last,
-        publishes it (a folder without it is a build that did not finish, and is redone)."""
-        # chromadb, llama-index, httpx: imported on first use, not when this module loads
-        import chromadb
-        from chromadb.config import Settings
-        from llama_index.core import Document, StorageContext, VectorStoreIndex
-        from llama_index.core.node_parser import SentenceSplitter
-        from llama_index.vector_stores.chroma import ChromaVectorStore
-
-        shutil.rmtree(self.folder, ignore_errors=True)
-        self.folder.mkdir(parents=True, exist_ok=True)
+    def _sync(self, col, meta: dict) -> SyncStats:
+        """Compare the collection's chunks with the documents; delete the chunks of changed and
+        deleted documents and embed and add those of new and changed ones."""
+        st = SyncStats()
         t0 = time.perf_counter()
-        client = chromadb.PersistentClient(path=str(self.folder), settings=Settings(anonymized_telemetry=False))
-        collection = client.get_or_create_collection("knowledge_base", metadata={"hnsw:space": "cosine"})
-        store = ChromaVectorStore(chroma_collection=collection)
+        have: dict[str, dict[str, Any]] = {}  # doc id -> {"hashes", "ids", "n"}
+        total = col.count()
+        st.full = total == 0
+        for off in range(0, total, GET_BATCH):
+            got = col.get(include=["metadatas"], limit=GET_BATCH, offset=off)
+            for cid, m in zip(got["ids"], got["metadatas"]):
+                m = m or {}
+                h = have.setdefault(str(m.get("doc_id")), {"hashes": set(), "ids": [], "n": m.get("chunks")})
+                h["hashes"].add(m.get("doc_hash"))
+                h["ids"].append(cid)
+        want = {d.id: doc_hash(d) for d in self.kb.documents}
+        # a document is in step when every chunk of it is there and of its current text
+        stale = [i for i, h in have.items()
+                 if i not in want or h["hashes"] != {want[i]} or h["n"] != len(h["ids"])]
+        todo = [d for d in self.kb.documents if d.id not in have or d.id in set(stale)]
+        st.deleted = sum(1 for i in stale if i not in want)
+        st.changed = len(stale) - st.deleted
+        st.added = len(todo) - st.changed
+        st.compare_s = time.perf_counter() - t0
+        ids = [c for i in stale for c in have[i]["ids"]]
+        t1 = time.perf_counter()
+        for off in range(0, len(ids), ADD_BATCH):
+            col.delete(ids=ids[off:off + ADD_BATCH])
+        st.chunks_deleted = len(ids)
+        st.write_s += time.perf_counter() - t1
+        if todo:
+            self._add(col, todo, st)
+        st.total_s = time.perf_counter() - t0
+        return st
+
+    def _add(self, col, docs: list[Document], st: SyncStats) -> None:
+        # llama-index: imported on first use, not when this module loads
+        from llama_index.core import Document as LIDocument
+        from llama_index.core.node_parser import SentenceSplitter
 
         tok = load_tokenizer(self.tokenizer_path)
-        # Chunk sizes count generator tokens: that is the budget the passages spend in the prompt.
         splitter = SentenceSplitter(chunk_size=self.chunk_size, chunk_overlap=self.chunk_overlap,
                                     tokenizer=lambda t: tok(t, add_special_tokens=False)["input_ids"])
-        docs = [Document(text=d.text, id_=d.id, metadata={"doc_id": d.id},
-                         excluded_embed_metadata_keys=["doc_id"], excluded_llm_metadata_keys=["doc_id"])
-                for d in self.kb.documents]
-        nodes = splitter.get_nodes_from_documents(docs)
-        # Embedded here in batches (not inside VectorStoreIndex) to drive a progress bar;
-        # the index skips nodes that already carry an embedding.
-        model = load_embedder(self.embedder.model, self.embedder.batch_size)
-        bs = self.embedder.batch_size
-        with task_bar(f"Indexing {len(nodes)} chunks of {len(docs)} documents", len(nodes)) as advance:
-            for i in range(0, len(nodes), bs):
-                batch = nodes[i:i + bs]
-                vecs = embed(self.embedder.model, [n.get_content(metadata_mode="embed") for n in batch], bs)
-                for n, v in zip(batch, vecs):
-                    n.embedding = v.tolist()
+        what = "Indexing" if st.full else "Updating the index:"
+        with task_bar(f"{what} {len(docs)} documents", len(docs)) as advance:
+            for off in range(0, len(docs), DOCS_PER_BATCH):
+                batch = docs[off:off + DOCS_PER_BATCH]
+                chunks: dict[str, list[str]] = {str(k): [] for k in range(len(batch))}
+                for n in splitter.get_nodes_from_documents([LIDocument(text=d.text, id_=str(k))
+                                                            for k, d in enumerate(batch)]):
+                    chunks[n.ref_doc_id].append(n.get_content())
+                rows: list[tuple[str, str, dict]] = []
+                for k, d in enumerate(batch):
+                    h, texts = doc_hash(d), chunks[str(k)]
+                    rows += [(f"{h}-{i}", t, {"doc_id": d.id, "doc_hash": h, "chunk": i, "chunks": len(texts)})
+                             for i, t in enumerate(texts)]
+                for j in range(0, len(rows), ADD_BATCH):
+                    part = rows[j:j + ADD_BATCH]
+                    t0 = time.perf_counter()
+                    vecs = embed(self.embedder.model, [t for _, t, _ in part], self.embedder.batch_size)
+                    t1 = time.perf_counter()
+                    # upsert: another machine updating the same server collection writes the same ids
+                    col.upsert(ids=[i for i, _, _ in part], embeddings=vecs, documents=[t for _, t, _ in part],
+                               metadatas=[m for _, _, m in part])
+                    st.embed_s += t1 - t0
+                    st.write_s += time.perf_counter() - t1
+                    st.chunks_embedded += len(part)
                 advance(len(batch))
-        VectorStoreIndex(nodes, storage_context=StorageContext.from_defaults(vector_store=store), embed_model=model)
-        self.built_now = True
-        atomic_write(self.folder / "done.json", json.dumps(
-            {"chunks": len(nodes), "documents": len(docs), "build_s": time.perf_counter() - t0}))
 
-    def retrieve(self, questions: list[str], top_k: int):
-        """Top-k passages per question, best first, as strategies.base.Passage."""
-        # llama-index, numpy, jinja2: imported on first use, not when this module loads
-        from llama_index.core.vector_stores import VectorStoreQuery
+    def one_document_update_s(self) -> float | None:
+        """Seconds to absorb one changed document: comparing the collection with the documents,
+        then deleting and re-embedding a document's worth of chunks, at the rates the last
+        build or update of this collection measured."""
+        r = self.record
+        if "s_per_chunk" not in r:
+            return None
+        return float(r.get("compare_s", 0.0)) + float(r["s_per_chunk"]) * max(float(r.get("chunks_per_document", 1)), 1.0)
 
-
-        if self._store is None:
-            self.build()
-        vecs = embed(self.embedder.model, questions, self.embedder.batch_size)
-        out = []
-        for v in vecs:
-            res = self._store.query(VectorStoreQuery(query_embedding=v.tolist(), similarity_top_k=top_k))
-            sims = res.similarities or [0.0] * len(res.nodes)
-            out.append([Passage(doc_id=n.metadata.get("doc_id") or n.ref_doc_id, text=n.get_content(), score=float(s))
-                        for n, s in zip(res.nodes, sims)])
+    def info(self) -> dict[str, Any]:
+        """What the report and the decision read about the index."""
+        r = self.record
+        out = {"index_key": self.key, "chunks": self.n_chunks, "index_cached": not self.built_now,
+               "index_where": "chroma server" if self.server else "embedded",
+               "index_collection": self.collection_name, "hnsw": dict(HNSW)}
+        one = self.one_document_update_s()
+        if one is not None:
+            out["knowledge_update_s"] = round(one, 4)
+        if self.last is not None and self.last.touched and not self.last.full:
+            out["index_update"] = self.last.as_dict()
+        elif r.get("update_documents") and not r.get("update_full"):
+            out["index_update"] = {"total_s": r.get("update_s"), "documents": r.get("update_documents"),
+                                   "recorded": True}
         return out
+
+    # -- searching ---------------------------------------------------------------------------
+
+    def retrieve(self, questions: list[str], top_k: int) -> list[list[Passage]]:
+        """Top-k passages per question, best first."""
+        if self._collection is None:
+            self.build()
+        if not questions:
+            return []
+        vecs = embed(self.embedder.model, questions, self.embedder.batch_size)
+        return self.search(vecs, top_k)
+
+    def search(self, vecs, top_k: int) -> list[list[Passage]]:
+        """Top-k passages for query embeddings (no embedding here: what the benchmark times)."""
+        res = self._collection.query(query_embeddings=vecs, n_results=top_k,
+                                     include=["documents", "metadatas", "distances"])
+        return [[Passage(doc_id=str((m or {}).get("doc_id")), text=t, score=1.0 - float(d))
+                 for t, m, d in zip(docs, metas, dists)]
+                for docs, metas, dists in zip(res["documents"], res["metadatas"], res["distances"])]

@@ -99,7 +99,7 @@ def load_suite(path: str | Path, data_dir: str | Path | None = None) -> LoadedSu
             cfg = config_class(stype).model_validate(settings)
         except ValidationError as e:
             _raise_validation(e, path, root, prefix=("strategies", arm))
-        if getattr(cfg, "needs_knowledge_base", False) and not suite.knowledge_base:
+        if getattr(cfg, "needs_knowledge_base", False) and not suite.kb_path:
             raise UserError(f"strategy '{stype}' retrieves from documents: set `knowledge_base`",
                             file=path, line=line_of(root, ("strategies", arm)), field=f"strategies.{arm}")
         task_of = getattr(cfg, "metric_for_best_model", "loss")

@@ -344,8 +344,8 @@ def read_suite_data(loaded: LoadedSuite, findings: Findings) -> ReadData:
 def gold_documents(loaded: LoadedSuite, kb, splits: dict[str, list[Example]], findings: Findings) -> None:
     """Every `context_ids` entry names a document of the knowledge base, as the run requires."""
     s = loaded.suite
-    if kb is None and s.knowledge_base and s.knowledge_base != "loader":
-        kb = read_knowledge_base(loaded.resolve(s.knowledge_base, "knowledge_base"), suite_path=loaded.path)
+    if kb is None and s.kb_path and s.kb_path != "loader":
+        kb = read_knowledge_base(loaded.resolve(s.kb_path, "knowledge_base"), suite_path=loaded.path)
     if kb is None:
         return
     known = {d.id for d in kb.documents}

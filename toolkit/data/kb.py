@@ -23,6 +23,7 @@ class Document:
 class KnowledgeBase:
     name: str
     documents: list[Document]
+    source: str = ""  # where the documents come from (a folder, a loader): the index kept in step with them
 
     @property
     def content_hash(self) -> str:
@@ -48,4 +49,4 @@ def read_knowledge_base(folder: Path, *, field: str = "knowledge_base", suite_pa
     if not docs:
         raise UserError(f"knowledge base is empty: no non-empty {'/'.join(sorted(DOC_SUFFIXES))} files in {folder}",
                         file=suite_path, field=field)
-    return KnowledgeBase(name=folder.name, documents=docs)
+    return KnowledgeBase(name=folder.name, documents=docs, source=str(folder.resolve()))

@@ -178,12 +178,14 @@ def _knowledge_base(loaded: LoadedSuite, kb: KnowledgeBase | None, every: list[E
     """The suite's knowledge base (a folder, or the loader's documents), checked against the
     arms that retrieve and the gold document ids of the examples."""
     s = loaded.suite
-    if s.knowledge_base and s.knowledge_base != "loader":
-        folder = loaded.resolve(s.knowledge_base, "knowledge_base")
+    if s.kb_path and s.kb_path != "loader":
+        folder = loaded.resolve(s.kb_path, "knowledge_base")
         kb = read_knowledge_base(folder, suite_path=loaded.path)
         files.append(folder)
-    elif s.knowledge_base == "loader" and kb is None:
+    elif s.kb_path == "loader" and kb is None:
         raise UserError("is 'loader' but the data loader provides no documents", file=loaded.path, field="knowledge_base")
+    elif kb is not None and not kb.source:  # the loader's documents: one index per loader and its path
+        kb.source = f"loader {s.data.loader} {s.data.loader_args.get('path', '')}"
     if kb is None and any(getattr(cfg, "needs_knowledge_base", False) for _, cfg in loaded.arms.values()):
         raise UserError("a retrieval strategy is listed but there is no knowledge base", file=loaded.path,
                         field="knowledge_base")

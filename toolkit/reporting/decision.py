@@ -18,7 +18,8 @@ CRITERIA_HELP = {
     "latency": "seconds one caller waits per answer (an API arm's p50 per request; a local arm's one-at-a-time p50)",
     "cost_per_query": "$ per answer when every arm is priced, else amortised seconds per answer",
     "setup": "one-off $ (or seconds) to build the arm (index, training)",
-    "knowledge_update": "seconds to absorb new documents (re-index or re-train); zero_shot cannot",
+    "knowledge_update": "seconds to absorb a changed document (rag: re-embed its chunks; finetune: re-train); "
+                        "zero_shot cannot",
     "data_needed": "labelled examples the arm needs",
 }
 
@@ -54,7 +55,8 @@ def criteria(results: RunResults) -> dict[str, dict[str, float | None]]:
         m = a.metrics[metric]
         quality = m.mean if m.higher_is_better else -m.mean
         if t in ("rag", "rag_finetune"):
-            update = br.get("index", c.setup_s)  # new documents: re-index
+            # a changed document: its chunks re-embedded, at the rates the index measured when built or updated
+            update = info.knowledge_update_s if info.knowledge_update_s is not None else br.get("index", c.setup_s)
         elif t == "finetune":
             update = br.get("training", c.setup_s)  # new facts: re-train
         elif t == "few_shot":

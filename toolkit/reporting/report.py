@@ -587,7 +587,18 @@ def info_summary(r: ArmResult) -> str:
     if i.stopped_early:
         parts.append(f"stopped early after {i.epochs_run:.1f} epochs")
     if i.chunks is not None:
-        parts.append(f"index of {i.chunks} chunks")
+        where = " on a Chroma server" if i.index_where == "chroma server" else ""
+        parts.append(f"index of {i.chunks} chunks{where}"
+                     + (f" (HNSW {', '.join(f'{k} {v}' for k, v in i.hnsw.items())})" if i.hnsw else ""))
+        u = i.index_update
+        if u and not u.get("recorded"):
+            parts.append(f"index updated in place: {u.get('added', 0)} documents added, {u.get('changed', 0)} changed, "
+                         f"{u.get('deleted', 0)} deleted, {u.get('chunks_embedded', 0)} chunks embedded in "
+                         f"{u.get('total_s', 0):.2f} s")
+        if i.knowledge_update_s is not None:
+            parts.append(f"a changed document absorbed in ≈{i.knowledge_update_s:.2f} s (comparing the index with "
+                         "the documents and re-embedding one document's chunks, at the rates this index measured; "
+                         "the recommendation's knowledge update)")
     if i.pool_size is not None:
         parts.append(f"pool of {i.pool_size} train examples")
     if i.prompts_over_budget:

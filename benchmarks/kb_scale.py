@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""Knowledge bases at scale, measured side by side in one run on the same chunks:
+
+1. index build (adaptbench's Retriever: chunking, embedding, Chroma writes) against a bare
+   `SentenceTransformer.encode` of the same chunk texts — `index_vs_encode` (throughput ratio);
+2. retrieval latency per query (p50/p95) and batched queries/s, the query embedding excluded
+   (timed separately), at each size;
+3. recall@10 of Chroma's HNSW index against exact search on the same embeddings (HNSW settings
+   printed), and hit@10 / MRR of COVID-QA's questions against their gold papers among the rest;
+4. one changed document absorbed incrementally against the full build — `update_one_doc_s`,
+   `full_rebuild_s` — and the estimate the recommendation uses (`knowledge_update_s`);
+5. peak RSS and the index's size on disk.
+
+The corpus is public text read at run time from ../shared/datasets (the 98 CORD-19 papers of
+COVID-QA, the 1,000 PubMedQA abstracts) plus deterministic filler documents (seeded) up to the
+asked number of chunks; nothing is copied into the repository.
+
+    python benchmarks/kb_scale.py --sizes 10000,100000
+
+Each size builds in a fresh cache folder of its own. Ends with `name: value` lines (of the
+largest size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("ADAPTBENCH_OFFLINE", "1")  # toolkit/__init__.py: the hub libraries offline
+os.environ.setdefault("ADAPTBENCH_QUIET", "1")
+
+import numpy as np  # noqa: E402
+
+from toolkit.config import EmbedderConfig  # noqa: E402
+from toolkit.data.kb import Document, KnowledgeBase  # noqa: E402
+from toolkit.models import bundled_file, embed, resolve_generator  # noqa: E402
+from toolkit.retrieval import HNSW, Retriever  # noqa: E402
+
+DATA = Path(os.environ.get("ADAPTBENCH_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
+WORDS = ("patient cohort protein viral load antibody receptor trial dose symptom onset clinical sample "
+         "serum assay cell infection transmission vaccine outcome mortality incidence exposure lung fever "
+         "cough ward hospital therapy response marker genome strain mutation host immune titer").split()
+
+
+def public_docs() -> tuple[list[Document], list[tuple[str, str]]]:
+    """CORD-19 papers (COVID-QA's contexts) and PubMedQA abstracts; COVID-QA questions with gold papers."""
+    docs, questions, seen = [], [], set()
+    qa = json.loads((DATA / "covid_qa" / "200423_covidQA.json").read_text(encoding="utf-8"))["data"]
+    for article in qa:
+        for para in article["paragraphs"]:
+            did = f"paper-{para['document_id']}"
+            if did not in seen:
+                seen.add(did)
+                docs.append(Document(did, para["context"]))
+            questions += [(q["question"].strip(), did) for q in para["qas"] if q["question"].strip()]
+    for pid, r in json.loads((DATA / "pubmedqa" / "ori_pqal.json").read_text(encoding="utf-8")).items():
+        docs.append(Document(f"pmid-{pid}", " ".join(c.strip() for c in r["CONTEXTS"])))
+    return docs, questions
+
+
+def filler(n: int, seed: int = 0) -> list[Document]:
+    """n deterministic documents of ~80 words each (about one chunk of 128 tokens)."""
+    rng = random.Random(seed)
+    return [Document(f"filler-{i:06d}", " ".join(
+        " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 16))).capitalize() + "." for _ in range(6)))
+        for i in range(n)]
+
+
+def rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def du(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def measure(size: int, args, tok_path: str, public: list[Document], questions) -> dict:
+    os.environ["ADAPTBENCH_CACHE"] = tempfile.mkdtemp(prefix=f"kb-scale-{size}-")
+    n_fill = max(size - int(len(public) * args.public_chunks), 0)
+    docs = public + filler(n_fill)
+    emb = EmbedderConfig(batch_size=args.batch_size)
+    mk = lambda kb, source="bench": Retriever(kb, emb, chunk_size=args.chunk_size, chunk_overlap=0,  # noqa: E731
+                                               tokenizer_path=tok_path, tokenizer_key="smollm2", source=source)
+    kb = KnowledgeBase("kb-scale", docs, source="bench")
+    r = mk(kb)
+    t0 = time.perf_counter()
+    r.build()
+    build_s = time.perf_counter() - t0
+    col = r._collection
+    n = col.count()
+    texts, ids, vecs = [], [], []
+    for off in range(0, n, 5000):
+        got = col.get(include=["documents", "embeddings"], limit=5000, offset=off)
+        texts += got["documents"]
+        ids += got["ids"]
+        vecs.append(np.asarray(got["embeddings"], dtype=np.float32))
+    vecs = np.concatenate(vecs)
+
+    # bare encode of the same texts with the same model and batch size
+    # sentence-transformers: what the index build is compared with
+    from sentence_transformers import SentenceTransformer
+    st = SentenceTransformer(str(bundled_file("all-minilm-l6-v2", "embedder")), device="cpu")
+    t0 = time.perf_counter()
+    st.encode(texts, batch_size=args.batch_size, normalize_embeddings=True)
+    encode_s = time.perf_counter() - t0
+
+    qs = questions[: args.queries]
+    t0 = time.perf_counter()
+    qv = embed(emb.model, [q for q, _ in qs], emb.batch_size)
+    query_embed_s = (time.perf_counter() - t0) / len(qs)
+    one = []
+    for v in qv:
+        t0 = time.perf_counter()
+        col.query(query_embeddings=v[None, :], n_results=10, include=["metadatas", "distances"])
+        one.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    res = col.query(query_embeddings=qv, n_results=10, include=["metadatas", "distances"])
+    batched_qps = len(qs) / (time.perf_counter() - t0)
+    # exact top-10 on the same (unit) embeddings
+    exact = np.argsort(-(qv @ vecs.T), axis=1)[:, :10]
+    recall = np.mean([len(set(res["ids"][i]) & {ids[j] for j in exact[i]}) / 10 for i in range(len(qs))])
+    hits, rr = [], []
+    for (q, gold), metas in zip(qs, res["metadatas"]):
+        docs_got = [m["doc_id"] for m in metas]
+        hits.append(gold in docs_got)
+        rr.append(1 / (docs_got.index(gold) + 1) if gold in docs_got else 0.0)
+
+    # one changed document, absorbed incrementally
+    changed = [d if d.id != docs[-1].id else Document(d.id, d.text + " Revised: the cohort was followed for a year.")
+               for d in docs]
+    up = mk(KnowledgeBase("kb-scale", changed, source="bench"))
+    t0 = time.perf_counter()
+    up.build()
+    update_s = time.perf_counter() - t0
+    assert up.last is not None and up.last.changed == 1 and up.last.touched == 1, up.last
+    out = {"size": n, "documents": len(docs), "build_s": build_s, "encode_s": encode_s,
+           "index_vs_encode": encode_s / build_s, "query_embed_ms": query_embed_s * 1e3,
+           "p50_ms": float(np.percentile(one, 50) * 1e3), "p95_ms": float(np.percentile(one, 95) * 1e3),
+           "batched_qps": batched_qps, "ann_recall_at_10": float(recall), "hit_at_10": float(np.mean(hits)),
+           "mrr": float(np.mean(rr)), "update_one_doc_s": update_s, "update_detail": up.last.as_dict(),
+           "knowledge_update_estimate_s": up.one_document_update_s(),
+           "disk_mib": du(r.folder), "peak_rss_gib": rss_gib()}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="10000,100000", help="chunk counts to build (comma-separated)")
+    ap.add_argument("--chunk-size", type=int, default=128, help="generator tokens per chunk")
+    ap.add_argument("--batch-size", type=int, default=64, help="texts embedded together")
+    ap.add_argument("--queries", type=int, default=300, help="COVID-QA questions to time and score")
+    ap.add_argument("--public-chunks", type=float, default=8.0,
+                    help="chunks a public document is counted as when sizing the filler")
+    args = ap.parse_args()
+    if not (DATA / "covid_qa").is_dir():
+        sys.exit(f"error: {DATA}/covid_qa not found (set ADAPTBENCH_DATA_DIR to the shared datasets)")
+    tok_path = resolve_generator("smollm2-135m-instruct").path
+    public, questions = public_docs()
+    random.Random(0).shuffle(questions)
+    print(f"HNSW settings: {HNSW}; chunk size {args.chunk_size} tokens; embedder all-MiniLM-L6-v2, "
+          f"batch {args.batch_size}; {len(public)} public documents")
+    rows = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        m = measure(size, args, tok_path, public, questions)
+        rows.append(m)
+        print(f"{m['size']:>7} chunks / {m['documents']} docs: build {m['build_s']:.1f} s (bare encode "
+              f"{m['encode_s']:.1f} s, ratio {m['index_vs_encode']:.2f}); query p50 {m['p50_ms']:.2f} ms, "
+              f"p95 {m['p95_ms']:.2f} ms, batched {m['batched_qps']:.0f} q/s, query embedding "
+              f"{m['query_embed_ms']:.1f} ms; recall@10 vs exact {m['ann_recall_at_10']:.3f}; hit@10 "
+              f"{m['hit_at_10']:.3f}, MRR {m['mrr']:.3f}; one doc updated in {m['update_one_doc_s']:.2f} s "
+              f"(estimate {m['knowledge_update_estimate_s']:.2f} s; compare {m['update_detail']['compare_s']:.2f} s); "
+              f"disk {m['disk_mib']:.0f} MiB; peak RSS so far {m['peak_rss_gib']:.2f} GiB", flush=True)
+    last = rows[-1]
+    tag = f"_{last['size'] // 1000}k"
+    print(f"index_vs_encode: {last['index_vs_encode']:.3f}")
+    for m in rows:
+        t = f"_{m['size'] // 1000}k"
+        print(f"retrieval_p50_ms{t}: {m['p50_ms']:.3f}")
+        print(f"retrieval_p95_ms{t}: {m['p95_ms']:.3f}")
+        print(f"batched_qps{t}: {m['batched_qps']:.1f}")
+    print(f"ann_recall_at_10: {last['ann_recall_at_10']:.4f}")
+    print(f"hit_at_10{tag}: {last['hit_at_10']:.4f}")
+    print(f"update_one_doc_s: {last['update_one_doc_s']:.3f}")
+    print(f"full_rebuild_s: {last['build_s']:.2f}")
+    print(f"index_disk_mib{tag}: {last['disk_mib']:.1f}")
+    print(f"peak_rss_gib: {last['peak_rss_gib']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
