@@ -179,10 +179,10 @@ def main() -> None:
               f"(estimate {m['knowledge_update_estimate_s']:.2f} s; compare {m['update_detail']['compare_s']:.2f} s); "
               f"disk {m['disk_mib']:.0f} MiB; peak RSS so far {m['peak_rss_gib']:.2f} GiB", flush=True)
     last = rows[-1]
-    tag = f"_{last['size'] // 1000}k"
+    tag = f"_{round(last['size'] / 1000)}k"
     print(f"index_vs_encode: {last['index_vs_encode']:.3f}")
     for m in rows:
-        t = f"_{m['size'] // 1000}k"
+        t = f"_{round(m['size'] / 1000)}k"
         print(f"retrieval_p50_ms{t}: {m['p50_ms']:.3f}")
         print(f"retrieval_p95_ms{t}: {m['p95_ms']:.3f}")
         print(f"batched_qps{t}: {m['batched_qps']:.1f}")

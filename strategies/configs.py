@@ -64,7 +64,7 @@ class RetrievalConfig(StrategyConfig):
 
 
 class RagConfig(RetrievalConfig):
-    """Retrieved passages from the knowledge base in the prompt (llama-index + Chroma)."""
+    """Retrieved passages from the knowledge base in the prompt (chunked by llama-index, searched in Chroma)."""
 
 
 BEST_MODEL_METRICS = {"loss": None, "token_f1": "qa", "exact_match": "qa", "contains": "qa", "rouge_l": "qa",

@@ -1,4 +1,4 @@
-"""rag: passages retrieved from the knowledge base (llama-index over Chroma) in
+"""rag: passages retrieved from the knowledge base (chunked by llama-index, searched in Chroma) in
 the prompt; their document ids are recorded with every answer."""
 
 from __future__ import annotations

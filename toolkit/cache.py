@@ -4,7 +4,7 @@ Keys leave out settings that do not change the result (batch size, progress
 display). Layout under the cache root ($ADAPTBENCH_CACHE, default
 ~/.cache/adaptbench):
   models/      dequantised bundled models
-  indexes/     Chroma collections, one folder per index key
+  indexes/     Chroma collections, one folder per knowledge-base source and indexing settings
   adapters/    LoRA adapters (safetensors + adapter_config.json)
   predictions.sqlite   model requests (answers, likelihoods) and judge scores, keyed by a
                        content hash of the request (toolkit.backends.cache)

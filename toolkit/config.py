@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from toolkit.errors import UserError, check_name, read_utf8
 from toolkit.parts import fields_of, part
@@ -131,12 +131,17 @@ class EmbedderConfig(StrictModel):
 
 class ChromaServerConfig(StrictModel):
     """A running Chroma server (`chroma run --path DIR --port 8000`) that holds the index."""
-    host: str = Field(min_length=1, max_length=253, description="Host name or address of the Chroma server.")
+    host: str = Field(min_length=1, max_length=253, pattern=r"^([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])$",
+                      description="Host name or IP address of the Chroma server (not a URL: `port` and `ssl` say the rest).")
     port: int = Field(8000, ge=1, le=65535, description="Its port.")
     ssl: bool = Field(False, description="Connect with HTTPS.")
-    headers: dict[str, str] = Field(default_factory=dict, description=(
-        "HTTP headers sent with every request (e.g. `Authorization: Bearer ...` for a server with token auth); "
-        "a value `${NAME}` is read from the environment variable NAME."))
+    headers: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$")],
+                  Annotated[str, StringConstraints(pattern=r"^\$\{(CHROMA|ADAPTBENCH)_[A-Z0-9_]{1,64}\}$")]] = Field(
+        default_factory=dict, description=(
+            "HTTP headers sent with every request (a server with token auth: `Authorization: \"${CHROMA_TOKEN}\"`). "
+            "Each value is `${NAME}`, read from the environment variable NAME, which starts with CHROMA_ or "
+            "ADAPTBENCH_: secrets stay out of the suite file and the run directory, and a suite cannot send "
+            "another service's key to a server it names."))
 
 
 class KnowledgeBaseConfig(StrictModel):
@@ -354,7 +359,7 @@ class Suite(StrictModel):
         "Two-label classification: the label the report's threshold table treats as positive (default: the "
         "rarer label of the test split)."))
     data: DataConfig = Field(description="Where the examples come from.")
-    knowledge_base: str | KnowledgeBaseConfig | None = Field(None, description=(
+    knowledge_base: KnowledgeBaseConfig | str | None = Field(None, description=(
         "Folder of documents (.md/.txt) for retrieval, relative to the suite file; "
         "may start with {data_dir}/ or be 'loader' when the data loader provides the documents. "
         "`{path: FOLDER, chroma: {host: HOST, port: 8000}}` keeps its index on a Chroma server."))

@@ -31,7 +31,7 @@ from toolkit.config import ChromaServerConfig, EmbedderConfig
 from toolkit.data import Passage
 from toolkit.data.kb import Document, KnowledgeBase
 from toolkit.errors import UserError
-from toolkit.models import embed, load_tokenizer, resolve_embedder
+from toolkit.models import embed, load_embedder, load_tokenizer, resolve_embedder
 from toolkit.progress import task_bar
 from toolkit.training.distributed import main_first
 
@@ -55,12 +55,15 @@ def chroma_server(cfg: ChromaServerConfig | None) -> ChromaServerConfig | None:
     if not url:
         return None
     u = urlsplit(url)
-    if u.scheme not in ("http", "https") or not u.hostname:
-        raise UserError(f"'{url}' is not an http(s)://HOST:PORT address", field="ADAPTBENCH_CHROMA_URL")
     try:
         port = u.port or (443 if u.scheme == "https" else 8000)
     except ValueError:
-        raise UserError(f"'{url}' has a bad port", field="ADAPTBENCH_CHROMA_URL") from None
+        port = None
+    # the address is not echoed: it may carry credentials
+    if u.scheme not in ("http", "https") or not u.hostname or port is None or u.username or u.password \
+            or u.path not in ("", "/") or u.query or u.fragment:
+        raise UserError("is not an http(s)://HOST:PORT address (no user, password or path; a token goes in "
+                        "knowledge_base.chroma.headers)", field="ADAPTBENCH_CHROMA_URL")
     return ChromaServerConfig(host=u.hostname, port=port, ssl=u.scheme == "https")
 
 
@@ -74,19 +77,24 @@ def connect(s: ChromaServerConfig):
     import chromadb
     from chromadb.config import Settings
 
-    headers = {}
-    for k, v in s.headers.items():  # `${NAME}`: a secret kept out of the suite file
-        if v.startswith("${") and v.endswith("}"):
-            if not os.environ.get(v[2:-1]):
-                raise UserError(f"environment variable {v[2:-1]} is not set", field=f"knowledge_base.chroma.headers.{k}")
-            v = os.environ[v[2:-1]]
-        headers[k] = v
+    headers, secrets = {}, []
+    for k, v in s.headers.items():  # `${NAME}` (checked by the config): a secret kept out of the suite file
+        name = v[2:-1]
+        value = os.environ.get(name)
+        if not value:
+            raise UserError(f"environment variable {name} is not set", field=f"knowledge_base.chroma.headers.{k}")
+        if "\r" in value or "\n" in value:
+            raise UserError(f"environment variable {name} holds a line break", field=f"knowledge_base.chroma.headers.{k}")
+        headers[k] = value
+        secrets.append(value)
     try:
         client = chromadb.HttpClient(host=s.host, port=s.port, ssl=s.ssl, headers=headers,
                                      settings=Settings(anonymized_telemetry=False))
         client.heartbeat()
     except Exception as e:  # refused, unresolvable, TLS, bad token: one line, before any arm runs
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        for secret in secrets:  # an error quoting a header must not print it
+            first = first.replace(secret, "***")
         raise UserError(f"cannot reach the Chroma server at {server_url(s)}: {first}",
                         field="knowledge_base.chroma") from None
     return client
@@ -130,6 +138,7 @@ class Retriever:
     last: SyncStats | None = None  # what opening it did this time
     record: dict[str, Any] = field(default_factory=dict)  # the collection's metadata after opening
     _collection: Any = None
+    _client: Any = None
 
     def __post_init__(self) -> None:
         self.server = chroma_server(self.server)
@@ -172,7 +181,7 @@ class Retriever:
             self.last = self._sync(col, meta)
             self.built_now = self.last.touched > 0
             meta = self._record(col, meta, self.last)
-        self._collection, self.record = col, meta
+        self._client, self._collection, self.record = client, col, meta
         self.n_chunks = int(meta.get("chunks", 0))
         self.build_s = float(meta.get("build_s", 0.0))
 
@@ -183,22 +192,18 @@ class Retriever:
         if st.full:
             new["build_s"] = round(st.total_s, 4)
         if st.touched:
-            chunks = max(st.chunks_embedded, 1)
-            new.update({"update_s": round(st.total_s, 4), "update_documents": st.touched,
-                        "update_full": st.full, "compare_s": round(st.compare_s, 4),
-                        "s_per_chunk": round((st.embed_s + st.write_s) / chunks, 6),
+            new.update({"update_s": round(st.total_s, 4), "update_documents": st.touched, "update_full": st.full,
+                        "compare_s": round(st.compare_s, 4),
                         "chunks_per_document": round(new["chunks"] / max(len(self.kb.documents), 1), 3)})
+        if st.chunks_embedded:  # the rate of re-embedding and writing a chunk, from what was embedded
+            new["s_per_chunk"] = round((st.embed_s + st.write_s) / st.chunks_embedded, 6)
         col.modify(metadata=new)
         return new
 
-    def _sync(self, col, meta: dict) -> SyncStats:
-        """Compare the collection's chunks with the documents; delete the chunks of changed and
-        deleted documents and embed and add those of new and changed ones."""
-        st = SyncStats()
-        t0 = time.perf_counter()
-        have: dict[str, dict[str, Any]] = {}  # doc id -> {"hashes", "ids", "n"}
-        total = col.count()
-        st.full = total == 0
+    def _scan(self, col) -> tuple[dict[str, dict[str, Any]], int]:
+        """doc id -> {"hashes", "ids", "n"} of the collection's chunks, and how many it read."""
+        have: dict[str, dict[str, Any]] = {}
+        total, seen = col.count(), 0
         for off in range(0, total, GET_BATCH):
             got = col.get(include=["metadatas"], limit=GET_BATCH, offset=off)
             for cid, m in zip(got["ids"], got["metadatas"]):
@@ -206,23 +211,56 @@ class Retriever:
                 h = have.setdefault(str(m.get("doc_id")), {"hashes": set(), "ids": [], "n": m.get("chunks")})
                 h["hashes"].add(m.get("doc_hash"))
                 h["ids"].append(cid)
+                seen += 1
+        return have, seen
+
+    def _stale(self, have: dict[str, dict[str, Any]], want: dict[str, str]) -> list[str]:
+        """Documents not in step: gone, of another text, or missing some of their chunks."""
+        return [i for i, h in have.items() if i not in want or h["hashes"] != {want[i]} or h["n"] != len(h["ids"])]
+
+    def _sync(self, col, meta: dict) -> SyncStats:
+        """Compare the collection's chunks with the documents; delete the chunks of changed and
+        deleted documents and embed and add those of new and changed ones. The collection's record
+        of its content is cleared first, so an update killed halfway is never taken for finished,
+        and it is checked afterwards (another writer may have moved it meanwhile) and redone."""
+        st = SyncStats()
+        t0 = time.perf_counter()
         want = {d.id: doc_hash(d) for d in self.kb.documents}
-        # a document is in step when every chunk of it is there and of its current text
-        stale = [i for i, h in have.items()
-                 if i not in want or h["hashes"] != {want[i]} or h["n"] != len(h["ids"])]
-        todo = [d for d in self.kb.documents if d.id not in have or d.id in set(stale)]
-        st.deleted = sum(1 for i in stale if i not in want)
-        st.changed = len(stale) - st.deleted
-        st.added = len(todo) - st.changed
-        st.compare_s = time.perf_counter() - t0
-        ids = [c for i in stale for c in have[i]["ids"]]
-        t1 = time.perf_counter()
-        for off in range(0, len(ids), ADD_BATCH):
-            col.delete(ids=ids[off:off + ADD_BATCH])
-        st.chunks_deleted = len(ids)
-        st.write_s += time.perf_counter() - t1
-        if todo:
-            self._add(col, todo, st)
+        for attempt in range(3):
+            have, seen = self._scan(col)
+            st.full = st.full or (attempt == 0 and seen == 0)
+            stale = self._stale(have, want)
+            redo = set(stale)
+            todo = [d for d in self.kb.documents if d.id not in have or d.id in redo]
+            if attempt == 0:
+                st.compare_s = time.perf_counter() - t0
+                st.deleted = sum(1 for i in stale if i not in want)
+                st.changed = len(stale) - st.deleted
+                st.added = len(todo) - st.changed
+            if not todo and not stale:
+                break
+            if meta.get("kb_hash") is not None:
+                meta = {**meta, "kb_hash": "updating"}
+                col.modify(metadata=meta)
+            ids = [c for i in stale for c in have[i]["ids"]]
+            t1 = time.perf_counter()
+            for off in range(0, len(ids), ADD_BATCH):
+                col.delete(ids=ids[off:off + ADD_BATCH])
+            st.chunks_deleted += len(ids)
+            st.write_s += time.perf_counter() - t1
+            added = st.chunks_embedded
+            if todo:
+                self._add(col, todo, st)
+            kept = sum(len(h["ids"]) for i, h in have.items() if i not in redo)
+            if col.count() == kept + st.chunks_embedded - added:  # nobody else wrote meanwhile: settled
+                break
+        else:
+            raise UserError(f"the index {self.collection_name} at {self.where()} did not settle after 3 updates: "
+                            "another process is updating it with other documents", field="knowledge_base")
+        if st.full:  # what comparing a collection of this size costs, for the one-document estimate
+            t1 = time.perf_counter()
+            self._scan(col)
+            st.compare_s = time.perf_counter() - t1
         st.total_s = time.perf_counter() - t0
         return st
 
@@ -232,6 +270,7 @@ class Retriever:
         from llama_index.core.node_parser import SentenceSplitter
 
         tok = load_tokenizer(self.tokenizer_path)
+        load_embedder(self.embedder.model, self.embedder.batch_size)  # loaded before the rates are timed
         splitter = SentenceSplitter(chunk_size=self.chunk_size, chunk_overlap=self.chunk_overlap,
                                     tokenizer=lambda t: tok(t, add_special_tokens=False)["input_ids"])
         what = "Indexing" if st.full else "Updating the index:"
@@ -294,6 +333,11 @@ class Retriever:
         if not questions:
             return []
         vecs = embed(self.embedder.model, questions, self.embedder.batch_size)
+        now = (self._client.get_collection(self.collection_name).metadata or {}).get("kb_hash")
+        if now != self.kb.content_hash:  # never answer from passages of other documents than the run's
+            raise UserError(f"the index {self.collection_name} at {self.where()} was updated to other documents by "
+                            "another process while this one used it; run again (or give each its own copy of "
+                            "the documents)", field="knowledge_base")
         return self.search(vecs, top_k)
 
     def search(self, vecs, top_k: int) -> list[list[Passage]]:

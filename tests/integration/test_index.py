@@ -71,6 +71,9 @@ def test_a_changed_added_or_deleted_document_re_embeds_only_its_chunks(tmp_path,
     assert fresh.last.full and fresh.collection_name != upd.collection_name
     assert results(upd) == results(fresh)
     assert upd.retrieve(["What do desert beetles drink?"], 1)[0][0].text.startswith("Desert beetles drink fog")
+    # a process still holding the earlier documents never answers from the updated index's passages
+    with pytest.raises(UserError, match="updated to other documents by another process"):
+        first.retrieve(QUESTIONS[:1], 2)
 
 
 def test_an_update_killed_halfway_is_finished_by_the_next(tmp_path, tiny_llama):
@@ -83,11 +86,20 @@ def test_an_update_killed_halfway_is_finished_by_the_next(tmp_path, tiny_llama):
     # still old, and the collection's record of its content not yet moved on
     ids = col.get(where={"doc_id": "doc-3"})["ids"]
     col.delete(ids=ids[: len(ids) // 2])
-    col.modify(metadata={**col.metadata, "kb_hash": "interrupted"})
-    again = retriever(kb, tiny_llama)
+    col.modify(metadata={**col.metadata, "kb_hash": "updating"})  # what _sync writes before its first change
+    again = retriever(kb, tiny_llama)  # the same documents as before the update began: not taken as in step
     again.build()
     assert (again.last.added, again.last.changed, again.last.deleted) == (0, 1, 0)
     assert again.n_chunks == r.n_chunks and results(again) == full
+
+
+def test_a_document_id_given_by_two_files_is_a_one_line_error(tmp_path):
+    from toolkit.data.kb import read_knowledge_base
+
+    (tmp_path / "a.md").write_text("one")
+    (tmp_path / "a.txt").write_text("two")
+    with pytest.raises(UserError, match="a.md and a.txt are both document 'a'"):
+        read_knowledge_base(tmp_path)
 
 
 def free_port() -> int:
@@ -171,10 +183,23 @@ def test_the_suite_and_the_environment_pick_the_server_and_an_unreachable_one_is
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
                        env={**env, "ADAPTBENCH_CHROMA_URL": f"http://127.0.0.1:{port}"})
     assert r.returncode == 2 and f"http://127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr, r.stderr
-    for bad in ("localhost:8000", "ftp://h:1", "http://h:notaport"):
+    for bad in ("localhost:8000", "ftp://h:1", "http://h:notaport", "http://user:secret@h:8000", "http://h:1/x"):
         with pytest.raises(UserError, match="ADAPTBENCH_CHROMA_URL"):
             os.environ["ADAPTBENCH_CHROMA_URL"] = bad
             try:
                 retriever(KnowledgeBase("kb", docs(1)), tiny_llama)
             finally:
                 del os.environ["ADAPTBENCH_CHROMA_URL"]
+    # a header is `${CHROMA_...}` read from the environment; a literal secret or another service's key is refused
+    for headers in ({"Authorization": "Bearer sk-literal"}, {"Authorization": "${OPENAI_API_KEY}"}):
+        suite["knowledge_base"] = {"path": "kb", "chroma": {"host": "127.0.0.1", "port": port, "headers": headers}}
+        (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+        assert r.returncode == 2 and "knowledge_base.chroma.headers" in r.stderr and "Traceback" not in r.stderr
+        assert "sk-literal" not in r.stderr, r.stderr
+    suite["knowledge_base"] = {"path": "kb", "chroma": {"host": "127.0.0.1", "port": port,
+                                                        "headers": {"Authorization": "${CHROMA_TOKEN}"}}}
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
+                       env={**env, "CHROMA_TOKEN": "Bearer tok-123"})
+    assert r.returncode == 2 and "cannot reach the Chroma server" in r.stderr and "tok-123" not in r.stderr

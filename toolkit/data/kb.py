@@ -40,12 +40,17 @@ def read_knowledge_base(folder: Path, *, field: str = "knowledge_base", suite_pa
     if not folder.is_dir():
         what = "is a file, not a folder of documents" if folder.exists() else "folder not found"
         raise UserError(f"knowledge base {what}: {folder}", file=suite_path, field=field)
-    docs = []
+    docs, where = [], {}
     for p in sorted(folder.rglob("*")):
         if p.is_file() and p.suffix.lower() in DOC_SUFFIXES:
             text = read_utf8(p, "knowledge-base document").strip()
+            doc_id = p.relative_to(folder).with_suffix("").as_posix()
+            if doc_id in where:  # a.md and a.txt: one document id, two texts
+                raise UserError(f"{where[doc_id].name} and {p.name} are both document '{doc_id}' (the id is the path "
+                                "without its extension): rename one", file=p, field=field)
+            where[doc_id] = p
             if text:
-                docs.append(Document(id=p.relative_to(folder).with_suffix("").as_posix(), text=text))
+                docs.append(Document(id=doc_id, text=text))
     if not docs:
         raise UserError(f"knowledge base is empty: no non-empty {'/'.join(sorted(DOC_SUFFIXES))} files in {folder}",
                         file=suite_path, field=field)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from toolkit.cache import content_hash
 from toolkit.config import FileSpec, LoadedSuite
 from toolkit.data import (
     Example,
@@ -185,7 +186,8 @@ def _knowledge_base(loaded: LoadedSuite, kb: KnowledgeBase | None, every: list[E
     elif s.kb_path == "loader" and kb is None:
         raise UserError("is 'loader' but the data loader provides no documents", file=loaded.path, field="knowledge_base")
     elif kb is not None and not kb.source:  # the loader's documents: one index per loader and its path
-        kb.source = f"loader {s.data.loader} {s.data.loader_args.get('path', '')}"
+        args = {**s.data.loader_args, "path": str(loaded.resolve(s.data.loader_args["path"], "data.loader_args.path"))}
+        kb.source = f"loader {s.data.loader} {content_hash(args)}"
     if kb is None and any(getattr(cfg, "needs_knowledge_base", False) for _, cfg in loaded.arms.values()):
         raise UserError("a retrieval strategy is listed but there is no knowledge base", file=loaded.path,
                         field="knowledge_base")
