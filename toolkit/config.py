@@ -129,6 +129,15 @@ class EmbedderConfig(StrictModel):
     batch_size: int = Field(64, ge=1, description="Texts embedded together.")
 
 
+def _env_reference(v: str) -> str:
+    """A header value: `${NAME}` of an environment variable named CHROMA_* or ADAPTBENCH_* (the value
+    itself is not echoed: it may be a secret)."""
+    if not re.fullmatch(r"\$\{(CHROMA|ADAPTBENCH)_[A-Z0-9_]{1,64}\}", v):
+        raise ValueError("must be ${NAME}, an environment variable whose name starts with CHROMA_ or ADAPTBENCH_ "
+                         "(a secret stays out of the suite file)")
+    return v
+
+
 class ChromaServerConfig(StrictModel):
     """A running Chroma server (`chroma run --path DIR --port 8000`) that holds the index."""
     host: str = Field(min_length=1, max_length=253, pattern=r"^([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])$",
@@ -136,7 +145,7 @@ class ChromaServerConfig(StrictModel):
     port: int = Field(8000, ge=1, le=65535, description="Its port.")
     ssl: bool = Field(False, description="Connect with HTTPS.")
     headers: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$")],
-                  Annotated[str, StringConstraints(pattern=r"^\$\{(CHROMA|ADAPTBENCH)_[A-Z0-9_]{1,64}\}$")]] = Field(
+                  Annotated[str, AfterValidator(_env_reference)]] = Field(
         default_factory=dict, description=(
             "HTTP headers sent with every request (a server with token auth: `Authorization: \"${CHROMA_TOKEN}\"`). "
             "Each value is `${NAME}`, read from the environment variable NAME, which starts with CHROMA_ or "
