@@ -9,6 +9,7 @@ from pathlib import Path
 
 from toolkit import __version__
 from toolkit.errors import UserError
+from toolkit.training import distributed as D
 
 EPILOG = """\
 examples:
@@ -380,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cancelled", file=sys.stderr)
         return 130
+    finally:
+        D.shutdown()
 
 
 def cmd_run(args) -> int:

@@ -10,6 +10,7 @@ process 0 first and read by the others.
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 
 
@@ -49,12 +50,23 @@ def go_solo() -> None:
 def init() -> None:
     """Join the process group (NCCL on CUDA, gloo on CPU) through accelerate's shared
     state, which the Trainer reuses."""
+    global _solo
     if not is_distributed():
         return
+    _solo = False  # each run of `--seeds N` trains together again
     # torch, numpy, accelerate: imported on first use, not when this module loads
     import torch
     from accelerate import PartialState
     PartialState(cpu=not torch.cuda.is_available())
+
+
+def shutdown() -> None:
+    """Leave the process group before the interpreter exits. Without it gloo's worker threads
+    are still alive at finalisation, and the process can abort ("terminate called without an
+    active exception") after its work is done, failing the launch. Local: it waits for no one."""
+    dist = sys.modules.get("torch.distributed")  # loaded only if the process joined a group
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @contextmanager
