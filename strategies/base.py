@@ -53,7 +53,7 @@ class Strategy(ABC):
         """What this arm is, for results.json: its settings, the model that answers, generation
         settings (called after prepare). Caching is per request (toolkit.backends.cache)."""
         s = self.res.suite
-        return {"type": self.type, "config": self.config.model_dump(), "task": s.task,
+        return {"type": self.type, "config": self.config.model_dump(exclude={"ray"}), "task": s.task,
                 "classification_mode": s.classification_mode, "instruction": s.instruction,
                 "labels": self.res.labels, "model": self.backend().identity(), "generation": self.settings.to_dict()}
 

@@ -20,6 +20,20 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class RayResources(Settings):
+    """What one arm's task asks of a Ray cluster (`adaptbench run --ray`)."""
+
+    num_cpus: float | None = Field(None, gt=0, description=(
+        "CPUs the task reserves (default 1); a local model uses that many threads."))
+    num_gpus: float | None = Field(None, ge=0, description=(
+        "GPUs the task reserves (default: 1 for an arm that trains a local model when the cluster has GPUs, "
+        "else 0; a fraction shares one GPU between tasks)."))
+    memory_gb: float | None = Field(None, gt=0, description="Memory the task reserves, in GiB (default: none).")
+    max_retries: int = Field(2, ge=0, le=10, description=(
+        "Times a task is run again when its worker or node dies; answers it finished are taken from the "
+        "driver's cache, not recomputed. A Python error in the arm is recorded, never retried."))
+
+
 class StrategyConfig(Settings):
     needs_knowledge_base: ClassVar[bool] = False
     trains_locally: ClassVar[bool] = False
@@ -29,6 +43,9 @@ class StrategyConfig(Settings):
         "This arm's own generator, as settings on top of the suite's `generator:` (e.g. `{backend: openai, "
         "base_url: ..., model: gpt-4o-mini, api_key_env: OPENAI_API_KEY}`), so one suite can compare a hosted "
         "model with a local one on the same split."), **part("arm"))
+    ray: RayResources | None = Field(None, description=(
+        "Under `adaptbench run --ray`: the resources this arm's task reserves, e.g. `{num_gpus: 1, num_cpus: 8}`. "
+        "Where the arm runs, not what it is: it changes no result and no fingerprint."), **part("scheduling"))
 
 
 class ZeroShotConfig(StrategyConfig):

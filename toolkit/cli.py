@@ -101,6 +101,9 @@ def _run_parser(sub) -> None:
                    "K folds (stratified by label), run every arm K times with each fold as the test split, and report "
                    "mean ± std across folds and the pooled estimate with its CI; for small data (costs K× the "
                    "training); the same command with the same --out resumes an interrupted run")
+    r.add_argument("--ray", metavar="ADDRESS", help="run each arm (of each seed and fold) as a task on a Ray cluster: "
+                   "HOST:PORT of its head, auto, or local (a cluster of this machine's cores, for this run); results "
+                   "land in one run directory here (needs pip install 'adaptbench[ray]')")
     r.add_argument("--no-data-check", action="store_true", help="skip the data checks a run starts with (adaptbench "
                    "data check without the probe and the near duplicates; errors stop the run)")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -388,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_run(args) -> int:
     _quiet_libraries()
     # per command: --help and validate load only what they use
+    from toolkit import cluster
     from toolkit.harness import run_suite
     from toolkit.progress import console, log
     from toolkit.reporting.decision import parse_weights
@@ -406,6 +410,11 @@ def cmd_run(args) -> int:
             raise UserError("cannot be combined with " + ("--seeds" if args.seeds > 1 else "--limit") +
                             " (each fold's test split is the sample: use fewer folds or a smaller suite)",
                             field="--folds")
+    if args.ray is not None:
+        if D.is_distributed():
+            raise UserError("cannot run under a distributed launcher: give the cluster the whole run", field="--ray")
+        if not cluster.ADDRESS.match(args.ray):
+            raise UserError("expects local, auto, HOST:PORT or ray://HOST:PORT", field="--ray")
     _check_data_dir(args.data_dir)
     weights = parse_weights(args.weights) or None
     loaded = load_suite(args.suite, args.data_dir)
@@ -433,11 +442,16 @@ def cmd_run(args) -> int:
         from toolkit.reporting.data_report import check_before_run
         name = next((k for k, v in bundled_suites().items() if v == args.suite), str(args.suite))  # `demo`, not its path
         data_note = check_before_run(loaded, name)
-    if args.seeds > 1:
-        return _run_seeds(loaded, args, only, data_note)
-    if args.folds is not None:
-        return _run_folds(loaded, args, only, data_note)
-    run, results = run_suite(loaded, only=only, limit=args.limit, out=args.out)
+    if args.ray is not None:
+        cluster.connect(args.ray)
+    try:
+        if args.seeds > 1:
+            return _run_seeds(loaded, args, only, data_note)
+        if args.folds is not None:
+            return _run_folds(loaded, args, only, data_note)
+        run, results = run_suite(loaded, only=only, limit=args.limit, out=args.out)
+    finally:
+        cluster.disconnect()
     if run is None:  # a helper process of a distributed launch: it trained, process 0 reports
         return 0
     md, html = render_run(run.path, weights)

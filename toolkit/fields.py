@@ -17,12 +17,14 @@ from pydantic_core import PydanticUndefined
 
 from strategies.registry import STRATEGY_TYPES
 from toolkit.config import (
+    ChromaServerConfig,
     DataConfig,
     DecisionConfig,
     EmbedderConfig,
     FileSpec,
     GeneratorConfig,
     JudgeConfig,
+    KnowledgeBaseConfig,
     PriceConfig,
     SplitConfig,
     Suite,
@@ -48,6 +50,10 @@ def sections() -> dict[str, tuple[type[BaseModel], str]]:
     for nested in ("augment", "search"):
         model = next(a for a in get_args(finetune.model_fields[nested].annotation) if isinstance(a, type))
         out[f"strategies.finetune.{nested}"] = (model, f"{nested}: of a finetune or rag_finetune arm")
+    ray = next(a for a in get_args(finetune.model_fields["ray"].annotation) if isinstance(a, type))
+    out["strategies.ray"] = (ray, "ray: of any arm, read under `adaptbench run --ray`")
+    out["knowledge_base"] = (KnowledgeBaseConfig, "knowledge_base:, when it is not just a folder")
+    out["knowledge_base.chroma"] = (ChromaServerConfig, "knowledge_base.chroma: (a Chroma server)")
     out.update({"decision": (DecisionConfig, "decision:"), "judge": (JudgeConfig, "judge:"),
                 "prices": (PriceConfig, "prices:")})
     return out

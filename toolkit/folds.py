@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import preflight
+from toolkit import cluster, preflight
 from toolkit.cache import content_hash
 from toolkit.config import LoadedSuite
 from toolkit.data import Example, Splits, normalize_text, stratify_ok
@@ -112,7 +112,7 @@ def run_folds(loaded: LoadedSuite, k: int, *, only=None, out: Path | None = None
             "test_ids": folds}
     parent = resume_or_claim(out, plan, loaded, reports_root)
     log(f"[bold]{s.name}[/]: {len(pool)} examples pooled into {how} · run dir {parent}")
-    runs = []
+    runs, todo = [], []
     for i, ids in enumerate(folds):
         path = parent / f"fold-{i}"
         if path.is_symlink() or (path.exists() and not path.is_dir()):
@@ -126,14 +126,21 @@ def run_folds(loaded: LoadedSuite, k: int, *, only=None, out: Path | None = None
             continue
         if path.exists():  # an interrupted fold of this run: its answers are in the cache, the folder is redone
             shutil.rmtree(path)
+        todo.append((i, ids, path))
+
+    def one(job):
+        i, ids, path = job
         log(f"[bold]fold {i + 1}/{k}[/]: {len(ids)} test examples")
         splits = fold_splits(pool, ids, n_val, seed=s.seed + i, stratify=s.has_labels, extra=extra)
         splits.notes = data.splits.notes + [f"fold {i + 1} of {how}"]
-        run, results = run_suite(loaded, only=only, out=path, models_checked=True,
-                                 data=replace(data, splits=splits), fold={"index": i, "of": k, "how": how})
+        return run_suite(loaded, only=only, out=path, models_checked=True,
+                         data=replace(data, splits=splits), fold={"index": i, "of": k, "how": how})
+
+    for (i, _, _), (run, results) in cluster.each(todo, one):  # under --ray: every fold at once
         if on_run is not None:
             on_run(run.path)
         runs.append((i, run.path, results))
+    runs.sort(key=lambda r: r[0])
     summary = summarise(runs, how)
     atomic_write(parent / "folds.json", json.dumps(summary, indent=2))
     atomic_write(parent / "folds.md", render(summary))

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from strategies.registry import strategy_class
-from toolkit import preflight
+from toolkit import cluster, preflight
 from toolkit.backends import NotMeasured
 from toolkit.cache import PredictionCache, content_hash
 from toolkit.config import LoadedSuite
@@ -147,7 +147,10 @@ def run_suite(loaded: LoadedSuite, *, only: list[str] | None = None, limit: int 
     store = PredictionCache()
     res = Resources(suite, data.labels, data.kb, run.path, store)
     try:
-        run_arms(arms, res, data, test, run, results)
+        if cluster.active():
+            cluster.run_arms(loaded, arms, res, data, test, run, results)
+        else:
+            run_arms(arms, res, data, test, run, results)
         results.status = "error" if results.failed else "success"
     except KeyboardInterrupt:
         results.status = "cancelled"
@@ -262,7 +265,7 @@ def run_ensemble(name: str, stype: str, cfg, res, test: list[Example], run: RunD
     cost = ensemble_cost(combined, members, answer_s)
     if scoring.judged:
         cost.judge = scoring.judge_cost()
-    fp = {"type": stype, "config": cfg.model_dump(), "members": {m: a.fingerprint for m, a in members.items()}}
+    fp = {"type": stype, "config": cfg.model_dump(exclude={"ray"}), "members": {m: a.fingerprint for m, a in members.items()}}
     if cfg.method == "best_of":
         fp["scorer"] = strategy.backend().identity()
     result = ArmResult(

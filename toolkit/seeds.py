@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import preflight
+from toolkit import cluster, preflight
 from toolkit.config import LoadedSuite
 from toolkit.harness import run_suite, select_arms
 from toolkit.progress import log
@@ -50,11 +50,15 @@ def run_seeds(loaded: LoadedSuite, n: int, *, only=None, limit=None, out: Path |
     if D.is_main():
         parent = RunDir.create(out, loaded.suite.name + f"-{n}seeds", reports_root, claim="seeds.json").path
     runs = []
-    for k in range(n):
+
+    def one(k: int):
         seed = loaded.suite.seed + k
         log(f"[bold]seed {seed}[/] ({k + 1}/{n})")
-        run, results = run_suite(seeded(loaded, seed), only=only, limit=limit,
-                                 out=parent / f"seed-{seed}" if parent else None, models_checked=True)
+        return run_suite(seeded(loaded, seed), only=only, limit=limit,
+                         out=parent / f"seed-{seed}" if parent else None, models_checked=True)
+
+    for k, (run, results) in cluster.each(list(range(n)), one):  # under --ray: every seed at once
+        seed = loaded.suite.seed + k
         if run is None:  # helper process of a distributed launch
             continue
         if on_run is not None:

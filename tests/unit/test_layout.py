@@ -24,7 +24,7 @@ LAYER_OF = {  # modules, or packages (every module under them)
     "strategies": "strategies",
     "toolkit.scoring": "scoring",
     "toolkit.harness": "harness", "toolkit.preflight": "harness", "toolkit.resources": "harness",
-    "toolkit.seeds": "harness", "toolkit.folds": "harness", "toolkit.suites": "harness", "toolkit.fields": "harness", "toolkit.starter": "harness",
+    "toolkit.seeds": "harness", "toolkit.folds": "harness", "toolkit.cluster": "harness", "toolkit.suites": "harness", "toolkit.fields": "harness", "toolkit.starter": "harness",
     "toolkit.checks": "harness",
     "toolkit.reporting": "reporting",
     "toolkit.serving": "serving",
