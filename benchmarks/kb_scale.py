@@ -41,15 +41,11 @@ import numpy as np  # noqa: E402
 
 from toolkit.config import EmbedderConfig  # noqa: E402
 from toolkit.data.kb import Document, KnowledgeBase  # noqa: E402
+from toolkit.data.loaders import make_filler, pubmedqa_abstracts  # noqa: E402
 from toolkit.models import bundled_file, embed, resolve_generator  # noqa: E402
 from toolkit.retrieval import HNSW, Retriever  # noqa: E402
 
 DATA = Path(os.environ.get("ADAPTBENCH_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
-WORDS = ("patient cohort protein viral load antibody receptor trial dose symptom onset clinical sample "
-         "serum assay cell infection transmission vaccine outcome mortality incidence exposure lung fever "
-         "cough ward hospital therapy response marker genome strain mutation host immune titer").split()
-
-
 def public_docs() -> tuple[list[Document], list[tuple[str, str]]]:
     """CORD-19 papers (COVID-QA's contexts) and PubMedQA abstracts; COVID-QA questions with gold papers."""
     docs, questions, seen = [], [], set()
@@ -61,17 +57,8 @@ def public_docs() -> tuple[list[Document], list[tuple[str, str]]]:
                 seen.add(did)
                 docs.append(Document(did, para["context"]))
             questions += [(q["question"].strip(), did) for q in para["qas"] if q["question"].strip()]
-    for pid, r in json.loads((DATA / "pubmedqa" / "ori_pqal.json").read_text(encoding="utf-8")).items():
-        docs.append(Document(f"pmid-{pid}", " ".join(c.strip() for c in r["CONTEXTS"])))
+    docs += pubmedqa_abstracts(DATA / "pubmedqa", DATA, "pubmedqa")
     return docs, questions
-
-
-def filler(n: int, seed: int = 0) -> list[Document]:
-    """n deterministic documents of ~80 words each (about one chunk of 128 tokens)."""
-    rng = random.Random(seed)
-    return [Document(f"filler-{i:06d}", " ".join(
-        " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 16))).capitalize() + "." for _ in range(6)))
-        for i in range(n)]
 
 
 def rss_gib() -> float:
@@ -85,7 +72,7 @@ def du(path: Path) -> float:
 def measure(size: int, args, tok_path: str, public: list[Document], questions) -> dict:
     os.environ["ADAPTBENCH_CACHE"] = tempfile.mkdtemp(prefix=f"kb-scale-{size}-")
     n_fill = max(size - int(len(public) * args.public_chunks), 0)
-    docs = public + filler(n_fill)
+    docs = public + make_filler(n_fill)
     emb = EmbedderConfig(batch_size=args.batch_size)
     mk = lambda kb, source="bench": Retriever(kb, emb, chunk_size=args.chunk_size, chunk_overlap=0,  # noqa: E731
                                                tokenizer_path=tok_path, tokenizer_key="smollm2", source=source)

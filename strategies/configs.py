@@ -26,8 +26,8 @@ class RayResources(Settings):
     num_cpus: float | None = Field(None, gt=0, description=(
         "CPUs the task reserves (default 1); a local model uses that many threads."))
     num_gpus: float | None = Field(None, ge=0, description=(
-        "GPUs the task reserves (default: 1 for an arm that trains a local model when the cluster has GPUs, "
-        "else 0; a fraction shares one GPU between tasks)."))
+        "GPUs the task reserves (default: 1 for an arm whose model is local, on device auto or cuda, when the "
+        "cluster has GPUs, as a local run would use the GPU; else 0; a fraction shares one GPU between tasks)."))
     memory_gb: float | None = Field(None, gt=0, description="Memory the task reserves, in GiB (default: none).")
     max_retries: int = Field(2, ge=0, le=10, description=(
         "Times a task is run again when its worker or node dies; answers it finished are taken from the "

@@ -102,8 +102,8 @@ def _run_parser(sub) -> None:
                    "mean ± std across folds and the pooled estimate with its CI; for small data (costs K× the "
                    "training); the same command with the same --out resumes an interrupted run")
     r.add_argument("--ray", metavar="ADDRESS", help="run each arm (of each seed and fold) as a task on a Ray cluster: "
-                   "HOST:PORT of its head, auto, or local (a cluster of this machine's cores, for this run); results "
-                   "land in one run directory here (needs pip install 'adaptbench[ray]')")
+                   "HOST:PORT of its head, auto, or local (a cluster of this machine's cores, for this run); run it on a "
+                   "node of the cluster; results land in one run directory here (needs pip install 'adaptbench[ray]')")
     r.add_argument("--no-data-check", action="store_true", help="skip the data checks a run starts with (adaptbench "
                    "data check without the probe and the near duplicates; errors stop the run)")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -413,8 +413,7 @@ def cmd_run(args) -> int:
     if args.ray is not None:
         if D.is_distributed():
             raise UserError("cannot run under a distributed launcher: give the cluster the whole run", field="--ray")
-        if not cluster.ADDRESS.match(args.ray):
-            raise UserError("expects local, auto, HOST:PORT or ray://HOST:PORT", field="--ray")
+        cluster.check_address(args.ray)
     _check_data_dir(args.data_dir)
     weights = parse_weights(args.weights) or None
     loaded = load_suite(args.suite, args.data_dir)

@@ -25,7 +25,7 @@ import socket
 import tempfile
 import threading
 import traceback
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,13 +34,28 @@ from toolkit.errors import UserError, inside
 from toolkit.progress import live_region, log
 from toolkit.records import ArmResult
 
-# local | auto | HOST:PORT | ray://HOST:PORT (a Ray Client server)
-ADDRESS = re.compile(r"^(local|auto|(ray://)?[A-Za-z0-9][A-Za-z0-9.\-]*:\d{1,5}|(ray://)?\[[0-9A-Fa-f:.]+\]:\d{1,5})$")
+# local | auto | HOST:PORT of the head's GCS ([IPv6]:PORT too); matched whole (fullmatch)
+ADDRESS = re.compile(r"local|auto|[A-Za-z0-9][A-Za-z0-9.\-]*:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5}")
+ADDRESS_HELP = "expects local, auto or HOST:PORT of the cluster's head (adaptbench runs on a node of the cluster)"
+
+
+def check_address(address: str) -> None:
+    """A one-line error unless `address` is local, auto or HOST:PORT with a port 1-65535. Ray
+    Client addresses (ray://) are refused: the driver's cache actor must sit on the driver's
+    own machine, and under Ray Client the driver's node is the head's."""
+    if address.startswith("ray://"):
+        raise UserError("Ray Client addresses (ray://) are not supported: run adaptbench on a node of the cluster "
+                        "(the head, or a node that ran `ray start --address HEAD:PORT`) and give HOST:PORT",
+                        field="--ray")
+    if not ADDRESS.fullmatch(address) or (address not in ("local", "auto")
+                                          and not 1 <= int(address.rpartition(":")[2]) <= 65535):
+        raise UserError(ADDRESS_HELP, field="--ray")
 # what the tasks need of the driver's environment: adaptbench's switches (not its cache or data
 # folders, which are the worker's own) and the credentials a suite names; shipped with each task
 # in the object store, never in the runtime_env that Ray's dashboard shows
-FORWARD = re.compile(r"^(ADAPTBENCH_(?!CACHE$|DATA_DIR$)[A-Z0-9_]+|CHROMA_[A-Z0-9_]+"
-                     r"|HF_HUB_OFFLINE|HF_DATASETS_OFFLINE|TRANSFORMERS_OFFLINE|HF_ENDPOINT|HF_TOKEN)$")
+FORWARD = re.compile(r"(ADAPTBENCH_(?!CACHE$|DATA_DIR$|API_KEY$)[A-Z0-9_]+|CHROMA_[A-Z0-9_]+"
+                     r"|HF_HUB_OFFLINE|HF_DATASETS_OFFLINE|TRANSFORMERS_OFFLINE|HF_ENDPOINT|HF_TOKEN)")
+OPENAI_DEFAULTS = ("OPENAI_API_KEY", "OPENAI_BASE_URL")  # what the openai client reads when a suite names none
 
 _state: dict[str, Any] = {}  # address, the cache actor of this driver process
 _lock = threading.Lock()
@@ -55,8 +70,8 @@ def active() -> bool:
 def connect(address: str) -> None:
     """Join the cluster at `address` (or start one on this machine for `local`); a one-line
     error when Ray is not installed or the cluster cannot be reached."""
-    if not ADDRESS.match(address):
-        raise UserError("expects local, auto, HOST:PORT or ray://HOST:PORT", field="--ray")
+    check_address(address)
+    _stop.clear()
     try:
         # ray: the optional extra, imported only under --ray
         import ray
@@ -64,7 +79,7 @@ def connect(address: str) -> None:
         raise UserError("needs Ray, which is not installed: pip install 'adaptbench[ray]'", field="--ray") from None
     if address not in ("local", "auto"):
         # ray.init retries an address where nothing listens for minutes: ask the port first
-        host, _, port = address.removeprefix("ray://").rpartition(":")
+        host, _, port = address.rpartition(":")
         try:
             socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
         except OSError as e:
@@ -85,22 +100,41 @@ def connect(address: str) -> None:
         f"{res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
 
 
+class Stopped(KeyboardInterrupt):
+    """This run was stopped because another run of the same command failed or was cancelled:
+    recorded as cancelled, as Ctrl-C is."""
+
+
+_stop = threading.Event()  # set by cancel_all: no run of this command sends another task
+
+
 def each(jobs: list, fn) -> Iterator[tuple[Any, Any]]:
     """(job, fn(job)) for every job, in order. Locally one after another; under --ray all at
     once, each in a driver thread that waits on its own run's tasks, so every arm of every seed
-    or fold is on the cluster together. Bars stand down (one live display per console)."""
+    or fold is on the cluster together. The first run to fail (or Ctrl-C) stops the others at
+    once. Bars stand down (one live display per console)."""
     if not active() or len(jobs) < 2:
         for j in jobs:
             yield j, fn(j)
         return
-    with live_region(), ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="adaptbench-run") as ex:
-        futures = [ex.submit(fn, j) for j in jobs]
-        try:
+    _stop.clear()
+    ex = ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="adaptbench-run")
+    try:
+        with live_region():
+            futures = [ex.submit(fn, j) for j in jobs]
+            left = set(futures)
             for j, f in zip(jobs, futures):
+                while not f.done():  # any run that fails first, not only the next in order
+                    done, left = wait(left, return_when=FIRST_EXCEPTION)
+                    for d in done:
+                        if d.exception() is not None:
+                            raise d.exception()
                 yield j, f.result()
-        except BaseException:
-            cancel_all()
-            raise
+    except BaseException:
+        cancel_all()
+        raise
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
 
 
 def disconnect() -> None:
@@ -160,7 +194,8 @@ def _cache_actor():
         if "cache" not in _state:
             here = ray.get_runtime_context().get_node_id()
             _state["cache"] = ray.remote(CacheService).options(
-                num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
+                num_cpus=0, max_restarts=3, max_task_retries=3,  # its calls are idempotent (INSERT OR REPLACE)
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
             ).remote(str(cache_root() / "predictions.sqlite"))
         return _state["cache"]
 
@@ -207,13 +242,13 @@ def arm_task(loaded, data, test, name: str, stype: str, cfg, store, env: dict[st
 
 def task_options(stype: str, cfg, suite, gpus_in_cluster: float) -> dict:
     """Ray options of one arm's task: its `ray:` settings, else one CPU, plus one GPU for an arm
-    that trains a local model when the cluster has GPUs."""
-    # per call: the registry loads strategy classes
-    from strategies.registry import strategy_class
+    whose generator is a local model on `auto` or `cuda` when the cluster has GPUs (as a local
+    run would use the GPU for it; a training arm is what needs it most)."""
     want = getattr(cfg, "ray", None)
     gen = arm_generator(suite.generator, cfg.generator)
-    on_cuda = (strategy_class(stype).trains and gen.backend == "transformers" and gen.device in ("auto", "cuda")
-               and gpus_in_cluster > 0)
+    # a local model answers (and trains) where a local run would put it: on a GPU when there is one
+    on_cuda = (gen.backend == "transformers" and (gen.device == "auto" or gen.device.startswith("cuda"))
+               and gpus_in_cluster > 0 and not getattr(cfg, "combines", False))
     opts: dict[str, Any] = {
         "num_cpus": want.num_cpus if want and want.num_cpus is not None else 1,
         "num_gpus": want.num_gpus if want and want.num_gpus is not None else (1 if on_cuda else 0),
@@ -223,24 +258,31 @@ def task_options(stype: str, cfg, suite, gpus_in_cluster: float) -> dict:
     return opts
 
 
-def forwarded_env(loaded) -> dict[str, str]:
-    """The driver's variables a task needs: adaptbench's switches, Chroma's, and every key a
-    suite's `api_key_env` names."""
+def forwarded_env(loaded, arms: dict) -> dict[str, str]:
+    """The driver's variables the tasks of these arms need: adaptbench's switches (not its serve
+    key), Chroma's, the Hugging Face hub's, every key the suite or an arm names in `api_key_env`,
+    and the openai client's defaults when anything talks to an OpenAI-compatible endpoint."""
     names: set[str] = set()
+    api = [False]
 
     def walk(o):
         if isinstance(o, dict):
             for k, v in o.items():
                 if k == "api_key_env" and isinstance(v, str):
                     names.add(v)
+                if k == "backend" and v == "openai":
+                    api[0] = True
                 walk(v)
         elif isinstance(o, list):
             for v in o:
                 walk(v)
-    walk(loaded.suite.model_dump(mode="json"))
-    for _, cfg in loaded.arms.values():
+    suite = loaded.suite.model_dump(mode="json")
+    walk({k: v for k, v in suite.items() if k != "strategies"})
+    for _, cfg in arms.values():
         walk(cfg.model_dump(mode="json"))
-    return {k: v for k, v in os.environ.items() if FORWARD.match(k) or k in names}
+    if api[0] or loaded.suite.judge is not None:
+        names.update(OPENAI_DEFAULTS)
+    return {k: v for k, v in os.environ.items() if FORWARD.fullmatch(k) or k in names}
 
 
 def describe(opts: dict) -> str:
@@ -249,9 +291,11 @@ def describe(opts: dict) -> str:
 
 
 def cancel_all() -> None:
-    """Stop every task in flight (Ctrl-C, or bad input found by one run of several)."""
+    """Stop every task in flight and every run still sending (Ctrl-C, or bad input found by one
+    run of several)."""
     # ray: the optional extra, imported only under --ray
     import ray
+    _stop.set()
     with _lock:
         refs = list(_refs)
     for r in refs:
@@ -261,11 +305,14 @@ def cancel_all() -> None:
             pass
 
 
-def land_files(run_path: Path, files: dict[str, bytes]) -> None:
-    """A task's run-folder files (adapters) into the run directory; a name that would leave the
-    folder is refused (`inside`)."""
+def land_files(run_path: Path, arm: str, files: dict[str, bytes]) -> None:
+    """A task's run-folder files into the run directory: only its own adapter folder
+    (adapters/ARM/...), never the run's records; a name that would leave it is refused."""
     for rel, blob in files.items():
-        dest = inside(run_path, *Path(rel).parts)
+        parts = Path(rel).parts
+        if len(parts) < 3 or parts[:2] != ("adapters", arm):
+            raise ValueError(f"task of arm '{arm}' returned a file outside adapters/{arm}/: {rel!r}")
+        dest = inside(run_path / "adapters" / arm, *parts[2:])
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".part")
         tmp.write_bytes(blob)
@@ -274,38 +321,50 @@ def land_files(run_path: Path, files: dict[str, bytes]) -> None:
 
 def run_arms(loaded, arms: dict, res, data, test: list, run, results) -> None:
     """`harness.run_arms` on the cluster: every arm that answers is a task, sent at once; each
-    result is written to the run directory as it arrives (an arm that fails is recorded as an
-    error, the others go on); then the ensembles combine on the driver."""
+    result is written to the run directory as it arrives (an arm that fails, or whose result
+    cannot be written, is recorded as an error and the others go on); then the ensembles combine
+    on the driver. Bad input (UserError) and Ctrl-C stop every run of the command."""
     # ray: the optional extra, imported only under --ray
     import ray
 
     from toolkit.harness import run_ensemble
+    if _stop.is_set():
+        raise Stopped()
     store = _cache_actor()
     gpus = ray.cluster_resources().get("GPU", 0)
     refs = {"loaded": ray.put(loaded), "data": ray.put(data), "test": ray.put(test)}
-    env = forwarded_env(loaded)
+    env = forwarded_env(loaded, arms)
     pending: dict[Any, str] = {}
     task = ray.remote(arm_task)
-    for name, (stype, cfg) in arms.items():
-        if getattr(cfg, "combines", False):
-            continue
-        opts = task_options(stype, cfg, loaded.suite, gpus)
-        threads = max(1, int(opts["num_cpus"]))
-        ref = task.options(name=f"adaptbench {loaded.suite.name}:{name}", **opts).remote(
-            refs["loaded"], refs["data"], refs["test"], name, stype, cfg, store, env, threads)
-        pending[ref] = name
-        with _lock:
-            _refs.add(ref)
-        log(f"[bold cyan]▶ {name}[/]: sent to the cluster ({describe(opts)})")
     answered: dict[str, dict] = {}
     try:
+        for name, (stype, cfg) in arms.items():
+            if getattr(cfg, "combines", False):
+                continue
+            if _stop.is_set():
+                raise Stopped()
+            opts = task_options(stype, cfg, loaded.suite, gpus)
+            threads = max(1, int(opts["num_cpus"]))
+            ref = task.options(name=f"adaptbench {loaded.suite.name}:{name}", **opts).remote(
+                refs["loaded"], refs["data"], refs["test"], name, stype, cfg, store, env, threads)
+            pending[ref] = name
+            with _lock:
+                _refs.add(ref)
+            log(f"[bold cyan]▶ {name}[/]: sent to the cluster ({describe(opts)})")
         while pending:
-            [ref], _ = ray.wait(list(pending), num_returns=1)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            if not ready:
+                if _stop.is_set():
+                    raise Stopped()
+                continue
+            ref = ready[0]
             name = pending.pop(ref)
             with _lock:
                 _refs.discard(ref)
             try:
                 out = ray.get(ref)
+            except ray.exceptions.TaskCancelledError:
+                raise Stopped() from None
             except ray.exceptions.RayTaskError as e:
                 cause = getattr(e, "cause", None)
                 if isinstance(cause, (UserError, KeyboardInterrupt)):
@@ -315,8 +374,12 @@ def run_arms(loaded, arms: dict, res, data, test: list, run, results) -> None:
             except (ray.exceptions.RayError, OSError) as e:  # a worker or node lost past its retries
                 _record_error(run, results, arms, name, f"{type(e).__name__}: {e}")
                 continue
-            land_files(run.path, out["files"])
-            run.append_samples(out["samples"])
+            try:
+                land_files(run.path, name, out["files"])
+                run.append_samples(out["samples"])
+            except (OSError, ValueError):  # a full disk, a stray file name: this arm's error, not the run's
+                _record_error(run, results, arms, name, traceback.format_exc())
+                continue
             results.strategies[name], answered[name] = out["result"], out["preds"]
             _ordered(results, arms)
             run.write_results(results)
@@ -327,6 +390,9 @@ def run_arms(loaded, arms: dict, res, data, test: list, run, results) -> None:
     except BaseException:
         cancel_all()
         raise
+    finally:
+        with _lock:
+            _refs.difference_update(pending)
     for name, (stype, cfg) in arms.items():
         if not getattr(cfg, "combines", False):
             continue

@@ -107,7 +107,7 @@ def run_folds(loaded: LoadedSuite, k: int, *, only=None, out: Path | None = None
     folds, how = fold_ids(pool, k, seed=s.seed, stratify=s.has_labels)
     n_val = len(data.splits.validation)
     plan = {"suite": s.name, "folds": k, "seed": s.seed, "how": how, "validation_size": n_val,
-            "arms": list(arms), "suite_hash": content_hash(loaded.suite.model_dump(mode="json")),
+            "arms": list(arms), "suite_hash": content_hash(without_scheduling(loaded.suite.model_dump(mode="json"))),
             "data_hash": content_hash([(e.id, e.input, e.target, e.label, e.context_ids) for e in pool + extra]),
             "test_ids": folds}
     parent = resume_or_claim(out, plan, loaded, reports_root)
@@ -145,6 +145,13 @@ def run_folds(loaded: LoadedSuite, k: int, *, only=None, out: Path | None = None
     atomic_write(parent / "folds.json", json.dumps(summary, indent=2))
     atomic_write(parent / "folds.md", render(summary))
     return parent, summary
+
+
+def without_scheduling(suite: dict) -> dict:
+    """The suite as the plan hashes it: an arm's `ray:` says where it runs, not what it is, so
+    changing it does not stop a resume."""
+    return {**suite, "strategies": {n: {k: v for k, v in a.items() if k != "ray"}
+                                    for n, a in (suite.get("strategies") or {}).items()}}
 
 
 def resume_or_claim(out: Path | None, plan: dict, loaded: LoadedSuite, reports_root: Path) -> Path:

@@ -126,9 +126,10 @@ def test_a_run_on_a_ray_cluster_gives_the_local_metrics_into_one_run_directory(t
 def test_ray_flag_errors_are_one_line(mini_suite, tmp_path, monkeypatch, capsys):
     """A malformed address, Ray missing, and a cluster that is not there: one line, exit 2."""
     from toolkit.cli import main
-    assert main(["run", str(mini_suite), "--ray", "http://x:1/path", "-o", str(tmp_path / "a")]) == 2
-    err = capsys.readouterr().err
-    assert "--ray" in err and "HOST:PORT" in err and len(err.strip().splitlines()) == 1
+    for bad in ("http://x:1/path", "127.0.0.1:99999", "127.0.0.1:6379\n", "ray://head:10001"):
+        assert main(["run", str(mini_suite), "--ray", bad, "-o", str(tmp_path / "a")]) == 2, bad
+        err = capsys.readouterr().err
+        assert "--ray" in err and "HOST:PORT" in err and len(err.strip().splitlines()) == 1, bad
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
     assert main(["run", str(mini_suite), "--ray", "local", "-o", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
@@ -146,8 +147,8 @@ def test_no_cluster_at_the_address_is_one_line(mini_suite, tmp_path):
 
 
 def test_task_resources_follow_the_arm(mini_suite):
-    """One CPU by default, a GPU for an arm that trains when the cluster has GPUs, and an arm's
-    `ray:` settings over both; they are not part of what the arm is (its fingerprint)."""
+    """One CPU by default, a GPU for an arm whose model is local when the cluster has GPUs (where a
+    local run would put it), and an arm's `ray:` settings over both."""
     from strategies.configs import FinetuneConfig, ZeroShotConfig
     from toolkit.cluster import task_options
     from toolkit.suites import load_suite
@@ -155,8 +156,11 @@ def test_task_resources_follow_the_arm(mini_suite):
     ft, zs = FinetuneConfig(), ZeroShotConfig()
     assert task_options("finetune", ft, suite, 4)["num_gpus"] == 1
     assert task_options("finetune", ft, suite, 0)["num_gpus"] == 0
-    assert task_options("zero_shot", zs, suite, 4) == {"num_cpus": 1, "num_gpus": 0, "max_retries": 2,
+    assert task_options("zero_shot", zs, suite, 4)["num_gpus"] == 1
+    assert task_options("zero_shot", zs, suite, 0) == {"num_cpus": 1, "num_gpus": 0, "max_retries": 2,
                                                        "retry_exceptions": False}
+    cpu = suite.model_copy(update={"generator": suite.generator.model_copy(update={"device": "cpu"})})
+    assert task_options("finetune", ft, cpu, 4)["num_gpus"] == 0  # the suite asks for the CPU
     own = FinetuneConfig(ray={"num_cpus": 4, "num_gpus": 0.5, "memory_gb": 8, "max_retries": 0})
     assert task_options("finetune", own, suite, 4) == {"num_cpus": 4, "num_gpus": 0.5, "max_retries": 0,
                                                        "retry_exceptions": False, "memory": 8 * 2**30}
@@ -164,3 +168,28 @@ def test_task_resources_follow_the_arm(mini_suite):
     assert task_options("finetune", api, suite, 4)["num_gpus"] == 0  # trained by the endpoint, not here
     with pytest.raises(ValueError):
         ZeroShotConfig(ray={"num_cpus": 0})
+
+
+def test_a_task_lands_only_its_own_adapter_folder(tmp_path):
+    """What a task returns as its run-folder files may only fill adapters/ARM/: never the run's
+    records, another arm's adapter, or anything outside the run directory."""
+    from toolkit.cluster import land_files
+    land_files(tmp_path, "ft", {"adapters/ft/adapter_config.json": b"{}"})
+    assert (tmp_path / "adapters" / "ft" / "adapter_config.json").read_bytes() == b"{}"
+    for rel in ("results.json", "adapters/other/x", "adapters/ft/../../results.json", "../outside", "adapters/ft"):
+        with pytest.raises(ValueError):
+            land_files(tmp_path, "ft", {rel: b"x"})
+    assert not (tmp_path / "results.json").exists() and not (tmp_path.parent / "outside").exists()
+
+
+def test_the_driver_forwards_only_what_the_tasks_need(mini_suite, monkeypatch):
+    from toolkit.cluster import forwarded_env
+    from toolkit.harness import select_arms
+    from toolkit.suites import load_suite
+    for k, v in {"ADAPTBENCH_DTYPE": "float32", "ADAPTBENCH_API_KEY": "serve-key", "ADAPTBENCH_CACHE": "/x",
+                 "CHROMA_TOKEN": "t", "OPENAI_API_KEY": "sk-1", "AWS_SECRET_ACCESS_KEY": "no"}.items():
+        monkeypatch.setenv(k, v)
+    loaded = load_suite(mini_suite)
+    env = forwarded_env(loaded, select_arms(loaded, None))
+    assert env.get("ADAPTBENCH_DTYPE") == "float32" and env.get("CHROMA_TOKEN") == "t"
+    assert not {"ADAPTBENCH_API_KEY", "ADAPTBENCH_CACHE", "OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY"} & set(env)

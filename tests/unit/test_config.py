@@ -114,7 +114,7 @@ def test_cli_bad_input_exit_2_one_line_no_run_dir(tmp_path, suite_text, data, ex
 
 
 @pytest.mark.parametrize("name", ["demo", "knowledge_injection", "covid_faq", "covid_qa", "banking77", "pubmedqa",
-                                  "banking77_imbalanced"])
+                                  "banking77_imbalanced", "covid_qa_100k"])
 def test_every_bundled_suite_loads_its_data(name, monkeypatch):
     from tests.conftest import SHARED_DATA
     from toolkit.data.suite_data import load_task_data
@@ -130,6 +130,14 @@ def test_every_bundled_suite_loads_its_data(name, monkeypatch):
         assert all(set(e.context_ids) <= ids for e in s.test)
     if name == "covid_qa":
         assert len(data.kb.documents) == 98 and len(s.test) > 250 and all(e.context_ids for e in s.test)
+    if name == "covid_qa_100k":  # covid_qa's questions and split, its papers among ~92,600 documents
+        small = load_task_data(load_suite(REPO / "eval_suites" / "covid_qa.yaml"))
+        assert [e.id for e in s.test] == [e.id for e in small.splits.test]
+        docs = data.kb.documents
+        assert len(docs) == 98 + 1000 + 91500 and len({d.id for d in docs}) == len(docs)
+        assert data.kb.source.startswith("loader covid_qa_distractors ")
+        from toolkit.data.loaders import make_filler
+        assert [d.text for d in make_filler(3)] == [d.text for d in docs[1098:1101]]  # seeded: the same every run
     if name == "banking77_imbalanced":  # drawn from the official splits at run time, seeded
         from collections import Counter
         assert list(Counter(e.label for e in s.train).most_common()) == [
@@ -157,6 +165,15 @@ def test_bad_banking77_imbalanced_arguments_name_their_field(args, field, tmp_pa
     with pytest.raises(UserError) as e:
         banking77_imbalanced(tmp_path, suite_path=tmp_path / "suite.yaml", **args)
     assert e.value.field == f"data.loader_args.{field}"
+
+
+@pytest.mark.parametrize("n", [-1, True, "100", 10**7])
+def test_bad_filler_documents_name_their_field(n, tmp_path):
+    from toolkit.data.loaders import covid_qa_distractors
+
+    with pytest.raises(UserError) as e:
+        covid_qa_distractors(tmp_path, suite_path=tmp_path / "suite.yaml", filler_documents=n)
+    assert e.value.field == "data.loader_args.filler_documents"
 
 
 def test_every_generator_and_finetune_field_belongs_to_a_part():

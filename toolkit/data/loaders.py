@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from pathlib import Path
 from typing import Callable
 
@@ -88,6 +89,48 @@ def covid_qa(path: Path, *, suite_path: Path, seed: int = 0, validation_size: in
     return train, val, test, KnowledgeBase("covid_qa", docs)
 
 
+FILLER_WORDS = ("patient cohort protein viral load antibody receptor trial dose symptom onset clinical sample "
+                "serum assay cell infection transmission vaccine outcome mortality incidence exposure lung fever "
+                "cough ward hospital therapy response marker genome strain mutation host immune titer").split()
+
+
+def make_filler(n: int, seed: int = 0) -> list[Document]:
+    """n deterministic documents of about 80 words each (one chunk of 128 tokens): distractors in
+    the vocabulary of the papers, with none of their facts."""
+    rng = random.Random(seed)
+    return [Document(f"filler-{i:06d}", " ".join(
+        " ".join(rng.choice(FILLER_WORDS) for _ in range(rng.randint(8, 16))).capitalize() + "." for _ in range(6)))
+        for i in range(n)]
+
+
+def pubmedqa_abstracts(path: Path, suite_path: Path, field: str) -> list[Document]:
+    data_file = _need(path / "ori_pqal.json", field, suite_path)
+    return [Document(f"pmid-{pid}", " ".join(c.strip() for c in r["CONTEXTS"]))
+            for pid, r in json.loads(data_file.read_text(encoding="utf-8")).items()]
+
+
+MAX_FILLER = 5_000_000
+
+
+@loader("covid_qa_distractors", "COVID-QA's questions and split (as covid_qa) over a knowledge base grown to scale: "
+        "the 98 CORD-19 papers, the 1,000 PubMedQA abstracts (`pubmedqa_path`) and `filler_documents` seeded "
+        "filler documents of ~80 words, so each gold paper is one among many (91,500 filler documents: about "
+        "100,000 chunks of 128 tokens).")
+def covid_qa_distractors(path: Path, *, suite_path: Path, seed: int = 0, validation_size: int = 50,
+                         test_size: int = 300, pubmedqa_path: Path | None = None, filler_documents: int = 0, **_):
+    n = filler_documents
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_FILLER:
+        raise UserError(f"filler_documents needs a whole number from 0 to {MAX_FILLER:,}", file=suite_path,
+                        field="data.loader_args.filler_documents")
+    train, val, test, kb = covid_qa(path, suite_path=suite_path, seed=seed, validation_size=validation_size,
+                                    test_size=test_size)
+    docs = list(kb.documents)
+    if pubmedqa_path is not None:
+        docs += pubmedqa_abstracts(Path(pubmedqa_path), suite_path, "data.loader_args.pubmedqa_path")
+    docs += make_filler(n, seed)
+    return train, val, test, KnowledgeBase("covid_qa_distractors", docs)
+
+
 @loader("pubmedqa", "PubMedQA (PQA-L): yes/no/maybe questions, each with its abstract as context in the input; "
         "test = the 500 official test ids, the other 500 are train/validation.")
 def pubmedqa(path: Path, *, suite_path: Path, seed: int = 0, validation_size: int = 50, with_context: bool = True, **_):
@@ -152,13 +195,20 @@ def banking77_imbalanced(path: Path, *, suite_path: Path, seed: int = 0, intents
     return shuffled(train, seed), val, [e for i in intents for e in test[i]], None
 
 
+def resolved_args(args: dict, resolve) -> dict:
+    """The loader's arguments with `path` and every `*_path` resolved (relative to the suite,
+    {data_dir}/ expanded)."""
+    return {k: resolve(v, f"data.loader_args.{k}") if (k == "path" or k.endswith("_path")) and isinstance(v, str) else v
+            for k, v in args.items()}
+
+
 def run_loader(name: str, args: dict, *, suite_path: Path, resolve, seed: int):
     if name not in LOADERS:
         raise UserError(f"unknown loader '{name}' (choose from: {', '.join(LOADERS)})", file=suite_path, field="data.loader")
     args = dict(args)
     if "path" not in args:
         raise UserError("the loader needs a `path`", file=suite_path, field="data.loader_args.path")
-    args["path"] = resolve(args["path"], "data.loader_args.path")
+    args = resolved_args(args, resolve)
     args.setdefault("seed", seed)
     try:
         return LOADERS[name](suite_path=suite_path, **args)

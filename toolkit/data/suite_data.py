@@ -18,7 +18,7 @@ from toolkit.data import (
     subsample,
 )
 from toolkit.data.kb import KnowledgeBase, read_knowledge_base
-from toolkit.data.loaders import run_loader
+from toolkit.data.loaders import resolved_args, run_loader
 from toolkit.data.tables import dataset_rows, hub_dataset
 from toolkit.errors import UserError
 
@@ -186,7 +186,7 @@ def _knowledge_base(loaded: LoadedSuite, kb: KnowledgeBase | None, every: list[E
     elif s.kb_path == "loader" and kb is None:
         raise UserError("is 'loader' but the data loader provides no documents", file=loaded.path, field="knowledge_base")
     elif kb is not None and not kb.source:  # the loader's documents: one index per loader and its path
-        args = {**s.data.loader_args, "path": str(loaded.resolve(s.data.loader_args["path"], "data.loader_args.path"))}
+        args = {k: str(v) if isinstance(v, Path) else v for k, v in resolved_args(s.data.loader_args, loaded.resolve).items()}
         kb.source = f"loader {s.data.loader} {content_hash(args)}"
     if kb is None and any(getattr(cfg, "needs_knowledge_base", False) for _, cfg in loaded.arms.values()):
         raise UserError("a retrieval strategy is listed but there is no knowledge base", file=loaded.path,
