@@ -17,7 +17,7 @@ from tests.conftest import REPO
 from toolkit.config import ChromaServerConfig, EmbedderConfig
 from toolkit.data.kb import Document, KnowledgeBase
 from toolkit.errors import UserError
-from toolkit.retrieval import Retriever
+from toolkit.retrieval import Retriever, doc_hash
 
 TOPICS = ["tide pools", "glacier ice", "desert beetles", "coral reefs", "alpine lakes", "river deltas",
           "volcanic soil", "mangrove roots"]
@@ -74,6 +74,21 @@ def test_a_changed_added_or_deleted_document_re_embeds_only_its_chunks(tmp_path,
     # a process still holding the earlier documents never answers from the updated index's passages
     with pytest.raises(UserError, match="updated to other documents by another process"):
         first.retrieve(QUESTIONS[:1], 2)
+
+
+def test_reading_the_ids_alone_finds_what_reading_every_chunk_finds(tmp_path, tiny_llama):
+    first = retriever(KnowledgeBase("kb", docs(), source=str(tmp_path / "kb")), tiny_llama)
+    first.build()
+    new = docs(changed={1: "Glacier ice flows downhill under its own weight."})
+    new = [d for d in new if d.id != "doc-6"] + [Document("doc-8", "Salt marshes flood twice a day.")]
+    upd = retriever(KnowledgeBase("kb", new, source=str(tmp_path / "kb")), tiny_llama)
+    want = {d.id: doc_hash(d) for d in new}
+    by_ids, n_ids = upd._scan(first._collection, settled=want)
+    by_meta, n_meta = upd._scan(first._collection)
+    assert n_ids == n_meta == first.n_chunks
+    assert {k: (v["hashes"], sorted(v["ids"])) for k, v in by_ids.items()} == \
+           {k: (v["hashes"], sorted(v["ids"])) for k, v in by_meta.items()}
+    assert sorted(upd._stale(by_ids, want)) == sorted(upd._stale(by_meta, want)) == ["doc-1", "doc-6"]
 
 
 def test_an_update_killed_halfway_is_finished_by_the_next(tmp_path, tiny_llama):
@@ -203,3 +218,32 @@ def test_the_suite_and_the_environment_pick_the_server_and_an_unreachable_one_is
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
                        env={**env, "CHROMA_TOKEN": "Bearer tok-123"})
     assert r.returncode == 2 and "cannot reach the Chroma server" in r.stderr and "tok-123" not in r.stderr
+
+
+def test_serve_of_a_rag_arm_retrieves_from_the_chroma_server(tmp_path, talker, chroma_server, monkeypatch):
+    from tests.conftest import write_mini_suite
+    from tests.serving.test_serving import Served, samples
+    from toolkit.harness import run_suite
+    from toolkit.suites import load_suite
+
+    suite = write_mini_suite(tmp_path)
+    cfg = yaml.safe_load(suite.read_text())
+    cfg["generator"].update(model=str(talker), dtype="float32")
+    cfg["knowledge_base"] = {"path": "kb", "chroma": {"host": chroma_server.host, "port": chroma_server.port}}
+    cfg["strategies"] = {"rag": cfg["strategies"]["rag"]}
+    suite.write_text(yaml.safe_dump(cfg))
+    monkeypatch.setenv("ADAPTBENCH_CACHE", str(tmp_path / "run-cache"))
+    run, results = run_suite(load_suite(suite), out=tmp_path / "run")
+    assert results.status == "success"
+    rows = samples(run.path)
+    assert rows and all(r["contexts"] for r in rows)
+    # served from an empty cache: the passages can only come from the server's collection
+    monkeypatch.setenv("ADAPTBENCH_CACHE", str(tmp_path / "serve-cache"))
+    with Served(run.path, {"rag": 1}, tmp_path / "serve.db") as s:
+        c = s.client()
+        for r in rows:
+            out = c.chat.completions.create(model="rag", messages=[{"role": "user", "content": r["input"]}])
+            assert out.choices[0].message.content == r["output"], r["id"]
+            assert [p["doc_id"] for p in out.adaptbench["passages"]] == [p["doc_id"] for p in r["contexts"]]
+    for cache in ("run-cache", "serve-cache"):
+        assert not list((tmp_path / cache).rglob("chroma.sqlite3")), f"an embedded index was built in {cache}"
