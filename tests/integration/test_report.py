@@ -306,3 +306,4 @@ def test_generated_answers_draw_no_label_curves(tmp_path, tiny_llama, scripted):
     assert "roc_auc" in res.strategies["sharp"].not_applicable
     page = render_run(run.path)[1].read_text()
     assert 'id="label-scores"' not in page and "fig-roc" not in page
+    assert 'id="no-label-scores"' in page and "classification_mode: likelihood" in page  # and how to get them
