@@ -11,9 +11,10 @@ what was added or changed (and deletes the chunks of changed or deleted document
 knowledge base that changes a document a day costs that document's chunks, not a rebuild.
 The comparison reads what the collection holds, not a separate record of it, so an update that
 was killed halfway is finished by the next one. Chunk ids are the document's hash and the chunk's
-number, so after a finished update the comparison reads the ids alone (a hundredth of the time of
-reading every chunk's metadata); after an interrupted one it reads the metadata too, to find
-documents left with some of their chunks.
+number, so in an embedded index whose last update finished (and holds the chunk count it recorded)
+the comparison reads the ids alone, a hundredth of the time of reading every chunk's metadata.
+After an interrupted update, and on a Chroma server (where another machine may be writing
+meanwhile), it reads every chunk's metadata, which tells a document left with some of its chunks.
 
 llama-index's SentenceSplitter cuts the chunks (counting generator tokens, the budget the
 passages spend in the prompt); adding, deleting and querying go to the chromadb client itself,
@@ -203,14 +204,16 @@ class Retriever:
         col.modify(metadata=new)
         return new
 
-    def _scan(self, col, settled: dict[str, str] | None = None) -> tuple[dict[str, dict[str, Any]], int]:
+    def _scan(self, col, settled: dict[str, str] | None = None,
+              expect: int | None = None) -> tuple[dict[str, dict[str, Any]], int]:
         """doc id -> {"hashes", "ids", "n"} of the collection's chunks, and how many it read.
 
-        settled: the wanted documents (id -> hash) when the last update of the collection finished,
-        so every document in it has all its chunks; then only the ids are read (`{doc hash}-{chunk}`),
-        and the metadata only of chunks whose hash is no wanted document's, to learn whose they are."""
-        if settled is not None:
-            return self._scan_ids(col, settled)
+        settled: the wanted documents (id -> hash) when the last update of this embedded collection
+        finished, so every document in it has all its chunks; then only the ids are read
+        (`{doc hash}-{chunk}`), if there are as many as that update recorded (`expect`), and the
+        metadata only of chunks whose hash is no wanted document's, to learn whose they are."""
+        if settled is not None and (got := self._scan_ids(col, settled, expect)) is not None:
+            return got
         have: dict[str, dict[str, Any]] = {}
         total, seen = col.count(), 0
         for off in range(0, total, GET_BATCH):
@@ -223,10 +226,14 @@ class Retriever:
                 seen += 1
         return have, seen
 
-    def _scan_ids(self, col, want: dict[str, str]) -> tuple[dict[str, dict[str, Any]], int]:
-        by_hash: dict[str, list[str]] = {}
+    def _scan_ids(self, col, want: dict[str, str],
+                  expect: int | None) -> tuple[dict[str, dict[str, Any]], int] | None:
         # ids only: Chroma returns them without decoding any metadata (one call; ~20 bytes each)
-        for cid in col.get(include=[])["ids"]:
+        ids = col.get(include=[])["ids"]
+        if expect is None or len(ids) != expect:  # not what the finished update left: read the metadata
+            return None
+        by_hash: dict[str, list[str]] = {}
+        for cid in ids:
             by_hash.setdefault(cid.rsplit("-", 1)[0], []).append(cid)
         wanted = {h: i for i, h in want.items()}
         have: dict[str, dict[str, Any]] = {}
@@ -255,10 +262,12 @@ class Retriever:
         st = SyncStats()
         t0 = time.perf_counter()
         want = {d.id: doc_hash(d) for d in self.kb.documents}
-        # the last update finished (its record names the content it left): every document has all its chunks
-        settled = meta.get("kb_hash") not in (None, "updating")
+        # the last update finished (its record names the content it left) and nobody else writes here
+        # (embedded: one process of this machine at a time, under the folder's lock): every document
+        # has all its chunks
+        settled = self.server is None and meta.get("kb_hash") not in (None, "updating")
         for attempt in range(3):
-            have, seen = self._scan(col, settled=want if settled and attempt == 0 else None)
+            have, seen = self._scan(col, settled=want if settled and attempt == 0 else None, expect=meta.get("chunks"))
             st.full = st.full or (attempt == 0 and seen == 0)
             stale = self._stale(have, want)
             redo = set(stale)
@@ -290,7 +299,7 @@ class Retriever:
                             "another process is updating it with other documents", field="knowledge_base")
         if st.full:  # what comparing a collection of this size costs, for the one-document estimate
             t1 = time.perf_counter()
-            self._scan(col, settled=want)
+            self._scan(col, settled=want if self.server is None else None, expect=col.count())
             st.compare_s = time.perf_counter() - t1
         st.total_s = time.perf_counter() - t0
         return st

@@ -83,12 +83,29 @@ def test_reading_the_ids_alone_finds_what_reading_every_chunk_finds(tmp_path, ti
     new = [d for d in new if d.id != "doc-6"] + [Document("doc-8", "Salt marshes flood twice a day.")]
     upd = retriever(KnowledgeBase("kb", new, source=str(tmp_path / "kb")), tiny_llama)
     want = {d.id: doc_hash(d) for d in new}
-    by_ids, n_ids = upd._scan(first._collection, settled=want)
+    by_ids, n_ids = upd._scan(first._collection, settled=want, expect=first.n_chunks)
     by_meta, n_meta = upd._scan(first._collection)
     assert n_ids == n_meta == first.n_chunks
     assert {k: (v["hashes"], sorted(v["ids"])) for k, v in by_ids.items()} == \
            {k: (v["hashes"], sorted(v["ids"])) for k, v in by_meta.items()}
     assert sorted(upd._stale(by_ids, want)) == sorted(upd._stale(by_meta, want)) == ["doc-1", "doc-6"]
+    assert upd._scan_ids(first._collection, want, first.n_chunks - 1) is None  # not the count recorded
+
+
+def test_a_document_short_of_chunks_is_re_embedded_though_the_record_says_finished(tmp_path, tiny_llama):
+    # what an update killed by an adaptbench that did not mark its collection 'updating' leaves
+    first = retriever(KnowledgeBase("kb", docs(), source=str(tmp_path / "kb")), tiny_llama)
+    first.build()
+    col = first._collection
+    col.delete(ids=col.get(where={"doc_id": "doc-3"})["ids"][-1:])
+    kb = KnowledgeBase("kb", docs(changed={1: "Glacier ice flows downhill under its own weight."}),
+                       source=str(tmp_path / "kb"))
+    upd = retriever(kb, tiny_llama)
+    upd.build()
+    assert (upd.last.added, upd.last.changed, upd.last.deleted) == (0, 2, 0)  # doc-1, and doc-3 made whole
+    fresh = retriever(kb, tiny_llama, source=str(tmp_path / "elsewhere"))
+    fresh.build()
+    assert upd.n_chunks == fresh.n_chunks and results(upd) == results(fresh)
 
 
 def test_an_update_killed_halfway_is_finished_by_the_next(tmp_path, tiny_llama):
