@@ -10,7 +10,9 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -121,6 +123,72 @@ def test_a_run_on_a_ray_cluster_gives_the_local_metrics_into_one_run_directory(t
     summary = json.loads((tmp_path / "again" / "seeds.json").read_text())
     assert summary["seeds"] == [0, 1]
     assert took < 600
+
+
+def task_pids(name: str) -> list[int]:
+    """Processes running the Ray task of that name (Ray titles a busy worker `ray::NAME`; an arm's
+    task is named `adaptbench SUITE:ARM`)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and (d / "cmdline").read_bytes().startswith(f"ray::{name}".encode()):
+                pids.append(int(d.name))
+        except OSError:  # the process ended while the folder was read
+            continue
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the task's worker through /proc")
+def test_a_task_whose_worker_is_killed_is_retried_and_asks_only_what_was_unfinished(tiny_suite_path, tmp_path, cluster):
+    """SIGKILL the worker of an arm while its third question is at the endpoint: Ray runs the task
+    again, the two answers it had finished come from the driver's cache, and the endpoint is
+    asked every other question once."""
+    from tests.conftest import FACTS, scripted_app
+    from toolkit.serving.app import LoopbackServer
+
+    address, _ = cluster
+    asked: list[str] = []
+    held, release = threading.Event(), threading.Event()
+
+    def answer(messages, n, temperature, max_tokens, stop):
+        name = next((f[1] for f in FACTS if f"the {f[1]} " in messages[-1]["content"]), "?")
+        asked.append(name)
+        if len(set(asked)) == 3 and not release.is_set():  # the third question: held until its asker is dead
+            held.set()
+            release.wait(120)
+        return [(f"{name} answer", 3, 2)] * n
+
+    with LoopbackServer(scripted_app(answer, "tiny")) as server:
+        cfg = yaml.safe_load(tiny_suite_path.read_text())
+        cfg["strategies"] = {"hosted": {"type": "zero_shot", "generator": {
+            "backend": "openai", "base_url": server.base_url, "model": "tiny", "concurrency": 1}}}
+        tiny_suite_path.write_text(yaml.safe_dump(cfg))
+        env = {**os.environ, "ADAPTBENCH_CACHE": str(tmp_path / "driver-cache"), "PYTHONPATH": str(REPO),
+               "RAY_USAGE_STATS_ENABLED": "0"}
+        proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "run", str(tiny_suite_path), "--ray", address,
+                                 "-q", "-o", str(tmp_path / "run")], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            assert held.wait(300), "the arm never reached its third question"
+            pids = task_pids("adaptbench mini:hosted")
+            assert len(pids) == 1, pids
+            os.kill(pids[0], 9)
+            release.set()
+            out, err = proc.communicate(timeout=600)
+        finally:
+            release.set()
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    third = list(dict.fromkeys(asked))[2]
+    counts = Counter(asked)
+    assert len(counts) == len(FACTS) and counts[third] == 2, asked  # the question in flight, asked again
+    assert all(counts[n] == 1 for n in counts if n != third), asked  # the finished ones never again
+    r = strategies(tmp_path / "run")["hosted"]
+    assert r["status"] == "success" and r["cost"]["cached_answers"] == 2, r["cost"]
+    rows = [json.loads(x) for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert sorted(x["output"] for x in rows) == sorted(f"{f[1]} answer" for f in FACTS)
 
 
 def test_ray_flag_errors_are_one_line(mini_suite, tmp_path, monkeypatch, capsys):

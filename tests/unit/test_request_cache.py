@@ -129,3 +129,32 @@ def test_judge_scores_are_keyed_on_the_answer_text(tmp_path):
         add_judge_scores(judge, ["answer_relevancy"], False, ex, [Prediction("1", answer)], scores, store)
         assert scores[0]["answer_relevancy"] == float(len(answer))
     assert judge.asked == ["2014", "in 2014"]  # the same id with another answer is judged again
+
+
+def test_answers_are_stored_batch_by_batch_so_a_kill_keeps_the_finished_ones(tiny_llama, tmp_path):
+    """The generator fails in its third batch (as a killed process stops): the two batches it
+    had answered are in the cache, and asking again sends only the rest to the model."""
+    be, inner = cached_backend(tiny_llama, tmp_path, batch_size=2, max_new_tokens=3)
+    reqs = [GenRequest(ask(f"Question number {i} about sensors?"), Settings(3)) for i in range(6)]
+    gen = inner.inner.generator
+    real, calls = gen.generate, []
+
+    def dies_in_third_batch(prompts, **kw):
+        done = kw["on_done"]
+
+        def counted(idx, gens):
+            calls.append(len(idx))
+            if len(calls) == 3:
+                raise KeyboardInterrupt  # what a kill leaves: the process stops between batches
+            done(idx, gens)
+        return real(prompts, **{**kw, "on_done": counted})
+
+    gen.generate = dies_in_third_batch
+    try:
+        be.generate(reqs)
+    except KeyboardInterrupt:
+        pass
+    gen.generate = real
+    inner.seen.clear()
+    again = be.generate(reqs)
+    assert sum(c.cached for c in again) == 4 and len(inner.seen) == 2  # two batches kept, one asked again

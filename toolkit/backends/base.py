@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from toolkit.chat import Messages
 
@@ -75,6 +75,10 @@ class NotMeasured(Exception):
     The metric is reported as not measured with this reason, never as 0."""
 
 
+# called with the indices of the requests just answered and their completions
+OnDone = Callable[[list[int], list["Completion"]], None]
+
+
 class Backend(ABC):
     """A model that answers. Subclasses implement identity, generate and, where they can,
     loglikelihood."""
@@ -99,8 +103,11 @@ class Backend(ABC):
         """For the report: model, backend, where it runs."""
 
     @abstractmethod
-    def generate(self, requests: list[GenRequest], *, description: str = "Generating") -> list[Completion]:
-        """One completion per request, in order."""
+    def generate(self, requests: list[GenRequest], *, description: str = "Generating",
+                 on_done: OnDone | None = None) -> list[Completion]:
+        """One completion per request, in order. `on_done(indices, completions)`, where given, is
+        called as answers finish (a batch, or one request), before generate returns: the cache
+        stores each then, so a process killed halfway keeps what it had answered."""
 
     def loglikelihood(self, requests: list[LLRequest]) -> list[Likelihood]:
         raise NotMeasured(f"the {self.kind} backend gives no log-probabilities")

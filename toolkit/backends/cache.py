@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from toolkit.backends.base import Backend, Completion, GenRequest, Likelihood, LLRequest
+from toolkit.backends.base import Backend, Completion, GenRequest, Likelihood, LLRequest, OnDone
 from toolkit.cache import PredictionCache, content_hash
 from toolkit.chat import Messages
 
@@ -37,21 +37,32 @@ class CachedBackend(Backend):
     def _key(self, **what) -> str:
         return content_hash({"backend": self.identity(), **what}, 32)
 
-    def _cached(self, kind: str, keys: list[str], compute, decode, encode) -> list:
-        """Results for keys: stored ones, the others computed by `compute(indices)` and stored."""
+    def _cached(self, kind: str, keys: list[str], compute, decode, encode, *, as_done: bool = False) -> list:
+        """Results for keys: stored ones, the others computed by `compute(indices)` and stored.
+        With `as_done`, compute is `compute(indices, on_done)` and each answer is stored as it
+        finishes (on_done(positions in indices, results)), so a kill loses only those in flight."""
         have = self.store.get_many(kind, keys) if self.store else {}
         todo = [i for i, k in enumerate(keys) if k not in have]
-        fresh = dict(zip(todo, compute(todo))) if todo else {}
-        if self.store and fresh:
-            self.store.put_many(kind, {keys[i]: encode(r) for i, r in fresh.items()})
+        stored: set[int] = set()
+
+        def on_done(rows: list[int], results: list) -> None:
+            if self.store:
+                self.store.put_many(kind, {keys[todo[j]]: encode(r) for j, r in zip(rows, results)})
+                stored.update(todo[j] for j in rows)
+
+        fresh = dict(zip(todo, compute(todo, on_done) if as_done else compute(todo))) if todo else {}
+        if self.store and len(stored) < len(fresh):
+            self.store.put_many(kind, {keys[i]: encode(r) for i, r in fresh.items() if i not in stored})
         return [fresh[i] if i in fresh else decode(have[k]) for i, k in enumerate(keys)]
 
-    def generate(self, requests: list[GenRequest], *, description: str = "Generating") -> list[Completion]:
+    def generate(self, requests: list[GenRequest], *, description: str = "Generating",
+                 on_done: OnDone | None = None) -> list[Completion]:
         if not all(r.settings.reproducible for r in requests):  # sampled without a seed: never stored, never reused
-            return self.backend.generate(requests, description=description)
+            return self.backend.generate(requests, description=description, on_done=on_done)
         keys = [self._key(messages=r.messages, settings=r.settings.to_dict()) for r in requests]
-        return self._cached("gen", keys, lambda idx: self.backend.generate([requests[i] for i in idx], description=description),
-                            lambda d: Completion(**d, cached=True), Completion.to_dict)
+        return self._cached("gen", keys, lambda idx, done: self.backend.generate([requests[i] for i in idx],
+                                                                                 description=description, on_done=done),
+                            lambda d: Completion(**d, cached=True), Completion.to_dict, as_done=True)
 
     def single(self, request: GenRequest) -> Completion:
         """A local backend's one-request latency (cached with the answer when reproducible)."""

@@ -306,7 +306,8 @@ class Generator:
         return out
 
     def generate(self, prompts: list[Messages | str], *, description: str | None = "Generating",
-                 settings=None, streams: list | None = None, stop_rows: list | None = None) -> list[Generation]:
+                 settings=None, streams: list | None = None, stop_rows: list | None = None,
+                 on_done=None) -> list[Generation]:
         """Answers to chat prompts (or prompts already rendered as text), batched by length.
         One loop on purpose (the hot path): prefix cache, padding, stopping criteria and
         streamers are set up per batch from the same locals.
@@ -314,7 +315,8 @@ class Generator:
         temperature and seed; `description=None` draws no progress bar (the server).
         `streams[i]`, where given, is called with each new piece of answer i as it is
         generated (the pieces add up to the answer's text). `stop_rows[i]()`, where given, is
-        asked at every step whether answer i should stop there (its client has gone)."""
+        asked at every step whether answer i should stop there (its client has gone).
+        `on_done(indices, generations)`, where given, is called after each batch."""
         # torch, transformers, numpy: imported on first use, not when this module loads
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
@@ -388,6 +390,8 @@ class Generator:
                     text, _ = cut_at_stop(tok.decode(row[:n], skip_special_tokens=True), stop)
                     out[i] = Generation(text=text.strip(), prompt_tokens=lengths[i], completion_tokens=n,
                                         latency_s=dt, compute_s=dt / len(idx))
+                if on_done is not None:
+                    on_done(idx, [out[i] for i in idx])
                 advance(len(idx))
         return out  # type: ignore[return-value]
 

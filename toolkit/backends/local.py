@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from toolkit.backends.base import Backend, Completion, GenRequest, Likelihood, LLRequest, Settings
+from toolkit.backends.base import Backend, Completion, GenRequest, Likelihood, LLRequest, OnDone, Settings
 from toolkit.backends.generation import Generator, load_finetuned
 from toolkit.chat import Messages, render_chat
 from toolkit.models import load_tokenizer, model_context, pick_device, pick_dtype, resolve_generator
@@ -60,17 +60,24 @@ class TransformersBackend(Backend):
     def context_length(self) -> int | None:
         return model_context(self.ref.path)
 
-    def generate(self, requests: list[GenRequest], *, description: str = "Generating") -> list[Completion]:
+    def generate(self, requests: list[GenRequest], *, description: str = "Generating",
+                 on_done: OnDone | None = None) -> list[Completion]:
         out: list[Completion | None] = [None] * len(requests)
         groups: dict[Settings, list[int]] = {}
         for i, r in enumerate(requests):
             groups.setdefault(r.settings, []).append(i)
+
+        def completion(g) -> Completion:
+            return Completion(g.text, g.prompt_tokens, g.completion_tokens, g.latency_s, g.compute_s)
+
         with self._lock:
             for settings, idx in groups.items():
+                def batch_done(rows: list[int], gens, idx=idx) -> None:  # a batch of this group answered
+                    on_done([idx[j] for j in rows], [completion(g) for g in gens])  # type: ignore[misc]
                 gens = self.generator.generate([requests[i].messages for i in idx], description=description,
-                                               settings=settings)
+                                               settings=settings, on_done=batch_done if on_done else None)
                 for i, g in zip(idx, gens):
-                    out[i] = Completion(g.text, g.prompt_tokens, g.completion_tokens, g.latency_s, g.compute_s)
+                    out[i] = completion(g)
         return out  # type: ignore[return-value]
 
     def loglikelihood(self, requests: list[LLRequest]) -> list[Likelihood]:

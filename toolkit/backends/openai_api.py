@@ -12,9 +12,10 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import Any
 
-from toolkit.backends.base import Backend, Completion, GenRequest, Likelihood, LLRequest, NotMeasured
+from toolkit.backends.base import Backend, Completion, GenRequest, Likelihood, LLRequest, NotMeasured, OnDone
 from toolkit.chat import Messages, answer_suffix, cut_at_stop, render_chat
 from toolkit.config import check_url
 from toolkit.errors import UserError
@@ -133,13 +134,17 @@ class OpenAIBackend(Backend):
         return Completion(text.strip(), int(getattr(u, "prompt_tokens", 0) or 0),
                           int(getattr(u, "completion_tokens", 0) or 0), dt, dt)
 
-    def generate(self, requests: list[GenRequest], *, description: str | None = "Generating") -> list[Completion]:
-        if description is None:  # no progress bar (a served arm's one request)
+    def generate(self, requests: list[GenRequest], *, description: str | None = "Generating",
+                 on_done: OnDone | None = None) -> list[Completion]:
+        if description is None and on_done is None:  # no progress bar (a served arm's one request)
             return list(self._pool.map(self._chat, requests))
         out: list[Completion] = []
-        with task_bar(f"{description} ({self.cfg.concurrency} at a time)", len(requests)) as advance:
-            for c in self._pool.map(self._chat, requests):
+        with (task_bar(f"{description} ({self.cfg.concurrency} at a time)", len(requests)) if description
+              else nullcontext(lambda n: None)) as advance:
+            for i, c in enumerate(self._pool.map(self._chat, requests)):  # in order, as each is answered
                 out.append(c)
+                if on_done is not None:
+                    on_done([i], [c])
                 advance(1)
         return out
 
