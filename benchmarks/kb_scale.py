@@ -12,10 +12,13 @@
 4. one changed document absorbed incrementally against the full build — `update_one_doc_s`,
    `full_rebuild_s` — and the estimate the recommendation uses (`knowledge_update_s`);
 5. peak RSS (after the build, and at the end, after this benchmark has read the whole index
-   and searched it exactly) and the index's size on disk.
+   and searched it exactly) and the index's size on disk;
+6. how close together the filler's chunks embed, against the abstracts' (mean pairwise cosine
+   of 1,000 of each) — `filler_cosine`, `abstract_cosine`.
 
 The corpus is public text read at run time from ../shared/datasets (the 98 CORD-19 papers of
-COVID-QA, the 1,000 PubMedQA abstracts) plus deterministic filler documents (seeded) up to the
+COVID-QA, the 1,000 PubMedQA abstracts) plus deterministic filler documents (seeded; drawn from a
+word-bigram model of the abstracts, or with --filler near-alike from 37 topic words) up to the
 asked number of chunks; nothing is copied into the repository.
 
     python benchmarks/kb_scale.py --sizes 10000,100000
@@ -41,12 +44,13 @@ os.environ.setdefault("ADAPTBENCH_OFFLINE", "1")  # toolkit/__init__.py: the hub
 os.environ.setdefault("ADAPTBENCH_QUIET", "1")
 
 import numpy as np  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
 
-from toolkit.config import EmbedderConfig  # noqa: E402
+from toolkit.config import EmbedderConfig, HnswConfig  # noqa: E402
 from toolkit.data.kb import Document, KnowledgeBase  # noqa: E402
 from toolkit.data.loaders import make_filler, pubmedqa_abstracts  # noqa: E402
-from toolkit.models import embed, load_embedder, load_tokenizer, resolve_embedder, resolve_generator  # noqa: E402
-from toolkit.retrieval import HNSW, Retriever  # noqa: E402
+from toolkit.models import embed, load_embedder, load_tokenizer, resolve_generator  # noqa: E402
+from toolkit.retrieval import Retriever  # noqa: E402
 
 DATA = Path(os.environ.get("ADAPTBENCH_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
 def public_docs() -> tuple[list[Document], list[tuple[str, str]]]:
@@ -62,6 +66,32 @@ def public_docs() -> tuple[list[Document], list[tuple[str, str]]]:
             questions += [(q["question"].strip(), did) for q in para["qas"] if q["question"].strip()]
     docs += pubmedqa_abstracts(DATA / "pubmedqa", DATA, "pubmedqa")
     return docs, questions
+
+
+# --filler near-alike: sentences from a bag of 37 topic words, whose documents embed almost on top of
+# each other (filler_cosine says how close): what a knowledge base of templated pages is like
+TOPIC_WORDS = ("patient cohort protein viral load antibody receptor trial dose symptom onset clinical sample "
+               "serum assay cell infection transmission vaccine outcome mortality incidence exposure lung fever "
+               "cough ward hospital therapy response marker genome strain mutation host immune titer").split()
+
+
+def near_alike_filler(n: int, seed: int = 0) -> list[Document]:
+    rng = random.Random(seed)
+    return [Document(f"filler-{i:06d}", " ".join(
+        " ".join(rng.choice(TOPIC_WORDS) for _ in range(rng.randint(8, 16))).capitalize() + "." for _ in range(6)))
+        for i in range(n)]
+
+
+def spread(vecs: np.ndarray, owners: list[str], prefix: str, n: int = 1000) -> float | None:
+    """Mean pairwise cosine of up to n chunks (a seeded sample) of the documents whose id starts with
+    prefix: how close together they embed."""
+    idx = [i for i, o in enumerate(owners) if o.startswith(prefix)]
+    if len(idx) < 2:
+        return None
+    v = vecs[sorted(random.Random(0).sample(idx, min(n, len(idx))))]
+    v = v / np.linalg.norm(v, axis=1, keepdims=True)
+    sims = v @ v.T
+    return float((sims.sum() - np.trace(sims)) / (len(v) * (len(v) - 1)))
 
 
 def rss_gib() -> float:
@@ -89,10 +119,12 @@ def ann_recall(qv, vecs, ids, res, k: int = 10, eps: float = 1e-3) -> tuple[floa
 def measure(size: int, args, tok_path: str, public: list[Document], questions) -> dict:
     os.environ["ADAPTBENCH_CACHE"] = tempfile.mkdtemp(prefix=f"kb-scale-{size}-")
     n_fill = max(size - int(len(public) * args.public_chunks), 0)
-    docs = public + make_filler(n_fill)
+    docs = public + (near_alike_filler(n_fill) if args.filler == "near-alike" else
+                     make_filler(n_fill, [d.text for d in public if d.id.startswith("pmid-")]))
     emb = EmbedderConfig(model=args.embedder, batch_size=args.batch_size)
     mk = lambda kb, source="bench": Retriever(kb, emb, chunk_size=args.chunk_size, chunk_overlap=0,  # noqa: E731
-                                               tokenizer_path=tok_path, tokenizer_key="smollm2", source=source)
+                                               tokenizer_path=tok_path, tokenizer_key="smollm2", source=source,
+                                               hnsw=args.hnsw)
     kb = KnowledgeBase("kb-scale", docs, source="bench")
     r = mk(kb)
     # models loaded before either side is timed (the bare encode's model is loaded outside its timing too)
@@ -104,19 +136,17 @@ def measure(size: int, args, tok_path: str, public: list[Document], questions) -
     build_rss = rss_gib()  # the process's peak so far: the build's (before this benchmark reads the whole index)
     col = r._collection
     n = col.count()
-    texts, ids, vecs = [], [], []
+    texts, ids, owners, vecs = [], [], [], []
     for off in range(0, n, 5000):
-        got = col.get(include=["documents", "embeddings"], limit=5000, offset=off)
+        got = col.get(include=["documents", "embeddings", "metadatas"], limit=5000, offset=off)
         texts += got["documents"]
         ids += got["ids"]
+        owners += [str((m or {}).get("doc_id")) for m in got["metadatas"]]
         vecs.append(np.asarray(got["embeddings"], dtype=np.float32))
     vecs = np.concatenate(vecs)
 
-    # bare encode of the same texts with the same model and batch size
-    # sentence-transformers: what the index build is compared with
-    from sentence_transformers import SentenceTransformer
-    # device None: the same choice as the index's embedder (CUDA when present, else the CPU)
-    st = SentenceTransformer(resolve_embedder(args.embedder).path, device=None)
+    # bare encode of the same texts with the same sentence-transformers model, device and batch size
+    st = load_embedder(emb.model, emb.batch_size)._model
     t0 = time.perf_counter()
     st.encode(texts, batch_size=args.batch_size, normalize_embeddings=True)
     encode_s = time.perf_counter() - t0
@@ -154,8 +184,13 @@ def measure(size: int, args, tok_path: str, public: list[Document], questions) -
            "batched_qps": batched_qps, "ann_recall_at_10": recall, "ann_recall_at_10_eps": recall_eps, "hit_at_10": float(np.mean(hits)),
            "mrr": float(np.mean(rr)), "update_one_doc_s": update_s, "update_detail": up.last.as_dict(),
            "knowledge_update_estimate_s": up.one_document_update_s(),
+           "filler_cosine": spread(vecs, owners, "filler-"), "abstract_cosine": spread(vecs, owners, "pmid-"),
            "disk_mib": du(r.folder), "build_peak_rss_gib": build_rss, "peak_rss_gib": rss_gib()}
     return out
+
+
+def fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def main() -> None:
@@ -168,9 +203,21 @@ def main() -> None:
                     help="embedding model: the bundled one, a sentence-transformers id or a local folder")
     ap.add_argument("--tokenizer", default=None,
                     help="folder of the tokenizer that sizes chunks (default: the bundled SmolLM2's)")
+    for name, default in HnswConfig().settings().items():
+        if name != "space":
+            ap.add_argument(f"--{name.replace('_', '-')}", type=int, default=default,
+                            help=f"HNSW {name} (knowledge_base.hnsw.{name} in a suite; default {default})")
+    ap.add_argument("--filler", choices=("bigram", "near-alike"), default="bigram",
+                    help="bigram: drawn from a word-bigram model of the abstracts (the covid_qa_100k suite's); "
+                         "near-alike: sentences of 37 topic words, documents that embed almost on top of each other")
     ap.add_argument("--public-chunks", type=float, default=8.0,
                     help="chunks a public document is counted as when sizing the filler")
     args = ap.parse_args()
+    try:
+        args.hnsw = HnswConfig(max_neighbors=args.max_neighbors, ef_construction=args.ef_construction,
+                               ef_search=args.ef_search)
+    except ValidationError as e:
+        ap.error("; ".join(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}" for err in e.errors()))
     if not (DATA / "covid_qa").is_dir():
         sys.exit(f"error: {DATA}/covid_qa not found (set ADAPTBENCH_DATA_DIR to the shared datasets)")
     tok_path = args.tokenizer or resolve_generator("smollm2-135m-instruct").path
@@ -178,7 +225,7 @@ def main() -> None:
     random.Random(0).shuffle(questions)
     st = load_embedder(args.embedder, args.batch_size)._model  # the sentence-transformers model underneath
     weights = next(st.parameters())
-    print(f"HNSW settings: {HNSW}; chunk size {args.chunk_size} tokens; embedder {args.embedder} on "
+    print(f"HNSW settings: {args.hnsw.settings()}; {args.filler} filler; chunk size {args.chunk_size} tokens; embedder {args.embedder} on "
           f"{weights.device} ({str(weights.dtype).removeprefix('torch.')}), batch {args.batch_size}; "
           f"{len(public)} public documents")
     rows = []
@@ -192,7 +239,8 @@ def main() -> None:
               f"the exact 10th distance: {m['ann_recall_at_10_eps']:.3f}); hit@10 "
               f"{m['hit_at_10']:.3f}, MRR {m['mrr']:.3f}; one doc updated in {m['update_one_doc_s']:.2f} s "
               f"(estimate {m['knowledge_update_estimate_s']:.2f} s; compare {m['update_detail']['compare_s']:.2f} s); "
-              f"disk {m['disk_mib']:.0f} MiB; peak RSS after the build {m['build_peak_rss_gib']:.2f} GiB, "
+              f"mean pairwise cosine of filler chunks {fmt(m['filler_cosine'])}, of abstract chunks "
+              f"{fmt(m['abstract_cosine'])}; disk {m['disk_mib']:.0f} MiB; peak RSS after the build {m['build_peak_rss_gib']:.2f} GiB, "
               f"at the end {m['peak_rss_gib']:.2f} GiB", flush=True)
     last = rows[-1]
     tag = f"_{round(last['size'] / 1000)}k"
@@ -208,6 +256,8 @@ def main() -> None:
     print(f"update_one_doc_s: {last['update_one_doc_s']:.3f}")
     print(f"full_rebuild_s: {last['build_s']:.2f}")
     print(f"index_disk_mib{tag}: {last['disk_mib']:.1f}")
+    print(f"filler_cosine: {fmt(last['filler_cosine'])}")
+    print(f"abstract_cosine: {fmt(last['abstract_cosine'])}")
     print(f"build_peak_rss_gib: {last['build_peak_rss_gib']:.2f}")
     print(f"peak_rss_gib: {last['peak_rss_gib']:.2f}")
 

@@ -153,6 +153,24 @@ class ChromaServerConfig(StrictModel):
             "another service's key to a server it names."))
 
 
+class HnswConfig(StrictModel):
+    """Chroma's HNSW graph over the chunks (cosine space). A denser graph (more neighbours, a wider
+    search while inserting) finds more of the exact nearest chunks and takes longer to build; a
+    wider search per query finds more and costs query time. Changing any of them builds a new
+    collection: Chroma keeps `ef_search` with the collection, not with each query, so two suites
+    sharing one collection could not each keep their own."""
+    max_neighbors: int = Field(16, ge=4, le=128, description="Links per chunk in the graph (hnswlib's M).")
+    ef_construction: int = Field(100, ge=10, le=2000, description=(
+        "Candidates weighed when a chunk is inserted: higher builds a better graph, more slowly."))
+    ef_search: int = Field(100, ge=10, le=10000, description=(
+        "Candidates weighed per query (hnswlib weighs at least top_k): higher finds more of the exact top chunks."))
+
+    def settings(self) -> dict[str, Any]:
+        """As the index records and Chroma reads them."""
+        return {"space": "cosine", "ef_construction": self.ef_construction, "ef_search": self.ef_search,
+                "max_neighbors": self.max_neighbors}
+
+
 class KnowledgeBaseConfig(StrictModel):
     """A knowledge base with where its index lives."""
     path: str = Field(min_length=1, description=(
@@ -160,6 +178,9 @@ class KnowledgeBaseConfig(StrictModel):
     chroma: ChromaServerConfig | None = Field(None, description=(
         "Keep the index on this Chroma server instead of embedded in the cache ($ADAPTBENCH_CHROMA_URL, "
         "http://HOST:PORT, does the same for every suite)."))
+    hnsw: HnswConfig = Field(default_factory=HnswConfig, description=(
+        "The HNSW graph's settings (Chroma's defaults; a knowledge base of 100,000 near-alike chunks may want a "
+        "denser graph: docs/performance.md measures recall against exact search for several)."))
 
 
 # adaptbench's names for what a data row holds, which `fields:` maps a file's own columns to
@@ -438,6 +459,12 @@ class Suite(StrictModel):
     def kb_chroma(self) -> ChromaServerConfig | None:
         kb = self.knowledge_base
         return kb.chroma if isinstance(kb, KnowledgeBaseConfig) else None
+
+    @property
+    def kb_hnsw(self) -> HnswConfig:
+        """The index's HNSW settings (the defaults where `knowledge_base` is a plain path)."""
+        kb = self.knowledge_base
+        return kb.hnsw if isinstance(kb, KnowledgeBaseConfig) else HnswConfig()
 
     @property
     def has_labels(self) -> bool:

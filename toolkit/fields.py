@@ -23,6 +23,7 @@ from toolkit.config import (
     EmbedderConfig,
     FileSpec,
     GeneratorConfig,
+    HnswConfig,
     JudgeConfig,
     KnowledgeBaseConfig,
     PriceConfig,
@@ -54,6 +55,7 @@ def sections() -> dict[str, tuple[type[BaseModel], str]]:
     out["strategies.ray"] = (ray, "ray: of any arm, read under `adaptbench run --ray`")
     out["knowledge_base"] = (KnowledgeBaseConfig, "knowledge_base:, when it is not just a folder")
     out["knowledge_base.chroma"] = (ChromaServerConfig, "knowledge_base.chroma: (a Chroma server)")
+    out["knowledge_base.hnsw"] = (HnswConfig, "knowledge_base.hnsw: (the index's HNSW graph)")
     out.update({"decision": (DecisionConfig, "decision:"), "judge": (JudgeConfig, "judge:"),
                 "prices": (PriceConfig, "prices:")})
     return out

@@ -73,7 +73,7 @@ class Resources:
             ref = self.ref(GeneratorConfig(model=g.model if g.backend == "transformers" else (g.tokenizer or "smollm2-135m-instruct")))
             return Retriever(self.kb, self.suite.embedder, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
                              tokenizer_path=ref.path, tokenizer_key=ref.fingerprint, source=self.kb.source,
-                             server=self.suite.kb_chroma)
+                             server=self.suite.kb_chroma, hnsw=self.suite.kb_hnsw)
         return self._once(("retriever", chunk_size, chunk_overlap), make)
 
     def judge(self):

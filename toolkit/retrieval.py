@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from toolkit.cache import cache_root, content_hash, locked
-from toolkit.config import ChromaServerConfig, EmbedderConfig
+from toolkit.config import ChromaServerConfig, EmbedderConfig, HnswConfig
 from toolkit.data import Passage
 from toolkit.data.kb import Document, KnowledgeBase
 from toolkit.errors import UserError
@@ -40,8 +40,6 @@ from toolkit.progress import task_bar
 from toolkit.training.distributed import main_first
 
 INDEX_FORMAT = 2  # bump when the way chunks are built or stored changes
-# Chroma's HNSW settings, stated in the index's record (Chroma's defaults but the space)
-HNSW = {"space": "cosine", "ef_construction": 100, "ef_search": 100, "max_neighbors": 16}
 DOCS_PER_BATCH = 256  # documents chunked at a time: memory stays within one batch of chunks
 ADD_BATCH = 512  # chunks per call to Chroma's add
 GET_BATCH = 5000  # chunk records per call when the collection is compared with the documents
@@ -136,6 +134,7 @@ class Retriever:
     tokenizer_key: str
     source: str = ""  # where the documents come from (folder, loader): which collection they keep in step
     server: ChromaServerConfig | None = None
+    hnsw: HnswConfig = field(default_factory=HnswConfig)
     built_now: bool = False
     n_chunks: int = 0
     build_s: float = 0.0  # seconds the last full build took (an index built before: as it recorded)
@@ -148,7 +147,7 @@ class Retriever:
         self.server = chroma_server(self.server)
         settings = {"embedder": resolve_embedder(self.embedder.model).fingerprint, "chunk_size": self.chunk_size,
                     "chunk_overlap": self.chunk_overlap, "tokenizer": self.tokenizer_key, "format": INDEX_FORMAT,
-                    "hnsw": HNSW}
+                    "hnsw": self.hnsw.settings()}
         lineage = content_hash({"source": self.source or self.kb.name, **settings})
         self.collection_name = f"adaptbench-{lineage}"
         # what the answers depend on: the settings and the documents' content (not where they are kept)
@@ -178,7 +177,7 @@ class Retriever:
 
     def _open(self) -> None:
         client = self.client()
-        col = client.get_or_create_collection(self.collection_name, configuration={"hnsw": dict(HNSW)},
+        col = client.get_or_create_collection(self.collection_name, configuration={"hnsw": self.hnsw.settings()},
                                               metadata={"adaptbench_format": INDEX_FORMAT})
         meta = dict(col.metadata or {})
         if meta.get("kb_hash") != self.kb.content_hash:
@@ -229,18 +228,18 @@ class Retriever:
     def _scan_ids(self, col, want: dict[str, str],
                   expect: int | None) -> tuple[dict[str, dict[str, Any]], int] | None:
         # ids only: Chroma returns them without decoding any metadata (one call; ~20 bytes each)
-        ids = col.get(include=[])["ids"]
-        if expect is None or len(ids) != expect:  # not what the finished update left: read the metadata
+        all_ids = col.get(include=[])["ids"]
+        if expect is None or len(all_ids) != expect:  # not what the finished update left: read the metadata
             return None
         by_hash: dict[str, list[str]] = {}
-        for cid in ids:
+        for cid in all_ids:
             by_hash.setdefault(cid.rsplit("-", 1)[0], []).append(cid)
         wanted = {h: i for i, h in want.items()}
         have: dict[str, dict[str, Any]] = {}
-        for h, ids in by_hash.items():
+        for h, chunk_ids in by_hash.items():
             if h in wanted:
-                have[wanted[h]] = {"hashes": {h}, "ids": ids, "n": len(ids)}
-        gone = [ids[0] for h, ids in by_hash.items() if h not in wanted]
+                have[wanted[h]] = {"hashes": {h}, "ids": chunk_ids, "n": len(chunk_ids)}
+        gone = [chunk_ids[0] for h, chunk_ids in by_hash.items() if h not in wanted]
         for off in range(0, len(gone), GET_BATCH):
             got = col.get(ids=gone[off:off + GET_BATCH], include=["metadatas"])
             for cid, m in zip(got["ids"], got["metadatas"]):
@@ -248,7 +247,7 @@ class Retriever:
                 e = have.setdefault(str(m.get("doc_id")), {"hashes": set(), "ids": [], "n": None})
                 e["hashes"].add(h)
                 e["ids"] += by_hash[h]
-        return have, sum(len(ids) for ids in by_hash.values())
+        return have, expect
 
     def _stale(self, have: dict[str, dict[str, Any]], want: dict[str, str]) -> list[str]:
         """Documents not in step: gone, of another text, or missing some of their chunks."""
@@ -357,7 +356,7 @@ class Retriever:
         r = self.record
         out = {"index_key": self.key, "chunks": self.n_chunks, "index_cached": not self.built_now,
                "index_where": "chroma server" if self.server else "embedded",
-               "index_collection": self.collection_name, "hnsw": dict(HNSW)}
+               "index_collection": self.collection_name, "hnsw": self.hnsw.settings()}
         one = self.one_document_update_s()
         if one is not None:
             out["knowledge_update_s"] = round(one, 4)
@@ -377,12 +376,15 @@ class Retriever:
         if not questions:
             return []
         vecs = embed(self.embedder.model, questions, self.embedder.batch_size)
+        found = self.search(vecs, top_k)
+        # read after the search: an update by another process marks the collection before its first change,
+        # so passages of other documents than the run's (or of an update halfway) are never returned
         now = (self._client.get_collection(self.collection_name).metadata or {}).get("kb_hash")
-        if now != self.kb.content_hash:  # never answer from passages of other documents than the run's
+        if now != self.kb.content_hash:
             raise UserError(f"the index {self.collection_name} at {self.where()} was updated to other documents by "
                             "another process while this one used it; run again (or give each its own copy of "
                             "the documents)", field="knowledge_base")
-        return self.search(vecs, top_k)
+        return found
 
     def search(self, vecs, top_k: int) -> list[list[Passage]]:
         """Top-k passages for query embeddings (no embedding here: what the benchmark times)."""

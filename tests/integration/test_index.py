@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from toolkit.config import ChromaServerConfig, EmbedderConfig
+from toolkit.config import ChromaServerConfig, EmbedderConfig, HnswConfig
 from toolkit.data.kb import Document, KnowledgeBase
 from toolkit.errors import UserError
 from toolkit.retrieval import Retriever, doc_hash
@@ -123,6 +123,21 @@ def test_an_update_killed_halfway_is_finished_by_the_next(tmp_path, tiny_llama):
     again.build()
     assert (again.last.added, again.last.changed, again.last.deleted) == (0, 1, 0)
     assert again.n_chunks == r.n_chunks and results(again) == full
+
+
+def test_a_suites_hnsw_settings_build_their_own_collection(tmp_path, tiny_llama):
+    kb = KnowledgeBase("kb", docs(), source=str(tmp_path / "kb"))
+    plain = retriever(kb, tiny_llama)
+    plain.build()
+    dense_hnsw = HnswConfig(max_neighbors=32, ef_construction=200, ef_search=50)
+    dense = retriever(kb, tiny_llama, hnsw=dense_hnsw)
+    dense.build()
+    # another graph: another collection, and answers keyed apart (Chroma keeps ef_search per collection)
+    assert dense.collection_name != plain.collection_name and dense.key != plain.key and dense.last.full
+    got = dense._collection.configuration["hnsw"]
+    assert {k: got[k] for k in dense_hnsw.settings()} == dense_hnsw.settings()
+    assert dense.info()["hnsw"] == dense_hnsw.settings() and plain.info()["hnsw"] == HnswConfig().settings()
+    assert results(dense) == results(plain)  # eight documents: both graphs find the exact neighbours
 
 
 def test_a_document_id_given_by_two_files_is_a_one_line_error(tmp_path):

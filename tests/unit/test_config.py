@@ -37,6 +37,19 @@ def test_defaults_and_arm_variants(tmp_path):
     assert loaded.suite.generator.model == "smollm2-135m-instruct"
 
 
+def test_knowledge_base_hnsw_settings(tmp_path):
+    plain = load_suite(write(tmp_path, BASE.replace("    strategies:", "    knowledge_base: kb\n    strategies:"))).suite
+    assert plain.kb_hnsw.settings() == {"space": "cosine", "ef_construction": 100, "ef_search": 100, "max_neighbors": 16}
+    dense = load_suite(write(tmp_path, BASE.replace("    strategies:", "    knowledge_base:\n      path: kb\n"
+                                                    "      hnsw: {max_neighbors: 32, ef_construction: 200}\n"
+                                                    "    strategies:"))).suite
+    assert dense.kb_hnsw.settings() == {"space": "cosine", "ef_construction": 200, "ef_search": 100, "max_neighbors": 32}
+    with pytest.raises(UserError) as e:
+        load_suite(write(tmp_path, BASE.replace("    strategies:", "    knowledge_base:\n      path: kb\n"
+                                                "      hnsw: {max_neighbors: 1000}\n    strategies:")))
+    assert e.value.field == "knowledge_base.hnsw.max_neighbors" and e.value.line == 9
+
+
 @pytest.mark.parametrize("text, line, field, words", [
     (BASE.replace("task: qa", "task: summarise"), 2, "task", "qa"),
     (BASE.replace("zero_shot: {}", "telepathy: {}"), 8, "strategies.telepathy", "unknown strategy"),
@@ -135,9 +148,11 @@ def test_every_bundled_suite_loads_its_data(name, monkeypatch):
         assert [e.id for e in s.test] == [e.id for e in small.splits.test]
         docs = data.kb.documents
         assert len(docs) == 98 + 1000 + 91500 and len({d.id for d in docs}) == len(docs)
-        assert data.kb.source.startswith("loader covid_qa_distractors ")
+        assert data.kb.source.startswith("loader covid_qa_distractors ") and data.kb.source.endswith(" v2")
         from toolkit.data.loaders import make_filler
-        assert [d.text for d in make_filler(3)] == [d.text for d in docs[1098:1101]]  # seeded: the same every run
+        abstracts = [d.text for d in docs[98:1098]]
+        assert [d.text for d in make_filler(3, abstracts)] == [d.text for d in docs[1098:1101]]  # seeded: the same every run
+        assert all(40 <= len(d.text.split()) <= 56 for d in docs[1098:])
     if name == "banking77_imbalanced":  # drawn from the official splits at run time, seeded
         from collections import Counter
         assert list(Counter(e.label for e in s.train).most_common()) == [
@@ -174,6 +189,21 @@ def test_bad_filler_documents_name_their_field(n, tmp_path):
     with pytest.raises(UserError) as e:
         covid_qa_distractors(tmp_path, suite_path=tmp_path / "suite.yaml", filler_documents=n)
     assert e.value.field == "data.loader_args.filler_documents"
+
+
+def test_filler_needs_abstracts_to_draw_from(tmp_path):
+    """The filler is a bigram model of PubMedQA's abstracts: without them it says which field is missing."""
+    from toolkit.data.loaders import covid_qa_distractors, make_filler
+
+    with pytest.raises(UserError) as e:
+        covid_qa_distractors(tmp_path, suite_path=tmp_path / "suite.yaml", filler_documents=10)
+    assert e.value.field == "data.loader_args.pubmedqa_path"
+    source = ["The cohort was followed. Serum titers rose after the second dose.", "Fever resolved in most patients."]
+    docs = make_filler(20, source, seed=3)
+    vocab = {w for t in source for w in t.split()}
+    assert all(set(d.text.split()) <= vocab and 40 <= len(d.text.split()) <= 56 for d in docs)
+    assert [d.text for d in docs] == [d.text for d in make_filler(20, source, seed=3)]
+    assert [d.text for d in docs] != [d.text for d in make_filler(20, source, seed=4)]
 
 
 def test_every_generator_and_finetune_field_belongs_to_a_part():

@@ -16,12 +16,16 @@ from toolkit.errors import UserError
 
 LOADERS: dict[str, Callable] = {}
 LOADER_HELP: dict[str, str] = {}
+# bumped when a loader builds other documents from the same arguments: its knowledge base then
+# gets an index of its own (toolkit.data.suite_data names the index by loader, arguments and this)
+LOADER_VERSION: dict[str, int] = {}
 
 
-def loader(name: str, help: str):
+def loader(name: str, help: str, version: int = 1):
     def deco(fn):
         LOADERS[name] = fn
         LOADER_HELP[name] = help
+        LOADER_VERSION[name] = version
         return fn
     return deco
 
@@ -89,18 +93,35 @@ def covid_qa(path: Path, *, suite_path: Path, seed: int = 0, validation_size: in
     return train, val, test, KnowledgeBase("covid_qa", docs)
 
 
-FILLER_WORDS = ("patient cohort protein viral load antibody receptor trial dose symptom onset clinical sample "
-                "serum assay cell infection transmission vaccine outcome mortality incidence exposure lung fever "
-                "cough ward hospital therapy response marker genome strain mutation host immune titer").split()
-
-
-def make_filler(n: int, seed: int = 0) -> list[Document]:
-    """n deterministic documents of about 80 words each (one chunk of 128 tokens): distractors in
-    the vocabulary of the papers, with none of their facts."""
+def make_filler(n: int, source: list[str], seed: int = 0) -> list[Document]:
+    """n deterministic documents of 40 to 56 words (about one chunk of 128 tokens) drawn from a
+    word-bigram model of `source` (texts): distractors with the source's vocabulary and word
+    frequencies, whose embeddings spread much as the source's own do (benchmarks/kb_scale.py prints
+    both spreads), the source's words recombined (a run of words recurs verbatim where the source
+    has one continuation for each)."""
+    successors: dict[str, list[str]] = {}
+    starts: list[str] = []
+    for text in source:
+        words = text.split()
+        for i, w in enumerate(words):
+            if i == 0 or words[i - 1].endswith("."):
+                starts.append(w)
+            if i + 1 < len(words):
+                successors.setdefault(w, []).append(words[i + 1])
+    if n and not starts:
+        raise ValueError("make_filler needs source texts with words to draw from")
     rng = random.Random(seed)
-    return [Document(f"filler-{i:06d}", " ".join(
-        " ".join(rng.choice(FILLER_WORDS) for _ in range(rng.randint(8, 16))).capitalize() + "." for _ in range(6)))
-        for i in range(n)]
+    docs = []
+    for i in range(n):
+        budget, words = rng.randint(40, 56), []
+        while len(words) < budget:  # sentences from a start word, each word a successor of the last
+            w = rng.choice(starts)
+            words.append(w)
+            while not w.endswith(".") and w in successors and len(words) < budget:
+                w = rng.choice(successors[w])
+                words.append(w)
+        docs.append(Document(f"filler-{i:06d}", " ".join(words)))
+    return docs
 
 
 def pubmedqa_abstracts(path: Path, suite_path: Path, field: str) -> list[Document]:
@@ -114,20 +135,28 @@ MAX_FILLER = 5_000_000
 
 @loader("covid_qa_distractors", "COVID-QA's questions and split (as covid_qa) over a knowledge base grown to scale: "
         "the 98 CORD-19 papers, the 1,000 PubMedQA abstracts (`pubmedqa_path`) and `filler_documents` seeded "
-        "filler documents of ~80 words, so each gold paper is one among many (91,500 filler documents: about "
-        "100,000 chunks of 128 tokens).")
+        "filler documents of 40-56 words drawn from a word-bigram model of those abstracts, so each gold paper is "
+        "one among many (91,500 filler documents: about "
+        "100,000 chunks of 128 tokens).", version=2)
 def covid_qa_distractors(path: Path, *, suite_path: Path, seed: int = 0, validation_size: int = 50,
                          test_size: int = 300, pubmedqa_path: Path | None = None, filler_documents: int = 0, **_):
     n = filler_documents
     if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_FILLER:
         raise UserError(f"filler_documents needs a whole number from 0 to {MAX_FILLER:,}", file=suite_path,
                         field="data.loader_args.filler_documents")
+    if n and pubmedqa_path is None:
+        raise UserError("filler_documents needs pubmedqa_path: the filler is drawn from its abstracts' words",
+                        file=suite_path, field="data.loader_args.pubmedqa_path")
     train, val, test, kb = covid_qa(path, suite_path=suite_path, seed=seed, validation_size=validation_size,
                                     test_size=test_size)
     docs = list(kb.documents)
-    if pubmedqa_path is not None:
-        docs += pubmedqa_abstracts(Path(pubmedqa_path), suite_path, "data.loader_args.pubmedqa_path")
-    docs += make_filler(n, seed)
+    abstracts = [] if pubmedqa_path is None else \
+        pubmedqa_abstracts(Path(pubmedqa_path), suite_path, "data.loader_args.pubmedqa_path")
+    if n and not any(d.text.strip() for d in abstracts):
+        raise UserError("filler_documents: the abstracts of pubmedqa_path hold no text to draw the filler from",
+                        file=suite_path, field="data.loader_args.pubmedqa_path")
+    # the filler is drawn from the abstracts, not from the gold papers
+    docs += abstracts + make_filler(n, [d.text for d in abstracts], seed)
     return train, val, test, KnowledgeBase("covid_qa_distractors", docs)
 
 

@@ -18,7 +18,7 @@ from toolkit.data import (
     subsample,
 )
 from toolkit.data.kb import KnowledgeBase, read_knowledge_base
-from toolkit.data.loaders import resolved_args, run_loader
+from toolkit.data.loaders import LOADER_VERSION, resolved_args, run_loader
 from toolkit.data.tables import dataset_rows, hub_dataset
 from toolkit.errors import UserError
 
@@ -187,7 +187,8 @@ def _knowledge_base(loaded: LoadedSuite, kb: KnowledgeBase | None, every: list[E
         raise UserError("is 'loader' but the data loader provides no documents", file=loaded.path, field="knowledge_base")
     elif kb is not None and not kb.source:  # the loader's documents: one index per loader and its path
         args = {k: str(v) if isinstance(v, Path) else v for k, v in resolved_args(s.data.loader_args, loaded.resolve).items()}
-        kb.source = f"loader {s.data.loader} {content_hash(args)}"
+        version = LOADER_VERSION.get(s.data.loader, 1)
+        kb.source = f"loader {s.data.loader} {content_hash(args)}" + (f" v{version}" if version > 1 else "")
     if kb is None and any(getattr(cfg, "needs_knowledge_base", False) for _, cfg in loaded.arms.values()):
         raise UserError("a retrieval strategy is listed but there is no knowledge base", file=loaded.path,
                         field="knowledge_base")
