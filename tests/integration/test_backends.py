@@ -361,3 +361,41 @@ def test_an_api_arm_without_prompt_logprobs_reports_perplexity_as_not_measured(t
     assert "perplexity" in res.strategies["zero_shot"].metrics  # the local arm still measures it
     md, _ = render_run(run.path)
     assert "hosted · Perplexity (gold): not measured: the endpoint gives no prompt log-probabilities" in md.read_text()
+
+
+def test_an_endpoints_answers_are_reported_as_they_finish_not_in_request_order(tmp_path):
+    """With several requests in flight, a slow first answer holds back none of the others: each
+    reaches on_done (and the cache) when it is answered."""
+    import asyncio
+
+    from toolkit.backends.cache import CachedBackend
+    from toolkit.backends.openai_api import OpenAIBackend
+    from toolkit.cache import PredictionCache
+
+    answered: list[str] = []
+
+    def scripted(messages, n, temperature, max_tokens, stop):
+        answered.append(messages[-1]["content"])
+        return [("a " + messages[-1]["content"], 3, 2)] * n
+
+    app = scripted_app(scripted, "tiny")
+    calls = []
+
+    @app.middleware("http")
+    async def first_is_slow(request, call_next):
+        if request.url.path.endswith("/chat/completions"):
+            calls.append(1)
+            if len(calls) == 1:
+                await asyncio.sleep(1.5)
+        return await call_next(request)
+
+    questions = [f"q{i}" for i in range(6)]
+    reported: list[str] = []
+    with LoopbackServer(app) as s:
+        be = CachedBackend(OpenAIBackend(api_cfg(s.base_url, concurrency=4)), PredictionCache(tmp_path / "c.sqlite"))
+        got = be.generate([GenRequest(chat(q), Settings(8)) for q in questions],
+                          on_done=lambda idx, cs: reported.extend(questions[i] for i in idx))
+        be.close()
+    assert [c.text for c in got] == [f"a {q}" for q in questions]  # returned in request order
+    # the slow one (the model saw it last) is reported last, after later requests answered before it
+    assert sorted(reported) == questions and reported[-1] == answered[-1] != questions[-1]

@@ -154,7 +154,8 @@ def test_answers_are_stored_batch_by_batch_so_a_kill_keeps_the_finished_ones(tin
         be.generate(reqs)
     except KeyboardInterrupt:
         pass
-    gen.generate = real
+    finally:
+        gen.generate = real
     inner.seen.clear()
     again = be.generate(reqs)
     assert sum(c.cached for c in again) == 4 and len(inner.seen) == 2  # two batches kept, one asked again

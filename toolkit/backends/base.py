@@ -107,7 +107,8 @@ class Backend(ABC):
                  on_done: OnDone | None = None) -> list[Completion]:
         """One completion per request, in order. `on_done(indices, completions)`, where given, is
         called as answers finish (a batch, or one request), before generate returns: the cache
-        stores each then, so a process killed halfway keeps what it had answered."""
+        stores each then, so a process killed halfway keeps what it had answered (answers a cache
+        already held are returned without being reported)."""
 
     def loglikelihood(self, requests: list[LLRequest]) -> list[Likelihood]:
         raise NotMeasured(f"the {self.kind} backend gives no log-probabilities")

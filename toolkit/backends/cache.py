@@ -37,7 +37,8 @@ class CachedBackend(Backend):
     def _key(self, **what) -> str:
         return content_hash({"backend": self.identity(), **what}, 32)
 
-    def _cached(self, kind: str, keys: list[str], compute, decode, encode, *, as_done: bool = False) -> list:
+    def _cached(self, kind: str, keys: list[str], compute, decode, encode, *, as_done: bool = False,
+                outer: OnDone | None = None) -> list:
         """Results for keys: stored ones, the others computed by `compute(indices)` and stored.
         With `as_done`, compute is `compute(indices, on_done)` and each answer is stored as it
         finishes (on_done(positions in indices, results)), so a kill loses only those in flight."""
@@ -49,6 +50,8 @@ class CachedBackend(Backend):
             if self.store:
                 self.store.put_many(kind, {keys[todo[j]]: encode(r) for j, r in zip(rows, results)})
                 stored.update(todo[j] for j in rows)
+            if outer is not None:  # the caller's own, with its request indices
+                outer([todo[j] for j in rows], results)
 
         fresh = dict(zip(todo, compute(todo, on_done) if as_done else compute(todo))) if todo else {}
         if self.store and len(stored) < len(fresh):
@@ -62,7 +65,7 @@ class CachedBackend(Backend):
         keys = [self._key(messages=r.messages, settings=r.settings.to_dict()) for r in requests]
         return self._cached("gen", keys, lambda idx, done: self.backend.generate([requests[i] for i in idx],
                                                                                  description=description, on_done=done),
-                            lambda d: Completion(**d, cached=True), Completion.to_dict, as_done=True)
+                            lambda d: Completion(**d, cached=True), Completion.to_dict, as_done=True, outer=on_done)
 
     def single(self, request: GenRequest) -> Completion:
         """A local backend's one-request latency (cached with the answer when reproducible)."""

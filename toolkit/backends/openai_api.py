@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import nullcontext
 from typing import Any
 
@@ -138,15 +138,21 @@ class OpenAIBackend(Backend):
                  on_done: OnDone | None = None) -> list[Completion]:
         if description is None and on_done is None:  # no progress bar (a served arm's one request)
             return list(self._pool.map(self._chat, requests))
-        out: list[Completion] = []
+        out: list[Completion | None] = [None] * len(requests)
+        futures = {self._pool.submit(self._chat, r): i for i, r in enumerate(requests)}
         with (task_bar(f"{description} ({self.cfg.concurrency} at a time)", len(requests)) if description
               else nullcontext(lambda n: None)) as advance:
-            for i, c in enumerate(self._pool.map(self._chat, requests)):  # in order, as each is answered
-                out.append(c)
-                if on_done is not None:
-                    on_done([i], [c])
-                advance(1)
-        return out
+            try:
+                for f in as_completed(futures):  # as each is answered, whatever its place
+                    i = futures[f]
+                    out[i] = f.result()
+                    if on_done is not None:
+                        on_done([i], [out[i]])
+                    advance(1)
+            finally:  # a request that failed (or Ctrl-C): the ones not yet sent are not sent
+                for f in futures:
+                    f.cancel()
+        return out  # type: ignore[return-value]
 
     def _score(self, r: LLRequest) -> Likelihood:
         # openai: imported on first use, not when this module loads
