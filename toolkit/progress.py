@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 from rich.console import Console
 from rich.progress import (
@@ -67,15 +68,47 @@ def drawn(make_bar):
         yield p
 
 
+# Piped or logged (CI): a live bar draws only when it stops, so an hour-long index build would
+# print nothing for an hour; there a plain line every HEARTBEAT_S seconds says how far it is.
+HEARTBEAT_S = 30.0
+
+
+def clock(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def heartbeat(description: str, done: int, total: int | None, elapsed: float) -> str:
+    if not total:
+        return f"  {description}: {done:,} · {clock(elapsed)}"
+    eta = f" · eta {clock(elapsed / done * (total - done))}" if done else ""
+    return f"  {description}: {done:,}/{total:,} ({done / total:.0%}) · {clock(elapsed)}{eta}"
+
+
 @contextlib.contextmanager
-def task_bar(description: str, total: int):
-    """A progress bar; yields advance(n). Inside another bar it draws nothing."""
+def task_bar(description: str, total: int | None):
+    """A progress bar; yields advance(n). Inside another bar it draws nothing; on a console that
+    is not a terminal it also prints a heartbeat line at most every HEARTBEAT_S seconds."""
     with drawn(progress) as p:
         if p is None:
             yield lambda n=1: None
             return
         t = p.add_task(description, total=total)
-        yield lambda n=1: p.advance(t, n)
+        if console.is_terminal:
+            yield lambda n=1: p.advance(t, n)
+            return
+        start = last = time.monotonic()
+        done = 0
+
+        def advance(n: int = 1) -> None:
+            nonlocal done, last
+            p.advance(t, n)
+            done += n
+            now = time.monotonic()
+            if now - last >= HEARTBEAT_S:
+                last = now
+                console.print(heartbeat(description, done, total, now - start))
+        yield advance
 
 
 def log(message: str) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +44,10 @@ INDEX_FORMAT = 2  # bump when the way chunks are built or stored changes
 DOCS_PER_BATCH = 256  # documents chunked at a time: memory stays within one batch of chunks
 ADD_BATCH = 512  # chunks per call to Chroma's add
 GET_BATCH = 5000  # chunk records per call when the collection is compared with the documents
+# pages of chunk records in flight at once from a Chroma server: it reads one while this process
+# decodes another (100,475 chunks' metadata: 8.2 s one page at a time, 4.9 s with two, no faster
+# with four; loopback server on a 2-core AMD EPYC)
+SERVER_READERS = 2
 
 
 def doc_hash(d: Document) -> str:
@@ -215,14 +220,16 @@ class Retriever:
             return got
         have: dict[str, dict[str, Any]] = {}
         total, seen = col.count(), 0
-        for off in range(0, total, GET_BATCH):
-            got = col.get(include=["metadatas"], limit=GET_BATCH, offset=off)
-            for cid, m in zip(got["ids"], got["metadatas"]):
-                m = m or {}
-                h = have.setdefault(str(m.get("doc_id")), {"hashes": set(), "ids": [], "n": m.get("chunks")})
-                h["hashes"].add(m.get("doc_hash"))
-                h["ids"].append(cid)
-                seen += 1
+        page = lambda off: col.get(include=["metadatas"], limit=GET_BATCH, offset=off)  # noqa: E731
+        offsets = range(0, total, GET_BATCH)
+        with ThreadPoolExecutor(SERVER_READERS) as pool:
+            for got in pool.map(page, offsets) if self.server else map(page, offsets):
+                for cid, m in zip(got["ids"], got["metadatas"]):
+                    m = m or {}
+                    h = have.setdefault(str(m.get("doc_id")), {"hashes": set(), "ids": [], "n": m.get("chunks")})
+                    h["hashes"].add(m.get("doc_hash"))
+                    h["ids"].append(cid)
+                    seen += 1
         return have, seen
 
     def _scan_ids(self, col, want: dict[str, str],
